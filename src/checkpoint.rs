@@ -1,0 +1,174 @@
+//! Reading source checkpoints (safetensors) and writing decoded ones.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::format::TensorDtype;
+
+/// A safetensors file mapped into memory.
+pub struct MappedFile {
+    pub path: PathBuf,
+    map: Mmap,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; nernc never writes the input and writes outputs by rename,
+        // so a concurrent writer of the same path would have to be another program.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// One tensor of a checkpoint.
+pub struct SourceTensor<'a> {
+    pub name: String,
+    pub dtype: TensorDtype,
+    pub shape: Vec<usize>,
+    pub bytes: &'a [u8],
+}
+
+/// A parsed checkpoint: tensors in the file's order plus its `__metadata__`.
+pub struct Checkpoint<'a> {
+    pub tensors: Vec<SourceTensor<'a>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Parses and validates a safetensors buffer (the safetensors crate checks offsets and lengths).
+pub fn parse_safetensors<'a>(path: &Path, buf: &'a [u8]) -> Result<Checkpoint<'a>> {
+    let bad = |detail: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(buf).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(buf).map_err(|e| bad(e.to_string()))?;
+    let mut tensors = Vec::new();
+    // Keep the file's data order: offsets ascending.
+    let mut views: Vec<_> = st.iter().collect();
+    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    for (name, view) in views {
+        let dtype =
+            TensorDtype::from_safetensors(view.dtype()).ok_or_else(|| Error::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+                why: "sub-byte dtypes cannot be carried by .nern version 1",
+            })?;
+        tensors.push(SourceTensor {
+            name: name.to_string(),
+            dtype,
+            shape: view.shape().to_vec(),
+            bytes: view.data(),
+        });
+    }
+    let metadata = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    Ok(Checkpoint { tensors, metadata })
+}
+
+/// Orders names so that `layer1.10` follows `layer1.9` (network order for the usual layouts).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let ord = match (x, y) {
+            ((true, nx), (true, ny)) => {
+                let (tx, ty) = (nx.trim_start_matches('0'), ny.trim_start_matches('0'));
+                tx.len()
+                    .cmp(&ty.len())
+                    .then(tx.cmp(ty))
+                    .then(nx.len().cmp(&ny.len()))
+            }
+            ((_, sx), (_, sy)) => sx.cmp(sy),
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+/// Whether a tensor is a convolution weight the predictor covers: 4-D, square odd kernel.
+pub fn is_predictable(t: &SourceTensor<'_>) -> bool {
+    t.shape.len() == 4
+        && t.shape[2] == t.shape[3]
+        && t.shape[2] % 2 == 1
+        && t.shape[2] <= 31
+        && t.shape[0] > 0
+        && t.shape[1] > 0
+        && u32::try_from(t.shape[0]).is_ok()
+        && u32::try_from(t.shape[1]).is_ok()
+}
+
+/// Reads an F32 tensor's values (little-endian), rejecting NaN and infinities.
+pub fn f32_values(t: &SourceTensor<'_>) -> Result<Vec<f32>> {
+    if t.dtype != TensorDtype::F32 {
+        return Err(Error::UnsupportedDtype {
+            tensor: t.name.clone(),
+            dtype: t.dtype.name().into(),
+            why: "predicted convolution weights must be F32 in format version 1",
+        });
+    }
+    let v: Vec<f32> = t
+        .bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite {
+            tensor: t.name.clone(),
+        });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order_follows_the_network() {
+        let mut names = vec![
+            "layer1.10.conv1.weight",
+            "layer1.2.conv1.weight",
+            "conv1.weight",
+            "layer1.1.conv2.weight",
+            "layer1.1.conv1.weight",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "conv1.weight",
+                "layer1.1.conv1.weight",
+                "layer1.1.conv2.weight",
+                "layer1.2.conv1.weight",
+                "layer1.10.conv1.weight"
+            ]
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! The decoder: regenerates every predicted convolution weight from a validated container.
+//!
+//! Framework-free and deterministic: the arithmetic is the normative one of spec §6, so the
+//! output is bit-identical on every machine and for any number of threads.
+
+pub mod gemm;
+
+use std::sync::Mutex;
+
+use crate::error::Result;
+use crate::format::{Container, LayerEntry};
+use crate::permute::Permutation;
+use crate::predictor::{COORDS, Predictor, encode_coordinate};
+use gemm::PackedMatrix;
+
+/// Rows (kernels) per work item: small enough to stay in L2 with the weights, large enough to
+/// amortise the packed-weight reads.
+const ROWS_PER_TASK: usize = 192;
+
+/// A predictor prepared for fast evaluation: packed weights and the first layer's per-coordinate
+/// partial sums (the first layer is separable across the three coordinates).
+pub struct PreparedPredictor {
+    kernel_size: usize,
+    first_bias: Vec<f32>,
+    /// `tables[c][n * h + j]`: partial pre-activation of hidden unit `j` from coordinate `c = n`.
+    tables: [Vec<f32>; COORDS],
+    hidden: Vec<(PackedMatrix, Vec<f32>)>,
+    width: usize,
+}
+
+impl PreparedPredictor {
+    /// `extents[c]` is one past the largest value coordinate `c` takes.
+    pub fn new(p: &Predictor, extents: [usize; COORDS]) -> Self {
+        let cfg = &p.config;
+        let cw = cfg.coord_width();
+        let first = &p.layers[0];
+        let h = first.outputs;
+        let freqs = cfg.frequencies();
+        let tables = std::array::from_fn(|c| {
+            let n = extents[c];
+            let mut pe = vec![0f32; n * cw];
+            for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
+                encode_coordinate(v as u32, &freqs, row);
+            }
+            let block = &first.weight[c * cw * h..(c + 1) * cw * h];
+            let packed = PackedMatrix::new(block, cw, h);
+            let mut out = vec![0f32; n * h];
+            let zeros = vec![0f32; h];
+            gemm::gemm_bias(&pe, cw, n, &packed, &zeros, &mut out, h, false);
+            out
+        });
+        let hidden = p.layers[1..]
+            .iter()
+            .map(|l| {
+                (
+                    PackedMatrix::new(&l.weight, l.inputs, l.outputs),
+                    l.bias.clone(),
+                )
+            })
+            .collect();
+        PreparedPredictor {
+            kernel_size: cfg.kernel_size as usize,
+            first_bias: first.bias.clone(),
+            tables,
+            hidden,
+            width: cfg.max_width(),
+        }
+    }
+
+    /// Predicts `rows` consecutive kernel positions of layer `layer` starting at `start`, writes
+    /// each kernel's centre `k x k` crop into `out` (row-major, `rows * k * k`).
+    #[allow(clippy::too_many_arguments)]
+    fn predict_rows(
+        &self,
+        layer: usize,
+        cin: usize,
+        k: usize,
+        start: usize,
+        rows: usize,
+        out: &mut [f32],
+        scratch: &mut [Vec<f32>; 2],
+    ) {
+        let w = self.width;
+        let h = self.first_bias.len();
+        let [a_buf, b_buf] = scratch;
+        a_buf.resize(rows * w, 0.0);
+        b_buf.resize(rows * w, 0.0);
+        let tl = &self.tables[0][layer * h..(layer + 1) * h];
+        for r in 0..rows {
+            let p = start + r;
+            let (fa, cb) = (p / cin, p % cin);
+            let tf = &self.tables[1][fa * h..(fa + 1) * h];
+            let tc = &self.tables[2][cb * h..(cb + 1) * h];
+            let dst = &mut a_buf[r * w..r * w + h];
+            for j in 0..h {
+                let z = ((self.first_bias[j] + tl[j]) + tf[j]) + tc[j];
+                dst[j] = if z > 0.0 { z } else { 0.0 };
+            }
+        }
+        let last = self.hidden.len() - 1;
+        let (mut src, mut dst) = (a_buf, b_buf);
+        for (i, (packed, bias)) in self.hidden.iter().enumerate() {
+            gemm::gemm_bias(src, w, rows, packed, bias, dst, w, i != last);
+            std::mem::swap(&mut src, &mut dst);
+        }
+        // `src` now holds the K*K outputs of each row.
+        let big = self.kernel_size;
+        let off = (big - k) / 2;
+        for r in 0..rows {
+            let row = &src[r * w..r * w + big * big];
+            let o = &mut out[r * k * k..(r + 1) * k * k];
+            for y in 0..k {
+                o[y * k..(y + 1) * k].copy_from_slice(&row[(y + off) * big + off..][..k]);
+            }
+        }
+    }
+}
+
+/// Coordinate extents a container needs: layers, largest `cout`, largest `cin`.
+pub fn coordinate_extents(layers: &[LayerEntry]) -> [usize; COORDS] {
+    [
+        layers.len(),
+        layers.iter().map(LayerEntry::cout).max().unwrap_or(0),
+        layers.iter().map(LayerEntry::cin).max().unwrap_or(0),
+    ]
+}
+
+/// Number of worker threads to use by default.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Decodes every predicted layer; returns weights in the source layout `[cout, cin, k, k]`.
+pub fn decode_layers(
+    predictor: &Predictor,
+    layers: &[LayerEntry],
+    permutations: &[Permutation],
+    threads: usize,
+) -> Vec<Vec<f32>> {
+    let prepared = PreparedPredictor::new(predictor, coordinate_extents(layers));
+    // Position-ordered predictions, computed in independent tasks.
+    let mut by_position: Vec<Vec<f32>> = layers.iter().map(|l| vec![0f32; l.elements()]).collect();
+    {
+        let mut tasks = Vec::new();
+        for (li, (layer, buf)) in layers.iter().zip(by_position.iter_mut()).enumerate() {
+            let kk = layer.kernel() * layer.kernel();
+            for (t, chunk) in buf.chunks_mut(ROWS_PER_TASK * kk).enumerate() {
+                tasks.push((li, t * ROWS_PER_TASK, chunk));
+            }
+        }
+        let queue = Mutex::new(tasks.into_iter());
+        let work = || {
+            let mut scratch = [Vec::new(), Vec::new()];
+            loop {
+                let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                let Some((li, start, chunk)) = next else {
+                    break;
+                };
+                let l = &layers[li];
+                let kk = l.kernel() * l.kernel();
+                let rows = chunk.len() / kk;
+                prepared.predict_rows(li, l.cin(), l.kernel(), start, rows, chunk, &mut scratch);
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads.max(1) {
+                s.spawn(work);
+            }
+            work();
+        });
+    }
+    // Scatter positions back to the original kernel order.
+    layers
+        .iter()
+        .zip(permutations)
+        .zip(by_position)
+        .map(|((l, perm), pos)| {
+            if matches!(perm, Permutation::Identity) {
+                return pos;
+            }
+            let kk = l.kernel() * l.kernel();
+            let cin = l.cin();
+            let mut out = vec![0f32; l.elements()];
+            for (p, kernel) in pos.chunks_exact(kk).enumerate() {
+                let orig = perm.original_kernel(cin, p / cin, p % cin);
+                out[orig * kk..(orig + 1) * kk].copy_from_slice(kernel);
+            }
+            out
+        })
+        .collect()
+}
+
+/// A decoded tensor, ready to write.
+pub enum DecodedTensor<'a> {
+    Predicted { shape: Vec<usize>, data: Vec<f32> },
+    Passthrough(&'a crate::format::PassEntry, &'a [u8]),
+}
+
+/// Decodes a whole container: every tensor by name, in container order (layers first).
+pub fn decode_container<'a>(
+    c: &'a Container<'a>,
+    threads: usize,
+) -> Result<Vec<(String, DecodedTensor<'a>)>> {
+    let weights = decode_layers(&c.predictor, &c.layers, &c.permutations, threads);
+    let mut out: Vec<(String, DecodedTensor<'a>)> = c
+        .layers
+        .iter()
+        .zip(weights)
+        .map(|(l, data)| {
+            (
+                l.name.clone(),
+                DecodedTensor::Predicted {
+                    shape: l.shape.iter().map(|&d| d as usize).collect(),
+                    data,
+                },
+            )
+        })
+        .collect();
+    for p in &c.passthrough {
+        out.push((
+            p.name.clone(),
+            DecodedTensor::Passthrough(p, c.tensor_bytes(p)),
+        ));
+    }
+    Ok(out)
+}
+
+/// Summary of a decode to disk.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DecodeSummary {
+    pub tensors: usize,
+    pub predicted_tensors: usize,
+    pub output_bytes: u64,
+    pub seconds: f64,
+}
+
+struct OutView<'a> {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+impl safetensors::View for &OutView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Reads, verifies and decodes `input`, writing a safetensors checkpoint to `output` atomically.
+pub fn decode_file(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    threads: usize,
+    limits: &crate::format::Limits,
+) -> Result<DecodeSummary> {
+    let started = std::time::Instant::now();
+    crate::io::check_output_path(output)?;
+    let file = crate::checkpoint::MappedFile::open(input)?;
+    let container = crate::format::read_container(file.bytes(), limits)?;
+    let tensors = decode_container(&container, threads)?;
+    let views: Vec<(String, OutView<'_>)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let view = match t {
+                DecodedTensor::Predicted { shape, data } => OutView {
+                    dtype: safetensors::Dtype::F32,
+                    shape,
+                    bytes: std::borrow::Cow::Owned(
+                        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ),
+                },
+                DecodedTensor::Passthrough(entry, bytes) => OutView {
+                    dtype: entry.dtype.to_safetensors(),
+                    shape: entry.shape.iter().map(|&d| d as usize).collect(),
+                    bytes: std::borrow::Cow::Borrowed(bytes),
+                },
+            };
+            (name, view)
+        })
+        .collect();
+    let metadata = container
+        .source_metadata
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    crate::io::write_atomic_with(output, |_, tmp| {
+        safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), metadata, tmp)
+            .map_err(|e| crate::error::Error::Safetensors {
+                path: output.to_path_buf(),
+                detail: e.to_string(),
+            })
+    })?;
+    Ok(DecodeSummary {
+        tensors: views.len(),
+        predicted_tensors: container.layers.len(),
+        output_bytes: container.output_bytes(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,108 @@
+//! The `.nern` container, version 1 (`spec/nern-format.md` is normative).
+//!
+//! Framework-free: reading validates everything before trusting it and returns typed errors;
+//! passthrough tensor bytes are borrowed straight from the input buffer (a memory map).
+
+mod bitpack;
+mod bytes;
+mod dtype;
+mod read;
+mod write;
+
+pub use bitpack::{bit_width, permutation_bytes};
+pub use dtype::TensorDtype;
+pub use read::{Container, Limits, read_container};
+pub use write::{ContainerParts, PassTensor, write_container};
+
+use crate::permute::PermutationKind;
+
+/// `\x89NERN\r\n\x1a`: a non-ASCII first byte and CR/LF/EOF catch text-mode transfers (as PNG).
+pub const MAGIC: [u8; 8] = *b"\x89NERN\r\n\x1a";
+pub const MAJOR_VERSION: u16 = 1;
+pub const MINOR_VERSION: u16 = 0;
+/// Fixed header: magic, version, section count, file length, reserved.
+pub const HEADER_LEN: usize = 32;
+pub const SECTION_ENTRY_LEN: usize = 64;
+pub const HASH_LEN: usize = 32;
+/// Every section starts at a multiple of this.
+pub const SECTION_ALIGN: u64 = 64;
+/// Passthrough tensors start at a multiple of this inside `DATA`.
+pub const TENSOR_ALIGN: u64 = 8;
+pub const MAX_SECTIONS: u32 = 64;
+
+/// Section flag: a reader that does not know the tag must refuse the file.
+pub const FLAG_REQUIRED: u16 = 1;
+
+/// Section payload encodings.
+pub const ENCODING_RAW: u8 = 0;
+pub const ENCODING_ZSTD: u8 = 1;
+
+pub const TAG_PREDICTOR: [u8; 4] = *b"PRED";
+pub const TAG_LAYERS: [u8; 4] = *b"LAYR";
+pub const TAG_PERMUTATIONS: [u8; 4] = *b"PERM";
+pub const TAG_PASSTHROUGH: [u8; 4] = *b"PASS";
+pub const TAG_DATA: [u8; 4] = *b"DATA";
+pub const TAG_METADATA: [u8; 4] = *b"META";
+
+/// One entry of the section table, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionInfo {
+    pub tag: [u8; 4],
+    pub flags: u16,
+    pub encoding: u8,
+    pub offset: u64,
+    pub stored_len: u64,
+    pub decoded_len: u64,
+    pub hash: [u8; 32],
+}
+
+impl SectionInfo {
+    pub fn tag_str(&self) -> String {
+        String::from_utf8_lossy(&self.tag).into_owned()
+    }
+}
+
+/// A predicted convolution weight (one row of the layer table). Its position in the table is
+/// the layer coordinate fed to the predictor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub name: String,
+    /// Dtype of the source tensor (v1: F32 only).
+    pub dtype: TensorDtype,
+    pub permutation: PermutationKind,
+    /// `[cout, cin, k, k]`.
+    pub shape: [u32; 4],
+}
+
+impl LayerEntry {
+    pub fn cout(&self) -> usize {
+        self.shape[0] as usize
+    }
+    pub fn cin(&self) -> usize {
+        self.shape[1] as usize
+    }
+    pub fn kernel(&self) -> usize {
+        self.shape[2] as usize
+    }
+    pub fn kernels(&self) -> usize {
+        self.cout() * self.cin()
+    }
+    pub fn elements(&self) -> usize {
+        self.kernels() * self.kernel() * self.kernel()
+    }
+}
+
+/// A tensor stored verbatim in `DATA`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassEntry {
+    pub name: String,
+    pub dtype: TensorDtype,
+    pub shape: Vec<u64>,
+    /// Byte range inside the `DATA` section.
+    pub offset: u64,
+    pub len: u64,
+}
+
+pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
+    x.checked_add(align - 1).map(|v| v / align * align)
+}

@@ -1,0 +1,636 @@
+//! Parses and validates a `.nern` file. Nothing is trusted before it is checked: hashes first,
+//! then every count and length against the bytes present and against [`Limits`].
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::bitpack::unpack_permutation;
+use super::bytes::Reader;
+use super::*;
+use crate::error::{Error, Result};
+use crate::permute::{Permutation, PermutationKind};
+use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
+
+pub(crate) const MAX_NAME_LEN: usize = 4096;
+const MAX_META_STRING: usize = 1 << 24;
+const MAX_PE_LEVELS: u32 = 256;
+const MAX_WIDTH: u32 = 1 << 16;
+const MAX_DEPTH: u32 = 64;
+const MAX_KERNEL: u32 = 31;
+const MAX_NDIM: u8 = 8;
+
+/// Resource bounds a reader enforces before allocating.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes of the decoded checkpoint (predicted plus passthrough tensors).
+    pub max_output_bytes: u64,
+    /// Tensors in the layer table plus the passthrough index.
+    pub max_tensors: u64,
+    /// Decompressed size of the `META` section.
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_output_bytes: 16 << 30,
+            max_tensors: 1 << 20,
+            max_metadata_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A validated `.nern` file. Passthrough bytes borrow from the input buffer.
+#[derive(Debug)]
+pub struct Container<'a> {
+    pub major: u16,
+    pub minor: u16,
+    pub file_len: u64,
+    pub sections: Vec<SectionInfo>,
+    pub predictor: Predictor,
+    pub layers: Vec<LayerEntry>,
+    pub permutations: Vec<Permutation>,
+    pub passthrough: Vec<PassEntry>,
+    pub source_metadata: Option<BTreeMap<String, String>>,
+    /// The `DATA` section.
+    pub data: &'a [u8],
+    meta: Option<(&'a [u8], u8, u64)>,
+}
+
+impl<'a> Container<'a> {
+    /// The verbatim bytes of a passthrough tensor (validated in range at read time).
+    pub fn tensor_bytes(&self, entry: &PassEntry) -> &'a [u8] {
+        let data: &'a [u8] = self.data;
+        &data[entry.offset as usize..(entry.offset + entry.len) as usize]
+    }
+
+    /// Bytes of the decoded checkpoint's tensor data.
+    pub fn output_bytes(&self) -> u64 {
+        let predicted: u64 = self.layers.iter().map(|l| l.elements() as u64 * 4).sum();
+        predicted + self.passthrough.iter().map(|p| p.len).sum::<u64>()
+    }
+
+    /// The provenance metadata (`META`), decompressed within `limits`.
+    pub fn metadata(&self, limits: &Limits) -> Result<Option<serde_json::Value>> {
+        let Some((stored, encoding, decoded_len)) = self.meta else {
+            return Ok(None);
+        };
+        if decoded_len > limits.max_metadata_bytes {
+            return Err(Error::LimitExceeded {
+                what: "META decoded bytes",
+                value: decoded_len,
+                limit: limits.max_metadata_bytes,
+                hint: "",
+            });
+        }
+        let json = if encoding == ENCODING_ZSTD {
+            let out = zstd::bulk::decompress(stored, decoded_len as usize)
+                .map_err(|e| Error::malformed("META", format!("zstd: {e}")))?;
+            if out.len() as u64 != decoded_len {
+                return Err(Error::malformed("META", "decoded length mismatch"));
+            }
+            out
+        } else {
+            stored.to_vec()
+        };
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| Error::malformed("META", format!("JSON: {e}")))
+    }
+}
+
+pub(crate) fn permutation_code(kind: PermutationKind) -> u8 {
+    match kind {
+        PermutationKind::None => 0,
+        PermutationKind::InFilter => 1,
+        PermutationKind::CrossFilter => 2,
+    }
+}
+
+fn permutation_kind(code: u8) -> Result<PermutationKind> {
+    Ok(match code {
+        0 => PermutationKind::None,
+        1 => PermutationKind::InFilter,
+        2 => PermutationKind::CrossFilter,
+        c => {
+            return Err(Error::malformed(
+                "LAYR",
+                format!("unknown permutation kind {c}"),
+            ));
+        }
+    })
+}
+
+fn known_tag(tag: &[u8; 4]) -> Option<&'static str> {
+    [
+        (TAG_PREDICTOR, "PRED"),
+        (TAG_LAYERS, "LAYR"),
+        (TAG_PERMUTATIONS, "PERM"),
+        (TAG_PASSTHROUGH, "PASS"),
+        (TAG_DATA, "DATA"),
+        (TAG_METADATA, "META"),
+    ]
+    .iter()
+    .find(|(t, _)| t == tag)
+    .map(|(_, n)| *n)
+}
+
+/// Validates `buf` as a `.nern` file and returns its parsed contents.
+pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a>> {
+    let avail = buf.len() as u64;
+    if buf.len() < MAGIC.len() || buf[..MAGIC.len()] != MAGIC {
+        if buf.len() < MAGIC.len() && MAGIC.starts_with(buf) {
+            return Err(Error::Truncated {
+                what: "header",
+                needed: HEADER_LEN as u64,
+                available: avail,
+            });
+        }
+        return Err(Error::BadMagic);
+    }
+    if buf.len() < HEADER_LEN {
+        return Err(Error::Truncated {
+            what: "header",
+            needed: HEADER_LEN as u64,
+            available: avail,
+        });
+    }
+    let mut h = Reader::new(&buf[MAGIC.len()..HEADER_LEN], "header");
+    let major = h.u16()?;
+    let minor = h.u16()?;
+    if major != MAJOR_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found_major: major,
+            found_minor: minor,
+            supported_major: MAJOR_VERSION,
+        });
+    }
+    let count = h.u32()?;
+    let file_len = h.u64()?;
+    h.zeros(8, "header reserved")?;
+    if count == 0 || count > MAX_SECTIONS {
+        return Err(Error::SectionLayout(format!(
+            "section count {count} outside 1..={MAX_SECTIONS}"
+        )));
+    }
+    let table_len = HEADER_LEN + SECTION_ENTRY_LEN * count as usize;
+    let table_end = table_len + HASH_LEN;
+    if buf.len() < table_end {
+        return Err(Error::Truncated {
+            what: "section table",
+            needed: table_end as u64,
+            available: avail,
+        });
+    }
+    if blake3::hash(&buf[..table_len]).as_bytes()[..] != buf[table_len..table_end] {
+        return Err(Error::HeaderHashMismatch);
+    }
+    if avail < file_len {
+        return Err(Error::Truncated {
+            what: "file",
+            needed: file_len,
+            available: avail,
+        });
+    }
+    if avail > file_len {
+        return Err(Error::LengthMismatch {
+            declared: file_len,
+            actual: avail,
+        });
+    }
+
+    // Section table: canonical, contiguous layout; every section verified against its hash.
+    let mut t = Reader::new(&buf[HEADER_LEN..table_len], "section table");
+    let mut sections = Vec::with_capacity(count as usize);
+    let mut end = table_end as u64;
+    let mut seen = HashSet::new();
+    for _ in 0..count {
+        let tag: [u8; 4] = t.array()?;
+        let flags = t.u16()?;
+        let encoding = t.u8()?;
+        t.zeros(1, "entry reserved")?;
+        let info = SectionInfo {
+            tag,
+            flags,
+            encoding,
+            offset: t.u64()?,
+            stored_len: t.u64()?,
+            decoded_len: t.u64()?,
+            hash: t.array()?,
+        };
+        let name = info.tag_str();
+        if flags & !FLAG_REQUIRED != 0 {
+            return Err(Error::SectionLayout(format!(
+                "{name}: unknown flags {flags:#x}"
+            )));
+        }
+        if !seen.insert(tag) {
+            return Err(Error::SectionLayout(format!("duplicate section {name}")));
+        }
+        let expected = align_up(end, SECTION_ALIGN).ok_or(Error::Overflow("section offset"))?;
+        if info.offset != expected {
+            return Err(Error::SectionLayout(format!(
+                "{name} at offset {} (canonical offset is {expected}: sections are contiguous, {SECTION_ALIGN}-aligned, in table order)",
+                info.offset
+            )));
+        }
+        let sec_end = info
+            .offset
+            .checked_add(info.stored_len)
+            .ok_or(Error::Overflow("section end"))?;
+        if sec_end > file_len {
+            return Err(Error::SectionLayout(format!(
+                "{name} ends at {sec_end}, past the end of the file ({file_len})"
+            )));
+        }
+        if buf[end as usize..info.offset as usize]
+            .iter()
+            .any(|&b| b != 0)
+        {
+            return Err(Error::SectionLayout(format!(
+                "non-zero padding before {name}"
+            )));
+        }
+        match info.encoding {
+            ENCODING_RAW if info.decoded_len != info.stored_len => {
+                return Err(Error::SectionLayout(format!(
+                    "{name}: raw section with decoded length != stored length"
+                )));
+            }
+            ENCODING_RAW => {}
+            ENCODING_ZSTD if tag == TAG_METADATA || known_tag(&tag).is_none() => {}
+            e => {
+                return Err(Error::SectionLayout(format!(
+                    "{name}: encoding {e} not allowed"
+                )));
+            }
+        }
+        let bytes = &buf[info.offset as usize..sec_end as usize];
+        if blake3::hash(bytes).as_bytes() != &info.hash {
+            return Err(Error::SectionHashMismatch { tag: name });
+        }
+        if known_tag(&tag).is_none() && flags & FLAG_REQUIRED != 0 {
+            return Err(Error::UnknownRequiredSection { tag: name });
+        }
+        end = sec_end;
+        sections.push(info);
+    }
+    if end != file_len {
+        return Err(Error::SectionLayout(format!(
+            "{} bytes after the last section",
+            file_len - end
+        )));
+    }
+
+    let find = |tag: [u8; 4], name: &'static str| -> Result<&'a [u8]> {
+        let s = sections
+            .iter()
+            .find(|s| s.tag == tag)
+            .ok_or(Error::MissingSection(name))?;
+        Ok(&buf[s.offset as usize..(s.offset + s.stored_len) as usize])
+    };
+    let predictor = parse_predictor(find(TAG_PREDICTOR, "PRED")?)?;
+    let layers = parse_layers(find(TAG_LAYERS, "LAYR")?, &predictor.config, limits)?;
+    let (passthrough, source_metadata) =
+        parse_passthrough(find(TAG_PASSTHROUGH, "PASS")?, limits, layers.len())?;
+    let data = find(TAG_DATA, "DATA")?;
+
+    // Names unique across both tables.
+    let mut names = HashSet::new();
+    for n in layers
+        .iter()
+        .map(|l| &l.name)
+        .chain(passthrough.iter().map(|p| &p.name))
+    {
+        if !names.insert(n.as_str()) {
+            return Err(Error::malformed(
+                "PASS",
+                format!("duplicate tensor name {n:?}"),
+            ));
+        }
+    }
+    // Output size bound before any large allocation (permutation tables, decoded weights).
+    let mut output: u64 = 0;
+    for l in &layers {
+        output = output
+            .checked_add(l.elements() as u64 * 4)
+            .ok_or(Error::Overflow("output bytes"))?;
+    }
+    for p in &passthrough {
+        output = output
+            .checked_add(p.len)
+            .ok_or(Error::Overflow("output bytes"))?;
+    }
+    if output > limits.max_output_bytes {
+        return Err(Error::LimitExceeded {
+            what: "decoded checkpoint bytes",
+            value: output,
+            limit: limits.max_output_bytes,
+            hint: " (raise it with --max-output-bytes if the file is trusted)",
+        });
+    }
+    check_data(&passthrough, data)?;
+    let permutations = parse_permutations(find(TAG_PERMUTATIONS, "PERM")?, &layers)?;
+
+    let meta = sections.iter().find(|s| s.tag == TAG_METADATA).map(|s| {
+        (
+            &buf[s.offset as usize..(s.offset + s.stored_len) as usize],
+            s.encoding,
+            s.decoded_len,
+        )
+    });
+    Ok(Container {
+        major,
+        minor,
+        file_len,
+        sections,
+        predictor,
+        layers,
+        permutations,
+        passthrough,
+        source_metadata,
+        data,
+        meta,
+    })
+}
+
+fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
+    let mut r = Reader::new(bytes, "PRED");
+    let pe_levels = r.u32()?;
+    let coords = r.u8()?;
+    let activation = r.u8()?;
+    let dtype = r.u8()?;
+    r.zeros(1, "PRED reserved")?;
+    let pe_base = r.f64()?;
+    let kernel_size = r.u32()?;
+    let depth = r.u32()?;
+    if coords != 0 {
+        return Err(r.err(format!("unknown coordinate convention {coords}")));
+    }
+    if activation != 0 {
+        return Err(r.err(format!("unknown activation {activation}")));
+    }
+    if dtype != 0 {
+        return Err(Error::UnknownPredictorDtype(dtype));
+    }
+    if pe_levels == 0 || pe_levels > MAX_PE_LEVELS {
+        return Err(r.err(format!("pe_levels {pe_levels} outside 1..={MAX_PE_LEVELS}")));
+    }
+    if !(pe_base.is_finite() && pe_base > 0.0) {
+        return Err(r.err("pe_base must be finite and positive"));
+    }
+    if kernel_size == 0 || kernel_size % 2 == 0 || kernel_size > MAX_KERNEL {
+        return Err(r.err(format!(
+            "kernel size {kernel_size} (must be odd, 1..={MAX_KERNEL})"
+        )));
+    }
+    if !(2..=MAX_DEPTH).contains(&depth) {
+        return Err(r.err(format!("depth {depth} outside 2..={MAX_DEPTH}")));
+    }
+    let mut widths = Vec::with_capacity(depth as usize + 1);
+    for _ in 0..=depth {
+        let w = r.u32()?;
+        if w == 0 || w > MAX_WIDTH {
+            return Err(r.err(format!("width {w} outside 1..={MAX_WIDTH}")));
+        }
+        widths.push(w);
+    }
+    if widths[0] as usize != 2 * COORDS * pe_levels as usize {
+        return Err(r.err("input width is not 6 * pe_levels"));
+    }
+    if widths[depth as usize] != kernel_size * kernel_size {
+        return Err(r.err("output width is not kernel_size^2"));
+    }
+    let config = PredictorConfig {
+        pe_levels,
+        pe_base,
+        kernel_size,
+        widths,
+    };
+    // Declared parameters must fill the section exactly (bounds the allocation by its size).
+    if config.parameter_count().checked_mul(4) != Some(r.remaining() as u64) {
+        return Err(r.err("weight bytes do not match the declared shape"));
+    }
+    let mut layers = Vec::with_capacity(config.depth());
+    for dims in config.widths.windows(2) {
+        let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
+        let weight = r.f32s(inputs * outputs)?;
+        let bias = r.f32s(outputs)?;
+        if !weight.iter().chain(&bias).all(|v| v.is_finite()) {
+            return Err(Error::NonFinite {
+                tensor: "predictor".into(),
+            });
+        }
+        layers.push(LinearWeights {
+            inputs,
+            outputs,
+            weight,
+            bias,
+        });
+    }
+    r.finish()?;
+    Ok(Predictor { config, layers })
+}
+
+fn parse_layers(bytes: &[u8], cfg: &PredictorConfig, limits: &Limits) -> Result<Vec<LayerEntry>> {
+    let mut r = Reader::new(bytes, "LAYR");
+    let count = r.u32()?;
+    if count == 0 {
+        return Err(r.err("no layers"));
+    }
+    if u64::from(count) > limits.max_tensors {
+        return Err(Error::LimitExceeded {
+            what: "layer count",
+            value: u64::from(count),
+            limit: limits.max_tensors,
+            hint: "",
+        });
+    }
+    // Each entry takes at least 20 bytes: no allocation beyond what the bytes can hold.
+    let mut layers = Vec::with_capacity((count as usize).min(r.remaining() / 20));
+    for i in 0..count {
+        let name = r.string(false, MAX_NAME_LEN)?;
+        if name.is_empty() {
+            return Err(r.err(format!("layer {i} has an empty name")));
+        }
+        let dtype = TensorDtype::from_code(r.u8()?)?;
+        let permutation = permutation_kind(r.u8()?)?;
+        let shape = [r.u32()?, r.u32()?, r.u32()?, r.u32()?];
+        if dtype != TensorDtype::F32 {
+            return Err(r.err(format!("{name}: predicted tensors are F32 in version 1")));
+        }
+        if shape[0] == 0 || shape[1] == 0 {
+            return Err(r.err(format!("{name}: empty layer")));
+        }
+        if shape[2] != shape[3] || shape[2] % 2 == 0 || shape[2] > cfg.kernel_size {
+            return Err(r.err(format!(
+                "{name}: kernel {}x{} is not square, odd and at most the predictor's {}",
+                shape[2], shape[3], cfg.kernel_size
+            )));
+        }
+        // Coordinates are u32; kernel counts must fit the address space.
+        (u64::from(shape[0]) * u64::from(shape[1]))
+            .checked_mul(u64::from(shape[2]) * u64::from(shape[3]))
+            .filter(|&e| e <= usize::MAX as u64 / 4)
+            .ok_or(Error::Overflow("layer elements"))?;
+        layers.push(LayerEntry {
+            name,
+            dtype,
+            permutation,
+            shape,
+        });
+    }
+    r.finish()?;
+    Ok(layers)
+}
+
+type PassIndex = (Vec<PassEntry>, Option<BTreeMap<String, String>>);
+
+fn parse_passthrough(bytes: &[u8], limits: &Limits, layer_count: usize) -> Result<PassIndex> {
+    let mut r = Reader::new(bytes, "PASS");
+    let count = r.u32()?;
+    let has_meta = r.u8()?;
+    r.zeros(3, "PASS reserved")?;
+    let meta_count = r.u32()?;
+    if has_meta > 1 || (has_meta == 0 && meta_count != 0) {
+        return Err(r.err("bad metadata flag"));
+    }
+    if u64::from(count) + layer_count as u64 > limits.max_tensors {
+        return Err(Error::LimitExceeded {
+            what: "tensor count",
+            value: u64::from(count) + layer_count as u64,
+            limit: limits.max_tensors,
+            hint: "",
+        });
+    }
+    let mut meta = BTreeMap::new();
+    for _ in 0..meta_count {
+        let k = r.string(true, MAX_META_STRING)?;
+        let v = r.string(true, MAX_META_STRING)?;
+        if meta
+            .keys()
+            .next_back()
+            .is_some_and(|last: &String| *last >= k)
+        {
+            return Err(r.err("metadata keys not strictly ascending"));
+        }
+        meta.insert(k, v);
+    }
+    let mut entries = Vec::with_capacity((count as usize).min(r.remaining() / 20));
+    let mut end = 0u64;
+    for _ in 0..count {
+        let name = r.string(false, MAX_NAME_LEN)?;
+        if name.is_empty() {
+            return Err(r.err("empty tensor name"));
+        }
+        let dtype = TensorDtype::from_code(r.u8()?)?;
+        let ndim = r.u8()?;
+        if ndim > MAX_NDIM {
+            return Err(r.err(format!("{name}: {ndim} dimensions (at most {MAX_NDIM})")));
+        }
+        let mut shape = Vec::with_capacity(ndim as usize);
+        let mut elements = 1u64;
+        for _ in 0..ndim {
+            let d = r.u64()?;
+            elements = elements
+                .checked_mul(d)
+                .ok_or(Error::Overflow("tensor elements"))?;
+            shape.push(d);
+        }
+        let offset = r.u64()?;
+        let len = r.u64()?;
+        let want = elements
+            .checked_mul(dtype.size() as u64)
+            .ok_or(Error::Overflow("tensor bytes"))?;
+        if len != want {
+            return Err(r.err(format!(
+                "{name}: {len} bytes stored, shape {shape:?} x {} needs {want}",
+                dtype.name()
+            )));
+        }
+        let canonical = align_up(end, TENSOR_ALIGN).ok_or(Error::Overflow("DATA offset"))?;
+        if offset != canonical {
+            return Err(r.err(format!(
+                "{name}: offset {offset}, canonical offset is {canonical}"
+            )));
+        }
+        end = offset.checked_add(len).ok_or(Error::Overflow("DATA end"))?;
+        entries.push(PassEntry {
+            name,
+            dtype,
+            shape,
+            offset,
+            len,
+        });
+    }
+    r.finish()?;
+    Ok((entries, (has_meta == 1).then_some(meta)))
+}
+
+fn check_data(entries: &[PassEntry], data: &[u8]) -> Result<()> {
+    let end = entries.last().map_or(0, |e| e.offset + e.len);
+    if end != data.len() as u64 {
+        return Err(Error::malformed(
+            "DATA",
+            format!("{} bytes, the index declares {end}", data.len()),
+        ));
+    }
+    let mut prev = 0u64;
+    for e in entries {
+        if data[prev as usize..e.offset as usize]
+            .iter()
+            .any(|&b| b != 0)
+        {
+            return Err(Error::malformed("DATA", "non-zero padding"));
+        }
+        prev = e.offset + e.len;
+    }
+    Ok(())
+}
+
+fn parse_permutations(bytes: &[u8], layers: &[LayerEntry]) -> Result<Vec<Permutation>> {
+    let mut expected = 0u64;
+    for l in layers {
+        let b = permutation_bytes(l.permutation, l.cout() as u64, l.cin() as u64)
+            .ok_or(Error::Overflow("permutation bytes"))?;
+        expected = expected
+            .checked_add(b)
+            .ok_or(Error::Overflow("permutation bytes"))?;
+    }
+    if expected != bytes.len() as u64 {
+        return Err(Error::malformed(
+            "PERM",
+            format!("{} bytes, the layer table needs {expected}", bytes.len()),
+        ));
+    }
+    let mut r = Reader::new(bytes, "PERM");
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let bad = |e: Error| match e {
+            Error::InvalidPermutation { .. } => Error::InvalidPermutation {
+                layer: l.name.clone(),
+            },
+            other => other,
+        };
+        let (cout, cin) = (l.cout() as u64, l.cin() as u64);
+        let block = |r: &mut Reader, count: u64, n: u64| -> Result<Vec<u32>> {
+            let len = (count * u64::from(bit_width(n))).div_ceil(8) as usize;
+            unpack_permutation(r.bytes(len)?, count as usize, n).map_err(bad)
+        };
+        out.push(match l.permutation {
+            PermutationKind::None => Permutation::Identity,
+            PermutationKind::InFilter => {
+                let filters = block(&mut r, cout, cout)?;
+                let mut channels = Vec::with_capacity(l.kernels());
+                for _ in 0..cout {
+                    channels.extend(block(&mut r, cin, cin)?);
+                }
+                Permutation::InFilter { filters, channels }
+            }
+            PermutationKind::CrossFilter => Permutation::CrossFilter {
+                kernels: block(&mut r, cout * cin, cout * cin)?,
+            },
+        });
+    }
+    r.finish()?;
+    Ok(out)
+}

@@ -1,0 +1,208 @@
+//! Serialises a container in the one canonical layout readers accept.
+
+use std::collections::BTreeMap;
+
+use super::bitpack::pack_permutation;
+use super::bytes::Writer;
+use super::*;
+use crate::error::{Error, Result};
+use crate::permute::Permutation;
+use crate::predictor::Predictor;
+
+/// A tensor to store verbatim.
+pub struct PassTensor<'a> {
+    pub name: String,
+    pub dtype: TensorDtype,
+    pub shape: Vec<u64>,
+    pub bytes: &'a [u8],
+}
+
+/// Everything that goes into a `.nern` file.
+pub struct ContainerParts<'a> {
+    pub predictor: &'a Predictor,
+    pub layers: &'a [LayerEntry],
+    pub permutations: &'a [Permutation],
+    pub passthrough: Vec<PassTensor<'a>>,
+    /// The source checkpoint's safetensors `__metadata__`.
+    pub source_metadata: Option<BTreeMap<String, String>>,
+    /// Free-form provenance, stored zstd-compressed in `META`.
+    pub metadata: Option<serde_json::Value>,
+}
+
+struct Section {
+    tag: [u8; 4],
+    flags: u16,
+    encoding: u8,
+    decoded_len: u64,
+    payload: Vec<u8>,
+}
+
+fn raw(tag: [u8; 4], payload: Vec<u8>) -> Section {
+    Section {
+        tag,
+        flags: FLAG_REQUIRED,
+        encoding: ENCODING_RAW,
+        decoded_len: payload.len() as u64,
+        payload,
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > read::MAX_NAME_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "tensor name of {} bytes (must be 1..={})",
+            name.len(),
+            read::MAX_NAME_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
+    let mut w = Writer::default();
+    let c = &p.config;
+    w.u32(c.pe_levels);
+    w.u8(0); // coordinate convention: raw integers
+    w.u8(0); // activation: ReLU
+    w.u8(0); // weight dtype: f32
+    w.u8(0);
+    w.f64(c.pe_base);
+    w.u32(c.kernel_size);
+    w.u32(c.depth() as u32);
+    for &width in &c.widths {
+        w.u32(width);
+    }
+    if p.layers.len() != c.depth() {
+        return Err(Error::InvalidArgument("predictor depth mismatch".into()));
+    }
+    for (layer, dims) in p.layers.iter().zip(c.widths.windows(2)) {
+        if layer.inputs != dims[0] as usize
+            || layer.outputs != dims[1] as usize
+            || layer.weight.len() != layer.inputs * layer.outputs
+            || layer.bias.len() != layer.outputs
+        {
+            return Err(Error::InvalidArgument(
+                "predictor layer shape mismatch".into(),
+            ));
+        }
+        w.f32s(&layer.weight);
+        w.f32s(&layer.bias);
+    }
+    Ok(w.buf)
+}
+
+fn layers_section(layers: &[LayerEntry]) -> Result<Vec<u8>> {
+    let mut w = Writer::default();
+    w.u32(layers.len() as u32);
+    for l in layers {
+        check_name(&l.name)?;
+        w.string(&l.name, false);
+        w.u8(l.dtype.code());
+        w.u8(read::permutation_code(l.permutation));
+        for d in l.shape {
+            w.u32(d);
+        }
+    }
+    Ok(w.buf)
+}
+
+/// Serialises `parts` into the bytes of a `.nern` file.
+pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
+    if parts.layers.len() != parts.permutations.len() {
+        return Err(Error::InvalidArgument(
+            "one permutation per layer required".into(),
+        ));
+    }
+    let mut perm = Vec::new();
+    for (l, p) in parts.layers.iter().zip(parts.permutations) {
+        if !p.is_valid(l.cout(), l.cin()) {
+            return Err(Error::InvalidPermutation {
+                layer: l.name.clone(),
+            });
+        }
+        pack_permutation(p, l.cout(), l.cin(), &mut perm);
+    }
+
+    // PASS index and DATA: tensors in the given order, each 8-aligned.
+    let mut index = Writer::default();
+    let mut data: Vec<u8> = Vec::new();
+    index.u32(parts.passthrough.len() as u32);
+    index.u8(u8::from(parts.source_metadata.is_some()));
+    index.bytes(&[0; 3]);
+    let empty = BTreeMap::new();
+    let meta = parts.source_metadata.as_ref().unwrap_or(&empty);
+    index.u32(meta.len() as u32);
+    for (k, v) in meta {
+        index.string(k, true);
+        index.string(v, true);
+    }
+    for t in &parts.passthrough {
+        check_name(&t.name)?;
+        let offset = align_up(data.len() as u64, TENSOR_ALIGN).ok_or(Error::Overflow("DATA"))?;
+        data.resize(offset as usize, 0);
+        data.extend_from_slice(t.bytes);
+        index.string(&t.name, false);
+        index.u8(t.dtype.code());
+        index.u8(t.shape.len() as u8);
+        for &d in &t.shape {
+            index.u64(d);
+        }
+        index.u64(offset);
+        index.u64(t.bytes.len() as u64);
+    }
+
+    let mut sections = vec![
+        raw(TAG_PREDICTOR, predictor_section(parts.predictor)?),
+        raw(TAG_LAYERS, layers_section(parts.layers)?),
+        raw(TAG_PERMUTATIONS, perm),
+        raw(TAG_PASSTHROUGH, index.buf),
+        raw(TAG_DATA, data),
+    ];
+    if let Some(meta) = &parts.metadata {
+        let json = serde_json::to_vec(meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let packed = zstd::bulk::compress(&json, 19).map_err(|e| Error::io("<zstd>", e))?;
+        sections.push(Section {
+            tag: TAG_METADATA,
+            flags: 0,
+            encoding: ENCODING_ZSTD,
+            decoded_len: json.len() as u64,
+            payload: packed,
+        });
+    }
+    Ok(assemble(&sections))
+}
+
+fn assemble(sections: &[Section]) -> Vec<u8> {
+    let table_end = (HEADER_LEN + SECTION_ENTRY_LEN * sections.len() + HASH_LEN) as u64;
+    let mut offsets = Vec::with_capacity(sections.len());
+    let mut end = table_end;
+    for s in sections {
+        let off = align_up(end, SECTION_ALIGN).unwrap_or(end);
+        offsets.push(off);
+        end = off + s.payload.len() as u64;
+    }
+    let mut w = Writer::default();
+    w.bytes(&MAGIC);
+    w.u16(MAJOR_VERSION);
+    w.u16(MINOR_VERSION);
+    w.u32(sections.len() as u32);
+    w.u64(end);
+    w.u64(0);
+    for (s, &off) in sections.iter().zip(&offsets) {
+        w.bytes(&s.tag);
+        w.u16(s.flags);
+        w.u8(s.encoding);
+        w.u8(0);
+        w.u64(off);
+        w.u64(s.payload.len() as u64);
+        w.u64(s.decoded_len);
+        w.bytes(blake3::hash(&s.payload).as_bytes());
+    }
+    let header_hash = blake3::hash(&w.buf);
+    w.bytes(header_hash.as_bytes());
+    for (s, &off) in sections.iter().zip(&offsets) {
+        w.buf.resize(off as usize, 0);
+        w.bytes(&s.payload);
+    }
+    w.buf
+}

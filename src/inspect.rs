@@ -1,0 +1,197 @@
+//! `nernc inspect`: what a `.nern` file holds and what it costs.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::format::{
+    Container, Limits, TAG_DATA, TAG_PASSTHROUGH, TAG_PERMUTATIONS, TAG_PREDICTOR,
+};
+
+#[derive(Serialize)]
+pub struct SectionRow {
+    pub tag: String,
+    pub offset: u64,
+    pub stored_bytes: u64,
+    pub decoded_bytes: u64,
+    pub encoding: &'static str,
+    pub required: bool,
+    pub blake3: String,
+}
+
+#[derive(Serialize)]
+pub struct LayerRow {
+    pub index: usize,
+    pub name: String,
+    pub shape: [u32; 4],
+    pub permutation: String,
+}
+
+#[derive(Serialize)]
+pub struct PredictorRow {
+    pub pe_levels: u32,
+    pub pe_base: f64,
+    pub coordinates: &'static str,
+    pub activation: &'static str,
+    pub kernel_size: u32,
+    pub widths: Vec<u32>,
+    pub depth: usize,
+    pub parameters: u64,
+    pub dtype: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct InspectReport {
+    pub version: String,
+    pub file_bytes: u64,
+    pub source_bytes: Option<u64>,
+    /// File size as a percentage of the source checkpoint.
+    pub size_percent_of_source: Option<f64>,
+    /// The paper's ratio: predictor parameters / predicted parameters.
+    pub compression_ratio: f64,
+    pub predicted_parameters: u64,
+    pub predictor_bytes: u64,
+    pub permutation_bytes: u64,
+    pub passthrough_bytes: u64,
+    pub passthrough_tensors: usize,
+    pub predictor: PredictorRow,
+    pub sections: Vec<SectionRow>,
+    pub layers: Vec<LayerRow>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
+    let metadata = c.metadata(limits)?;
+    let source_bytes = metadata
+        .as_ref()
+        .and_then(|m| m.pointer("/source/bytes"))
+        .and_then(serde_json::Value::as_u64);
+    let section_bytes = |tag: [u8; 4]| {
+        c.sections
+            .iter()
+            .find(|s| s.tag == tag)
+            .map_or(0, |s| s.stored_len)
+    };
+    let predicted: u64 = c.layers.iter().map(|l| l.elements() as u64).sum();
+    let cfg = &c.predictor.config;
+    Ok(InspectReport {
+        version: format!("{}.{}", c.major, c.minor),
+        file_bytes: c.file_len,
+        source_bytes,
+        size_percent_of_source: source_bytes.map(|s| 100.0 * c.file_len as f64 / s as f64),
+        compression_ratio: cfg.parameter_count() as f64 / predicted.max(1) as f64,
+        predicted_parameters: predicted,
+        predictor_bytes: section_bytes(TAG_PREDICTOR),
+        permutation_bytes: section_bytes(TAG_PERMUTATIONS),
+        passthrough_bytes: section_bytes(TAG_DATA) + section_bytes(TAG_PASSTHROUGH),
+        passthrough_tensors: c.passthrough.len(),
+        predictor: PredictorRow {
+            pe_levels: cfg.pe_levels,
+            pe_base: cfg.pe_base,
+            coordinates: "raw integers (layer, filter position, channel position)",
+            activation: "relu",
+            kernel_size: cfg.kernel_size,
+            widths: cfg.widths.clone(),
+            depth: cfg.depth(),
+            parameters: cfg.parameter_count(),
+            dtype: "f32",
+        },
+        sections: c
+            .sections
+            .iter()
+            .map(|s| SectionRow {
+                tag: s.tag_str(),
+                offset: s.offset,
+                stored_bytes: s.stored_len,
+                decoded_bytes: s.decoded_len,
+                encoding: if s.encoding == 0 { "raw" } else { "zstd" },
+                required: s.flags & crate::format::FLAG_REQUIRED != 0,
+                blake3: s.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            })
+            .collect(),
+        layers: c
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerRow {
+                index: i,
+                name: l.name.clone(),
+                shape: l.shape,
+                permutation: format!("{:?}", l.permutation),
+            })
+            .collect(),
+        metadata,
+    })
+}
+
+/// Human-readable rendering.
+pub fn render(r: &InspectReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, ".nern version {}  ({} bytes)", r.version, r.file_bytes);
+    if let (Some(src), Some(p)) = (r.source_bytes, r.size_percent_of_source) {
+        let _ = writeln!(
+            s,
+            "source checkpoint: {src} bytes; this file is {p:.2} % of it"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "compression ratio (predictor params / predicted params): {:.4} ({} / {})",
+        r.compression_ratio, r.predictor.parameters, r.predicted_parameters
+    );
+    let p = &r.predictor;
+    let _ = writeln!(
+        s,
+        "predictor: {} linear layers {:?}, relu, PE L={} b={}, K={}, {}",
+        p.depth, p.widths, p.pe_levels, p.pe_base, p.kernel_size, p.dtype
+    );
+    let _ = writeln!(
+        s,
+        "bytes: predictor {}  permutations {}  passthrough {} ({} tensors)",
+        r.predictor_bytes, r.permutation_bytes, r.passthrough_bytes, r.passthrough_tensors
+    );
+    let _ = writeln!(s, "sections:");
+    for sec in &r.sections {
+        let _ = writeln!(
+            s,
+            "  {}  offset {:>9}  {:>9} bytes  {:<4} {}",
+            sec.tag,
+            sec.offset,
+            sec.stored_bytes,
+            sec.encoding,
+            if sec.required { "required" } else { "optional" }
+        );
+    }
+    let _ = writeln!(s, "layers ({}):", r.layers.len());
+    for l in &r.layers {
+        let _ = writeln!(
+            s,
+            "  {:>3}  {:<40} {:?}  {}",
+            l.index, l.name, l.shape, l.permutation
+        );
+    }
+    if let Some(m) = &r.metadata {
+        if let Some(src) = m.get("source") {
+            let _ = writeln!(s, "source: {src}");
+        }
+        if let Some(recipe) = m.get("recipe") {
+            let _ = writeln!(s, "recipe: {recipe}");
+        }
+        if let Some(rounds) = m.get("rounds").and_then(|v| v.as_array()) {
+            for rd in rounds {
+                let _ = writeln!(
+                    s,
+                    "round {}: rmse vs target {:.4e}, vs original {:.4e}, {:.1} s",
+                    rd["round"],
+                    rd["rmse_vs_target"].as_f64().unwrap_or(f64::NAN),
+                    rd["rmse_vs_original"].as_f64().unwrap_or(f64::NAN),
+                    rd["train_seconds"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        if let Some(enc) = m.get("encoder") {
+            let _ = writeln!(s, "encoder: {enc}");
+        }
+    }
+    s
+}

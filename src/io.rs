@@ -1,0 +1,63 @@
+//! Atomic output: write a temporary file beside the target, then rename it into place, so a
+//! failure (or a reader holding a memory map of the old file) never sees a partial file.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// The directory an output will be created in; it must exist.
+fn parent_dir(path: &Path) -> Result<&Path> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("output directory {} does not exist", parent.display()),
+            ),
+        ));
+    }
+    Ok(parent)
+}
+
+/// Checks early (before long work) that `path` can be created.
+pub fn check_output_path(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, "output is a directory"),
+        ));
+    }
+    parent_dir(path).map(|_| ())
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file, _| {
+        file.write_all(bytes).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Creates a temporary file beside `path`, lets `fill` write it (through the open file or its
+/// path), syncs, then renames it to `path`. On any error the temporary file is removed.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File, &Path) -> Result<()>,
+) -> Result<()> {
+    check_output_path(path)?;
+    let dir = parent_dir(path)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".nernc-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let tmp_path = tmp.path().to_path_buf();
+    fill(tmp.as_file_mut(), &tmp_path)?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

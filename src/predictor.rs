@@ -1,0 +1,160 @@
+//! The predictor: a plain MLP that maps the positional encoding of a kernel coordinate
+//! `(layer, filter position, channel position)` to one `K x K` kernel.
+//!
+//! This module holds the framework-free description shared by the container, the decoder and
+//! the encoder. The arithmetic a decoder must follow is normative (`spec/nern-format.md` §6).
+
+/// Every hyper-parameter a decoder needs to run the predictor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictorConfig {
+    /// Positional-encoding levels `L` per coordinate (input width `E = 6 L`).
+    pub pe_levels: u32,
+    /// Positional-encoding base `b`: level `l` uses frequency `pi * b^l`.
+    pub pe_base: f64,
+    /// Output kernel size `K` (the largest predicted kernel; smaller ones are centre crops).
+    pub kernel_size: u32,
+    /// Widths of all activations, input to output: `[E, h, ..., h, K*K]` (`depth + 1` entries).
+    pub widths: Vec<u32>,
+}
+
+/// Number of coordinates encoded per kernel: layer, filter position, channel position.
+pub const COORDS: usize = 3;
+
+impl PredictorConfig {
+    /// The reference architecture: `E -> h -> h -> h -> h -> K*K`.
+    pub fn reference(hidden: u32, kernel_size: u32, pe_levels: u32, pe_base: f64) -> Self {
+        let e = 2 * COORDS as u32 * pe_levels;
+        PredictorConfig {
+            pe_levels,
+            pe_base,
+            kernel_size,
+            widths: vec![e, hidden, hidden, hidden, hidden, kernel_size * kernel_size],
+        }
+    }
+
+    /// Number of linear layers.
+    pub fn depth(&self) -> usize {
+        self.widths.len().saturating_sub(1)
+    }
+
+    pub fn input_width(&self) -> usize {
+        self.widths.first().copied().unwrap_or(0) as usize
+    }
+
+    /// Per-coordinate encoding width `2 L`.
+    pub fn coord_width(&self) -> usize {
+        2 * self.pe_levels as usize
+    }
+
+    pub fn output_width(&self) -> usize {
+        self.widths.last().copied().unwrap_or(0) as usize
+    }
+
+    /// Largest hidden width (buffer sizing).
+    pub fn max_width(&self) -> usize {
+        self.widths.iter().copied().max().unwrap_or(0) as usize
+    }
+
+    /// Weights plus biases of all layers.
+    pub fn parameter_count(&self) -> u64 {
+        self.widths
+            .windows(2)
+            .map(|w| u64::from(w[0]) * u64::from(w[1]) + u64::from(w[1]))
+            .sum()
+    }
+
+    /// Frequencies `pi * b^l`, computed with the pure-Rust `libm` so every platform agrees.
+    pub fn frequencies(&self) -> Vec<f64> {
+        (0..self.pe_levels)
+            .map(|l| std::f64::consts::PI * libm::pow(self.pe_base, f64::from(l)))
+            .collect()
+    }
+}
+
+/// Encodes one integer coordinate into `out` (`2 L` values, `[level][sin, cos]`).
+///
+/// Normative: `theta = freq[l] * n` in f64, then `sin`/`cos` from `libm` (musl's algorithms),
+/// rounded to f32.
+pub fn encode_coordinate(n: u32, frequencies: &[f64], out: &mut [f32]) {
+    for (pair, &f) in out.chunks_exact_mut(2).zip(frequencies) {
+        let theta = f * f64::from(n);
+        pair[0] = libm::sin(theta) as f32;
+        pair[1] = libm::cos(theta) as f32;
+    }
+}
+
+/// One linear layer, weight stored `[in][out]` row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearWeights {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// A predictor: configuration plus the weights of every layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Predictor {
+    pub config: PredictorConfig,
+    pub layers: Vec<LinearWeights>,
+}
+
+impl Predictor {
+    /// Runs the predictor on one coordinate the plain way, in f64. Not the normative arithmetic:
+    /// the independent reference a conforming f32 decoder is compared against (spec §6.4).
+    pub fn forward_f64(&self, coord: [u32; COORDS]) -> Vec<f64> {
+        let freqs = self.config.frequencies();
+        let mut x = Vec::with_capacity(self.config.input_width());
+        for n in coord {
+            for &f in &freqs {
+                let theta = f * f64::from(n);
+                x.push(libm::sin(theta) as f32 as f64);
+                x.push(libm::cos(theta) as f32 as f64);
+            }
+        }
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut y: Vec<f64> = layer.bias.iter().map(|&b| f64::from(b)).collect();
+            for (k, &xk) in x.iter().enumerate() {
+                let row = &layer.weight[k * layer.outputs..(k + 1) * layer.outputs];
+                for (yj, &w) in y.iter_mut().zip(row) {
+                    *yj += xk * f64::from(w);
+                }
+            }
+            if i != last {
+                for v in &mut y {
+                    *v = v.max(0.0);
+                }
+            }
+            x = y;
+        }
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_parameter_counts_match_method() {
+        // method.md: 3h^2 + 253h + 9 for E = 240, K = 3.
+        for (h, want) in [(140, 94_229), (180, 142_749), (320, 388_169)] {
+            assert_eq!(
+                PredictorConfig::reference(h, 3, 40, 0.76).parameter_count(),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn encoding_layout_is_level_major_sin_cos() {
+        let cfg = PredictorConfig::reference(8, 3, 4, 0.5);
+        let freqs = cfg.frequencies();
+        let mut out = vec![0.0; 8];
+        encode_coordinate(3, &freqs, &mut out);
+        assert_eq!(out[0], (std::f64::consts::PI * 3.0).sin() as f32);
+        assert!((out[3] - (std::f64::consts::PI * 0.5 * 3.0).cos() as f32).abs() < 1e-6);
+        assert!((out[6] - (std::f64::consts::PI * 0.125 * 3.0).sin() as f32).abs() < 1e-6);
+    }
+}
