@@ -1,1 +1,167 @@
-fn main() {}
+//! Decoder benchmark: decode time of the fixtures at hidden 180 and 320, and the decoder's
+//! GFLOP/s against this machine's f32 GEMM peak measured in the same run (matrixmultiply sgemm).
+//!
+//! `cargo bench --bench decode` prints a table. Decode time does not depend on the trained values,
+//! so the predictors here are randomly initialised at the real shapes with the real layer tables.
+
+use std::path::Path;
+use std::time::Instant;
+
+use nernc::checkpoint::{MappedFile, is_predictable, natural_cmp, parse_safetensors};
+use nernc::decode::{decode_layers, default_threads};
+use nernc::format::{LayerEntry, TensorDtype};
+use nernc::permute::{Permutation, PermutationKind};
+use nernc::predictor::{LinearWeights, Predictor, PredictorConfig};
+use nernc::rng::SplitMix64;
+
+fn layers_of(path: &Path) -> Vec<LayerEntry> {
+    let file = MappedFile::open(path).expect("fixture");
+    let ck = parse_safetensors(path, file.bytes()).expect("parse");
+    let mut t: Vec<_> = ck.tensors.iter().filter(|t| is_predictable(t)).collect();
+    t.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    t.iter()
+        .map(|t| LayerEntry {
+            name: t.name.clone(),
+            dtype: TensorDtype::F32,
+            permutation: PermutationKind::None,
+            shape: [
+                t.shape[0] as u32,
+                t.shape[1] as u32,
+                t.shape[2] as u32,
+                t.shape[3] as u32,
+            ],
+        })
+        .collect()
+}
+
+fn random_predictor(hidden: u32, k: u32) -> Predictor {
+    let config = PredictorConfig::reference(hidden, k, 40, 0.76);
+    let mut rng = SplitMix64::new(1);
+    let layers = config
+        .widths
+        .windows(2)
+        .map(|w| {
+            let (i, o) = (w[0] as usize, w[1] as usize);
+            let b = 1.0 / (i as f64).sqrt();
+            let mut draw =
+                |n| -> Vec<f32> { (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * b) as f32).collect() };
+            LinearWeights {
+                inputs: i,
+                outputs: o,
+                weight: draw(i * o),
+                bias: draw(o),
+            }
+        })
+        .collect();
+    Predictor { config, layers }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time_it(reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn gemm_peak(threads: usize) -> f64 {
+    let n = 1536;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    // matrixmultiply reads its thread count from this variable.
+    // SAFETY: set before any other thread of this benchmark runs matrixmultiply.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", threads.to_string()) };
+    let s = time_it(5, || unsafe {
+        matrixmultiply::sgemm(
+            n, n, n, 1.0, a.as_ptr(), n as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
+            c.as_mut_ptr(), n as isize, 1,
+        )
+    });
+    2.0 * (n * n * n) as f64 / s / 1e9
+}
+
+/// Hardware FMA peak: independent AVX-512 FMA chains on every thread (no memory traffic).
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(threads: usize) -> Option<f64> {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx512f,fma")]
+    fn chains(iters: usize) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        acc.iter().map(|x| _mm512_reduce_add_ps(*x)).sum()
+    }
+    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma")) {
+        return None;
+    }
+    let iters = 20_000_000;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            // SAFETY: the features were detected above.
+            s.spawn(|| std::hint::black_box(unsafe { chains(iters) }));
+        }
+    });
+    Some(threads as f64 * (iters * 24 * 16 * 2) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak(_: usize) -> Option<f64> {
+    None
+}
+
+fn main() {
+    let threads = default_threads();
+    let peak = gemm_peak(threads);
+    println!("threads: {threads}");
+    println!("f32 GEMM peak (matrixmultiply sgemm 1536^3, {threads} threads): {peak:.1} GFLOP/s");
+    if let Some(fma) = fma_peak(threads) {
+        println!("f32 FMA issue peak (AVX-512 FMA chains, {threads} threads): {fma:.1} GFLOP/s");
+    }
+    println!();
+    println!(
+        "| model | hidden | kernels | decode (s, median of 7) | GFLOP executed | GFLOP/s | % of GEMM peak |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for name in ["fmnist-resnet20", "fmnist-resnet56"] {
+        let layers = layers_of(&root.join(format!("{name}.safetensors")));
+        let perms = vec![Permutation::Identity; layers.len()];
+        let kernels: usize = layers.iter().map(LayerEntry::kernels).sum();
+        for hidden in [180u32, 320] {
+            let p = random_predictor(hidden, 3);
+            let h = f64::from(hidden);
+            // Executed work: three hidden GEMMs and the output GEMM per kernel, the first layer's
+            // three adds per unit, and the per-coordinate tables of the separable first layer.
+            let per_row = 2.0 * (3.0 * h * h + h * 9.0) + 3.0 * h;
+            let extents = nernc::decode::coordinate_extents(&layers);
+            let tables = 2.0 * 80.0 * h * extents.iter().sum::<usize>() as f64;
+            let flops = per_row * kernels as f64 + tables;
+            let s = time_it(7, || {
+                std::hint::black_box(decode_layers(&p, &layers, &perms, threads));
+            });
+            let gflops = flops / s / 1e9;
+            println!(
+                "| {name} | {hidden} | {kernels} | {s:.4} | {:.2} | {gflops:.1} | {:.0} % |",
+                flops / 1e9,
+                100.0 * gflops / peak
+            );
+        }
+    }
+}

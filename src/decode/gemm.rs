@@ -1,24 +1,151 @@
-//! TEMPORARY STUB: replaced by the real module (helper).
+//! Bit-reproducible `C = act(A * W + bias)` for the decoder's weight-regenerating MLP.
+//!
+//! Every output element is computed as `bias[j]` followed by one fused multiply-add per `kk`
+//! in ascending order. Each SIMD lane holds exactly one output element, so the AVX-512, AVX2
+//! and scalar paths all round identically and the result does not depend on the CPU or on how
+//! the caller splits rows across threads.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Floats per zmm register; also the packing granule.
+const LANES: usize = 16;
+/// Widest column panel. The last panel is 16 wide when at most 16 columns remain.
+const NR: usize = 2 * LANES;
+
+/// One 64-byte line so packed panels start on cache-line boundaries.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([f32; LANES]);
+
+/// `W` of shape `[k, n]`, packed as column panels of [`NR`] (the last possibly 16), each stored
+/// `[k][width]` row-major and zero padded past column `n`. Immutable after construction.
+#[derive(Clone)]
 pub struct PackedMatrix {
+    data: Vec<Line>,
     k: usize,
     n: usize,
-    w: Vec<f32>,
 }
+
 impl PackedMatrix {
+    /// Packs a row-major `w` (`w[kk * n + j]`). Panics if `w.len() < k * n`.
     pub fn new(w: &[f32], k: usize, n: usize) -> Self {
-        PackedMatrix {
-            k,
-            n,
-            w: w.to_vec(),
+        assert!(
+            w.len() >= k * n,
+            "w has {} elements, need {}",
+            w.len(),
+            k * n
+        );
+        let mut flat = Vec::new();
+        let mut col0 = 0;
+        while col0 < n {
+            let width = panel_width(n, col0);
+            for kk in 0..k {
+                for l in 0..width {
+                    let j = col0 + l;
+                    flat.push(if j < n { w[kk * n + j] } else { 0.0 });
+                }
+            }
+            col0 += width;
         }
+        let data = flat
+            .chunks_exact(LANES)
+            .map(|c| Line(c.try_into().expect("chunk of LANES")))
+            .collect();
+        Self { data, k, n }
     }
+
+    /// Rows of `W` (the inner dimension).
     pub fn k(&self) -> usize {
         self.k
     }
+
+    /// Columns of `W` (output columns).
     pub fn n(&self) -> usize {
         self.n
     }
+
+    fn floats(&self) -> &[f32] {
+        // SAFETY: `Line` is `repr(C)` around `[f32; LANES]` (size 64, no padding), so the
+        // vector's buffer is exactly `len * LANES` initialized, contiguous f32 values.
+        unsafe {
+            std::slice::from_raw_parts(self.data.as_ptr().cast::<f32>(), self.data.len() * LANES)
+        }
+    }
+
+    /// Panel starting at column `col0`: (width, packed `[k][width]` data).
+    fn panel(&self, col0: usize) -> (usize, &[f32]) {
+        let width = panel_width(self.n, col0);
+        // Every panel before this one is NR wide.
+        let start = col0 * self.k;
+        (width, &self.floats()[start..start + width * self.k])
+    }
+
+    /// `W[kk][j]`, read back from the packed layout.
+    fn get(&self, kk: usize, j: usize) -> f32 {
+        let col0 = j / NR * NR;
+        let (width, p) = self.panel(col0);
+        p[kk * width + (j - col0)]
+    }
 }
+
+/// Normative ReLU: NaN and -0.0 map to +0.0.
+fn relu0(x: f32) -> f32 {
+    if x > 0.0 { x } else { 0.0 }
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix {{ k: {}, n: {} }}", self.k, self.n)
+    }
+}
+
+fn panel_width(n: usize, col0: usize) -> usize {
+    if n - col0 <= LANES { LANES } else { NR }
+}
+
+/// Rows per internal block, also a good row block for callers splitting work across threads:
+/// large enough to amortize streaming `W`, small enough that the A block stays in L2. A
+/// multiple of both microkernel heights (12 and 6), so short tail tiles only occur at the end.
+pub const RECOMMENDED_ROW_BLOCK: usize = 192;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn best_path() -> Path {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if path_supported(Path::Avx512) {
+            return Path::Avx512;
+        }
+        if path_supported(Path::Avx2) {
+            return Path::Avx2;
+        }
+    }
+    Path::Scalar
+}
+
+fn path_supported(path: Path) -> bool {
+    match path {
+        Path::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"),
+    }
+}
+
+/// Computes, for every row `i < m` and column `j < n`:
+/// `acc = bias[j]; for kk in 0..k { acc = a[i*lda+kk].mul_add(W[kk][j], acc) }`, then
+/// `c[i*ldc+j] = if relu { if acc > 0.0 { acc } else { 0.0 } } else { acc }`.
+/// Columns `j >= n` of `c` are left untouched. Uses the fastest path the CPU supports; all
+/// paths give bit-identical results.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias(
     a: &[f32],
@@ -30,17 +157,678 @@ pub fn gemm_bias(
     ldc: usize,
     relu: bool,
 ) {
+    gemm_path(best_path(), a, lda, m, w, bias, c, ldc, relu);
+}
+
+/// The normative definition of [`gemm_bias`], written plainly.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bias_reference(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedMatrix,
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    relu: bool,
+) {
+    check_args(a, lda, m, w, bias, c, ldc);
     for i in 0..m {
         for j in 0..w.n {
             let mut acc = bias[j];
             for kk in 0..w.k {
-                acc = a[i * lda + kk].mul_add(w.w[kk * w.n + j], acc);
+                acc = a[i * lda + kk].mul_add(w.get(kk, j), acc);
             }
-            c[i * ldc + j] = if relu {
-                if acc > 0.0 { acc } else { 0.0 }
-            } else {
-                acc
-            };
+            c[i * ldc + j] = if relu { relu0(acc) } else { acc };
+        }
+    }
+}
+
+/// Panics unless every access the kernels make is in bounds; the SIMD paths rely on this.
+fn check_args(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedMatrix,
+    bias: &[f32],
+    c: &[f32],
+    ldc: usize,
+) {
+    assert!(lda >= w.k, "lda {lda} < k {}", w.k);
+    assert!(ldc >= w.n, "ldc {ldc} < n {}", w.n);
+    assert!(bias.len() >= w.n, "bias has {} < n {}", bias.len(), w.n);
+    if m > 0 {
+        // Checked arithmetic: a wrapped length must not pass for a valid one.
+        let need = |ld: usize, width: usize| (m - 1).checked_mul(ld)?.checked_add(width);
+        assert!(need(lda, w.k).is_some_and(|l| a.len() >= l), "a too short");
+        assert!(need(ldc, w.n).is_some_and(|l| c.len() >= l), "c too short");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_path(
+    path: Path,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedMatrix,
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    relu: bool,
+) {
+    check_args(a, lda, m, w, bias, c, ldc);
+    assert!(path_supported(path), "{path:?} not supported by this CPU");
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    // Row blocks keep the A block L2-resident while every W panel streams past it.
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = RECOMMENDED_ROW_BLOCK.min(m - r0);
+        let (a, c) = (&a[r0 * lda..], &mut c[r0 * ldc..]);
+        match path {
+            Path::Scalar => gemm_scalar(a, lda, rows, w, bias, c, ldc, relu),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2+FMA support was checked above; check_args bounds every access.
+            Path::Avx2 => unsafe { avx2::gemm(a, lda, rows, w, bias, c, ldc, relu) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F+FMA support was checked above; check_args bounds every access.
+            Path::Avx512 => unsafe { avx512::gemm(a, lda, rows, w, bias, c, ldc, relu) },
+        }
+        r0 += rows;
+    }
+}
+
+/// Portable path over the same packed panels (also exercises the packing on every target).
+#[allow(clippy::too_many_arguments)]
+fn gemm_scalar(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedMatrix,
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    relu: bool,
+) {
+    let (k, n) = (w.k, w.n);
+    let mut col0 = 0;
+    while col0 < n {
+        let (width, pw) = w.panel(col0);
+        let cols = width.min(n - col0);
+        for i in 0..m {
+            let mut acc = [0.0f32; NR];
+            acc[..cols].copy_from_slice(&bias[col0..col0 + cols]);
+            let row = &a[i * lda..i * lda + k];
+            for (&x, wrow) in row.iter().zip(pw.chunks_exact(width)) {
+                for (acc, &wv) in acc.iter_mut().zip(wrow) {
+                    *acc = x.mul_add(wv, *acc);
+                }
+            }
+            let out = &mut c[i * ldc + col0..i * ldc + col0 + cols];
+            for (o, &v) in out.iter_mut().zip(&acc) {
+                *o = if relu { relu0(v) } else { v };
+            }
+        }
+        col0 += width;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Dispatches a row tail of `$rows` (< MR) rows to the matching const-generic tile.
+macro_rules! tail_dispatch {
+    ($rows:expr, $tile:ident, $nv:ident, $args:tt, [$($r:literal),*]) => {
+        match $rows {
+            $($r => $tile::<$r, $nv> $args,)*
+            _ => unreachable!(),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    /// Rows per microkernel tile: MR x 2 zmm accumulators = 24 of the 32 registers.
+    const MR: usize = 12;
+
+    /// Safety: the CPU supports AVX-512F and FMA, and `check_args` passed.
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        w: &PackedMatrix,
+        bias: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        relu: bool,
+    ) {
+        let (k, n) = (w.k, w.n);
+        let mut col0 = 0;
+        while col0 < n {
+            let (width, pw) = w.panel(col0);
+            let cols = width.min(n - col0);
+            let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))];
+            let (ap, cp) = (a.as_ptr(), c.as_mut_ptr().wrapping_add(col0));
+            let bp = bias.as_ptr().wrapping_add(col0);
+            // SAFETY: check_args guarantees rows < m of a (k wide) and c (n wide) and bias[..n]
+            // are in bounds; the masks keep loads/stores within the valid columns.
+            unsafe {
+                if width == NR {
+                    panel::<2>(ap, lda, m, k, pw.as_ptr(), bp, masks, cp, ldc, relu);
+                } else {
+                    panel::<1>(ap, lda, m, k, pw.as_ptr(), bp, masks, cp, ldc, relu);
+                }
+            }
+            col0 += width;
+        }
+    }
+
+    fn lane_mask(valid: usize) -> __mmask16 {
+        if valid >= LANES {
+            0xFFFF
+        } else {
+            (1u16 << valid) - 1
+        }
+    }
+
+    /// All `m` rows of one panel. Safety: `a`/`c` valid for `m` rows of `k`/`masks` columns,
+    /// `w` for `k` rows of `NV * 16` floats, `bias` for the masked columns.
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel<const NV: usize>(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: *const f32,
+        bias: *const f32,
+        masks: [__mmask16; 2],
+        c: *mut f32,
+        ldc: usize,
+        relu: bool,
+    ) {
+        let mut i = 0;
+        // SAFETY (whole block): rows i..i+rows stay below m, as the caller requires.
+        unsafe {
+            while i + MR <= m {
+                tile::<MR, NV>(
+                    a.add(i * lda),
+                    lda,
+                    k,
+                    w,
+                    bias,
+                    masks,
+                    c.add(i * ldc),
+                    ldc,
+                    relu,
+                );
+                i += MR;
+            }
+            if i < m {
+                let (a, c) = (a.add(i * lda), c.add(i * ldc));
+                tail_dispatch!(
+                    m - i,
+                    tile,
+                    NV,
+                    (a, lda, k, w, bias, masks, c, ldc, relu),
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+                );
+            }
+        }
+    }
+
+    /// R x (NV*16) register tile: accumulators start at bias, one FMA per kk ascending.
+    /// Safety: as for `panel`, with `R` rows.
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn tile<const R: usize, const NV: usize>(
+        a: *const f32,
+        lda: usize,
+        k: usize,
+        w: *const f32,
+        bias: *const f32,
+        masks: [__mmask16; 2],
+        c: *mut f32,
+        ldc: usize,
+        relu: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        for v in 0..NV {
+            // SAFETY: the mask only enables lanes of valid columns of bias.
+            let b = unsafe { _mm512_maskz_loadu_ps(masks[v], bias.wrapping_add(v * LANES)) };
+            for row in acc.iter_mut() {
+                row[v] = b;
+            }
+        }
+        for kk in 0..k {
+            let mut wv = [_mm512_setzero_ps(); NV];
+            for (v, x) in wv.iter_mut().enumerate() {
+                // SAFETY: the panel holds k rows of NV*16 floats.
+                *x = unsafe { _mm512_loadu_ps(w.add(kk * NV * LANES + v * LANES)) };
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < R rows of a, kk < k <= lda.
+                let x = _mm512_set1_ps(unsafe { *a.add(r * lda + kk) });
+                for v in 0..NV {
+                    row[v] = _mm512_fmadd_ps(x, wv[v], row[v]);
+                }
+            }
+        }
+        let zero = _mm512_setzero_ps();
+        for (r, row) in acc.iter().enumerate() {
+            for v in 0..NV {
+                // Zero as the second operand: vmaxps returns it for NaN and for +-0.
+                let out = if relu {
+                    _mm512_max_ps(row[v], zero)
+                } else {
+                    row[v]
+                };
+                // SAFETY: the mask only enables valid columns of row r of c.
+                unsafe {
+                    _mm512_mask_storeu_ps(c.wrapping_add(r * ldc + v * LANES), masks[v], out)
+                };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    /// Rows per tile: 6 x 2 ymm accumulators + 2 W registers + a broadcast = 15 of 16.
+    const MR: usize = 6;
+    const HALF: usize = LANES / 2;
+
+    /// Safety: the CPU supports AVX2 and FMA, and `check_args` passed.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        w: &PackedMatrix,
+        bias: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        relu: bool,
+    ) {
+        let (k, n) = (w.k, w.n);
+        let mut col0 = 0;
+        while col0 < n {
+            let (width, pw) = w.panel(col0);
+            // Each panel is processed as 16-column strips; every strip has >= 1 valid column.
+            let mut s = 0;
+            while s < width && col0 + s < n {
+                let cols = (n - col0 - s).min(LANES);
+                let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(HALF))];
+                let (ap, cp) = (a.as_ptr(), c.as_mut_ptr().wrapping_add(col0 + s));
+                let (bp, wp) = (
+                    bias.as_ptr().wrapping_add(col0 + s),
+                    pw.as_ptr().wrapping_add(s),
+                );
+                // SAFETY: as for AVX-512: rows < m are in bounds, masks limit to valid columns.
+                unsafe { strip(ap, lda, m, k, wp, width, bp, masks, cp, ldc, relu) };
+                s += LANES;
+            }
+            col0 += width;
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn lane_mask(valid: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.min(HALF) as i32), idx)
+    }
+
+    /// All `m` rows of one 16-column strip. Safety: `a`/`c` valid for `m` rows of `k`/`masks`
+    /// columns, `w` for `k` rows of stride `wstride` holding 16 floats, `bias` for the masks.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: *const f32,
+        wstride: usize,
+        bias: *const f32,
+        masks: [__m256i; 2],
+        c: *mut f32,
+        ldc: usize,
+        relu: bool,
+    ) {
+        let mut i = 0;
+        // SAFETY (whole block): rows i..i+rows stay below m, as the caller requires.
+        unsafe {
+            while i + MR <= m {
+                let (ai, ci) = (a.add(i * lda), c.add(i * ldc));
+                tile::<MR, 2>(ai, lda, k, w, wstride, bias, masks, ci, ldc, relu);
+                i += MR;
+            }
+            if i < m {
+                let (a, c) = (a.add(i * lda), c.add(i * ldc));
+                const NV: usize = 2;
+                tail_dispatch!(
+                    m - i,
+                    tile,
+                    NV,
+                    (a, lda, k, w, wstride, bias, masks, c, ldc, relu),
+                    [1, 2, 3, 4, 5]
+                );
+            }
+        }
+    }
+
+    /// R x 16 register tile, same order as the AVX-512 tile. Safety: as for `strip`, R rows.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn tile<const R: usize, const NV: usize>(
+        a: *const f32,
+        lda: usize,
+        k: usize,
+        w: *const f32,
+        wstride: usize,
+        bias: *const f32,
+        masks: [__m256i; 2],
+        c: *mut f32,
+        ldc: usize,
+        relu: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NV]; R];
+        for v in 0..NV {
+            // SAFETY: the mask only enables lanes of valid columns of bias.
+            let b = unsafe { _mm256_maskload_ps(bias.wrapping_add(v * HALF), masks[v]) };
+            for row in acc.iter_mut() {
+                row[v] = b;
+            }
+        }
+        for kk in 0..k {
+            let mut wv = [_mm256_setzero_ps(); NV];
+            for (v, x) in wv.iter_mut().enumerate() {
+                // SAFETY: the strip lies within a panel of k rows of wstride floats.
+                *x = unsafe { _mm256_loadu_ps(w.add(kk * wstride + v * HALF)) };
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < R rows of a, kk < k <= lda.
+                let x = _mm256_set1_ps(unsafe { *a.add(r * lda + kk) });
+                for v in 0..NV {
+                    row[v] = _mm256_fmadd_ps(x, wv[v], row[v]);
+                }
+            }
+        }
+        let zero = _mm256_setzero_ps();
+        for (r, row) in acc.iter().enumerate() {
+            for v in 0..NV {
+                // Zero as the second operand: vmaxps returns it for NaN and for +-0.
+                let out = if relu {
+                    _mm256_max_ps(row[v], zero)
+                } else {
+                    row[v]
+                };
+                // SAFETY: the mask only enables valid columns of row r of c.
+                unsafe { _mm256_maskstore_ps(c.wrapping_add(r * ldc + v * HALF), masks[v], out) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: deterministic test data without crates.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in [-1, 1); with `special`, ~6% are NaN, +-0, +-inf, subnormal or huge.
+        fn value(&mut self, special: bool) -> f32 {
+            let r = self.next();
+            if special && r.is_multiple_of(16) {
+                const S: [f32; 8] = [
+                    f32::NAN,
+                    -0.0,
+                    0.0,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    1e-40,
+                    -3e38,
+                    3e38,
+                ];
+                return S[(r >> 8) as usize % S.len()];
+            }
+            ((r >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        }
+
+        fn vec(&mut self, len: usize, special: bool) -> Vec<f32> {
+            (0..len).map(|_| self.value(special)).collect()
+        }
+    }
+
+    const SENTINEL: f32 = 12345.678;
+
+    /// Every path this CPU can run, so each is checked against the reference.
+    fn paths() -> Vec<Path> {
+        let all = [
+            Path::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512,
+        ];
+        all.into_iter().filter(|&p| path_supported(p)).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        rng: &mut Rng,
+        m: usize,
+        k: usize,
+        n: usize,
+        pad_a: usize,
+        pad_c: usize,
+        special: bool,
+    ) {
+        let (lda, ldc) = (k + pad_a, n + pad_c);
+        // Minimal slice lengths: the last row has no stride padding.
+        let (alen, clen) = ((m - 1) * lda + k, (m - 1) * ldc + n);
+        let a = rng.vec(alen, special);
+        let wraw = rng.vec(k * n, special);
+        let bias = rng.vec(n, special);
+        let w = PackedMatrix::new(&wraw, k, n);
+        for relu in [false, true] {
+            // Extra trailing sentinels catch any store past the end of c.
+            let mut want = vec![SENTINEL; clen + LANES];
+            gemm_bias_reference(&a, lda, m, &w, &bias, &mut want[..clen], ldc, relu);
+            for path in paths() {
+                let mut got = vec![SENTINEL; clen + LANES];
+                gemm_path(path, &a, lda, m, &w, &bias, &mut got[..clen], ldc, relu);
+                // Exact bits, NaN payloads and signed zeros included; columns >= n and
+                // everything past c must still hold the sentinel.
+                for (idx, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    let (i, j) = (idx / ldc, idx % ldc);
+                    assert!(
+                        g.to_bits() == r.to_bits(),
+                        "{path:?} m={m} k={k} n={n} relu={relu} c[{i}][{j}]: {g:e} ({:#x}) != {r:e} ({:#x})",
+                        g.to_bits(),
+                        r.to_bits()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn all_paths_match_reference() {
+        let mut rng = Rng(1);
+        let ks = [1, 2, 7, 80, 180];
+        let ns = [1, 5, 9, 16, 17, 31, 33, 49, 180, 181];
+        let ms: Vec<usize> = (1..=20).chain([100, 257]).collect();
+        for (t, &m) in ms.iter().enumerate() {
+            for &k in &ks {
+                for &n in &ns {
+                    let (pad_a, pad_c) = ((t + k) % 3 * 5, (t + n) % 4 * 3);
+                    check(&mut rng, m, k, n, pad_a, pad_c, false);
+                    if (m + k + n) % 3 == 0 {
+                        check(&mut rng, m, k, n, pad_a, pad_c, true);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn special_values_everywhere() {
+        let mut rng = Rng(2);
+        for m in [1, 5, 12, 13, 25] {
+            for (k, n) in [(1, 1), (2, 17), (7, 33), (3, 49), (5, 64)] {
+                check(&mut rng, m, k, n, 1, 2, true);
+            }
+        }
+    }
+
+    #[test]
+    fn relu_and_signed_zero_semantics() {
+        // k = 1, a = 0, W = -1: acc = fma(0, -1, bias), which keeps -0.0 as -0.0.
+        let bias = [
+            f32::NAN,
+            -0.0,
+            0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -2.5,
+            2.5,
+        ];
+        let n = bias.len();
+        let w = PackedMatrix::new(&vec![-1.0; n], 1, n);
+        for path in paths() {
+            let mut c = vec![SENTINEL; n];
+            gemm_path(path, &[0.0], 1, 1, &w, &bias, &mut c, n, false);
+            assert!(c[0].is_nan(), "{path:?}");
+            let bits: Vec<u32> = c[1..].iter().map(|x| x.to_bits()).collect();
+            let want = [-0.0f32, 0.0, f32::INFINITY, f32::NEG_INFINITY, -2.5, 2.5];
+            assert_eq!(bits, want.map(f32::to_bits), "{path:?}");
+            gemm_path(path, &[0.0], 1, 1, &w, &bias, &mut c, n, true);
+            let want = [0.0f32, 0.0, 0.0, f32::INFINITY, 0.0, 0.0, 2.5];
+            assert_eq!(
+                c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.map(f32::to_bits),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_not_separate_multiply_add() {
+        // (1 + 2^-12)^2 - 1 - 2^-11 = 2^-24 exactly with one rounding, 0 with two.
+        let x = 1.0 + f32::EPSILON * 2048.0;
+        let w = PackedMatrix::new(&[x], 1, 1);
+        for path in paths() {
+            let mut c = [0.0];
+            gemm_path(
+                path,
+                &[x],
+                1,
+                1,
+                &w,
+                &[-1.0 - f32::EPSILON * 4096.0],
+                &mut c,
+                1,
+                false,
+            );
+            assert_eq!(c[0], (2.0f32).powi(-24), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn reference_matches_unpacked_definition() {
+        let mut rng = Rng(3);
+        for (m, k, n) in [(3, 5, 1), (4, 9, 17), (2, 33, 49), (5, 3, 70)] {
+            let a = rng.vec(m * k, false);
+            let wraw = rng.vec(k * n, false);
+            let bias = rng.vec(n, false);
+            let w = PackedMatrix::new(&wraw, k, n);
+            assert_eq!((w.k(), w.n()), (k, n));
+            let mut c = vec![0.0; m * n];
+            gemm_bias_reference(&a, k, m, &w, &bias, &mut c, n, false);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(w.get(i % k, j).to_bits(), wraw[(i % k) * n + j].to_bits());
+                    let mut acc = bias[j];
+                    for kk in 0..k {
+                        acc = a[i * k + kk].mul_add(wraw[kk * n + j], acc);
+                    }
+                    assert_eq!(c[i * n + j].to_bits(), acc.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_split_is_deterministic() {
+        // The caller splits rows across threads; any split must give the same bits.
+        let mut rng = Rng(4);
+        let (m, k, n) = (77, 80, 49);
+        let a = rng.vec(m * k, false);
+        let w = PackedMatrix::new(&rng.vec(k * n, false), k, n);
+        let bias = rng.vec(n, false);
+        let mut whole = vec![0.0; m * n];
+        gemm_bias(&a, k, m, &w, &bias, &mut whole, n, true);
+        let mut parts = vec![0.0; m * n];
+        for (r0, r1) in [(0, 5), (5, 31), (31, 32), (32, 77)] {
+            let rows = r1 - r0;
+            gemm_bias(
+                &a[r0 * k..],
+                k,
+                rows,
+                &w,
+                &bias,
+                &mut parts[r0 * n..],
+                n,
+                true,
+            );
+        }
+        assert_eq!(
+            whole.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            parts.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn packed_matrix_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<PackedMatrix>();
+    }
+
+    #[test]
+    #[should_panic(expected = "c too short")]
+    fn rejects_short_output() {
+        let w = PackedMatrix::new(&[1.0; 6], 2, 3);
+        gemm_bias(&[0.0; 4], 2, 2, &w, &[0.0; 3], &mut [0.0; 5], 3, false);
+    }
+
+    #[test]
+    fn empty_rows_and_zero_k() {
+        let w = PackedMatrix::new(&[], 0, 3);
+        let mut c = [SENTINEL; 3];
+        for path in paths() {
+            gemm_path(path, &[], 0, 1, &w, &[-1.0, 0.5, -0.0], &mut c, 3, true);
+            assert_eq!(c, [0.0, 0.5, 0.0]);
+            gemm_path(path, &[], 0, 0, &w, &[1.0; 3], &mut [], 3, true);
         }
     }
 }

@@ -308,6 +308,13 @@ fn check_options(o: &EncodeOptions) -> Result<()> {
     if !(o.lr.is_finite() && o.lr > 0.0) {
         return bad("--lr must be positive");
     }
+    if o.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
+        return Err(Error::DeviceUnavailable {
+            device: "cuda".into(),
+            why: "this nernc was built without the `cuda` feature (cargo build --features cuda)"
+                .into(),
+        });
+    }
     if o.pe_levels == 0 || o.pe_levels > 256 || !(o.pe_base.is_finite() && o.pe_base > 0.0) {
         return bad("positional encoding: levels in 1..=256, base positive");
     }
@@ -561,4 +568,50 @@ mod cuda {
                 .into(),
         })
     }
+}
+
+/// Training throughput in kernels per second (forward + backward + optimiser step), measured on
+/// `steps` steps after a short warm-up, for the checkpoint at `input` (identity permutation).
+pub fn training_throughput(input: &Path, opts: &EncodeOptions) -> Result<f64> {
+    check_options(opts)?;
+    let file = MappedFile::open(input)?;
+    let source = parse_safetensors(input, file.bytes())?;
+    let mut layers = Vec::new();
+    let mut weights = Vec::new();
+    let mut predicted: Vec<_> = source.tensors.iter().filter(|t| is_predictable(t)).collect();
+    predicted.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    for t in predicted {
+        weights.push(f32_values(t)?);
+        layers.push(LayerEntry {
+            name: t.name.clone(),
+            dtype: TensorDtype::F32,
+            permutation: PermutationKind::None,
+            shape: [
+                t.shape[0] as u32,
+                t.shape[1] as u32,
+                t.shape[2] as u32,
+                t.shape[3] as u32,
+            ],
+        });
+    }
+    if layers.is_empty() {
+        return Err(Error::NoConvWeights {
+            path: input.to_path_buf(),
+        });
+    }
+    let k = layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
+    let cfg = PredictorConfig::reference(opts.hidden, k, opts.pe_levels, opts.pe_base);
+    let perms = vec![Permutation::Identity; layers.len()];
+    let set = KernelSet::new(&layers, &perms, &weights, &weights, k as usize);
+    let mut settings = TrainSettings {
+        steps: 3,
+        batch: opts.batch,
+        lr: opts.lr,
+        beta1: opts.beta1,
+    };
+    run_training(opts.device, &cfg, &set, &settings, opts.seed, &NoProgress)?;
+    settings.steps = opts.steps;
+    let t = Instant::now();
+    run_training(opts.device, &cfg, &set, &settings, opts.seed, &NoProgress)?;
+    Ok((opts.steps * opts.batch.min(set.len())) as f64 / t.elapsed().as_secs_f64())
 }

@@ -6,7 +6,7 @@ use super::bitpack::pack_permutation;
 use super::bytes::Writer;
 use super::*;
 use crate::error::{Error, Result};
-use crate::permute::Permutation;
+use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::Predictor;
 
 /// A tensor to store verbatim.
@@ -115,7 +115,13 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
     }
     let mut perm = Vec::new();
     for (l, p) in parts.layers.iter().zip(parts.permutations) {
-        if !p.is_valid(l.cout(), l.cin()) {
+        let matches_kind = matches!(
+            (l.permutation, p),
+            (PermutationKind::None, Permutation::Identity)
+                | (PermutationKind::InFilter, Permutation::InFilter { .. })
+                | (PermutationKind::CrossFilter, Permutation::CrossFilter { .. })
+        );
+        if !matches_kind || !p.is_valid(l.cout(), l.cin()) {
             return Err(Error::InvalidPermutation {
                 layer: l.name.clone(),
             });

@@ -1,0 +1,42 @@
+//! Encoder throughput: kernels per second (forward + backward + Adam step) at batch 4096 for
+//! hidden 140, 180 and 320 on the ResNet-20 fixture. CPU always; CUDA too when built with
+//! `--features cuda` and run with `NERNC_BENCH_CUDA=1`.
+//!
+//! `cargo bench --bench encode [--features cuda]`; `NERNC_BENCH_STEPS` sets the timed steps.
+
+use std::path::Path;
+
+use nernc::encode::{DeviceKind, EncodeOptions, training_throughput};
+
+fn main() {
+    let steps: usize = std::env::var("NERNC_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fmnist-resnet20.safetensors");
+    let mut devices = vec![DeviceKind::Cpu];
+    if cfg!(feature = "cuda") && std::env::var_os("NERNC_BENCH_CUDA").is_some() {
+        devices.push(DeviceKind::Cuda);
+    }
+    println!("| device | hidden | batch | timed steps | kernels/s | ms/step |");
+    println!("|---|---|---|---|---|---|");
+    for device in devices {
+        for hidden in [140u32, 180, 320] {
+            let opts = EncodeOptions {
+                hidden,
+                steps,
+                batch: 4096,
+                device,
+                ..EncodeOptions::default()
+            };
+            match training_throughput(&input, &opts) {
+                Ok(kps) => println!(
+                    "| {} | {hidden} | 4096 | {steps} | {kps:.0} | {:.1} |",
+                    device.name(),
+                    4096.0 / kps * 1e3
+                ),
+                Err(e) => println!("| {} | {hidden} | 4096 | - | error: {e} | - |", device.name()),
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Bad input gets a clear error and a non-zero exit, never a panic, and leaves no output file.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+/// A valid small `.nern` made once per test from the ResNet-20 fixture.
+fn small_nern(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("small.nern");
+    let o = nernc(&[
+        "encode",
+        fixture("fmnist-resnet20.safetensors").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--hidden",
+        "8",
+        "--steps",
+        "3",
+        "--batch",
+        "256",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+fn decode_fails(dir: &Path, input: &Path, expect: &str) {
+    let before = entries(dir);
+    let out = dir.join("out.safetensors");
+    let o = nernc(&["decode", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_clean_failure(&o, expect);
+    assert_eq!(entries(dir), before, "decode left files behind");
+}
+
+#[test]
+fn truncated_bit_flipped_and_foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = small_nern(dir.path());
+    let bytes = std::fs::read(&good).unwrap();
+    let bad = dir.path().join("bad.nern");
+
+    // Truncations at a few places: inside the magic, the table, a section, one byte short.
+    for cut in [4, 40, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&bad, &bytes[..cut]).unwrap();
+        decode_fails(dir.path(), &bad, "truncated");
+    }
+    // A flipped bit in a section: its hash no longer matches.
+    let mut flipped = bytes.clone();
+    let mid = bytes.len() / 2;
+    flipped[mid] ^= 0x10;
+    std::fs::write(&bad, &flipped).unwrap();
+    decode_fails(dir.path(), &bad, "corrupted");
+    // A flipped bit in the section table.
+    let mut flipped = bytes.clone();
+    flipped[40] ^= 0x01;
+    std::fs::write(&bad, &flipped).unwrap();
+    decode_fails(dir.path(), &bad, "corrupted");
+    // Foreign files: a safetensors checkpoint, text, empty.
+    decode_fails(
+        dir.path(),
+        &fixture("fmnist-resnet20.safetensors"),
+        "not a .nern file",
+    );
+    std::fs::write(&bad, b"hello world, this is not a nern file").unwrap();
+    decode_fails(dir.path(), &bad, "not a .nern file");
+    std::fs::write(&bad, b"").unwrap();
+    decode_fails(dir.path(), &bad, "truncated");
+    // Trailing bytes.
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(b"extra");
+    std::fs::write(&bad, &longer).unwrap();
+    decode_fails(dir.path(), &bad, "does not match");
+    // A future major version.
+    let mut future = bytes;
+    future[8] = 2;
+    std::fs::write(&bad, &future).unwrap();
+    decode_fails(dir.path(), &bad, "version 2.0");
+}
+
+fn encode_fails(dir: &Path, input: &Path, expect: &str) {
+    let before = entries(dir);
+    let out = dir.join("out.nern");
+    let o = nernc(&[
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--hidden",
+        "8",
+    ]);
+    assert_clean_failure(&o, expect);
+    assert_eq!(entries(dir), before, "encode left files behind");
+}
+
+#[test]
+fn checkpoints_without_conv_weights_or_with_bad_tensors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fc_only.safetensors");
+    write_safetensors(
+        &p,
+        &[
+            ("fc.weight", safetensors::Dtype::F32, vec![10, 64], f32_bytes(640, 1)),
+            ("fc.bias", safetensors::Dtype::F32, vec![10], f32_bytes(10, 2)),
+        ],
+    );
+    encode_fails(dir.path(), &p, "no convolution weights");
+
+    let p = dir.path().join("f16_conv.safetensors");
+    write_safetensors(
+        &p,
+        &[(
+            "conv1.weight",
+            safetensors::Dtype::F16,
+            vec![4, 2, 3, 3],
+            vec![0u8; 4 * 2 * 9 * 2],
+        )],
+    );
+    encode_fails(dir.path(), &p, "dtype F16 is not supported");
+
+    let p = dir.path().join("nan_conv.safetensors");
+    let mut data = f32_bytes(4 * 2 * 9, 3);
+    data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    write_safetensors(
+        &p,
+        &[("conv1.weight", safetensors::Dtype::F32, vec![4, 2, 3, 3], data)],
+    );
+    encode_fails(dir.path(), &p, "NaN");
+
+    let p = dir.path().join("garbage.safetensors");
+    std::fs::write(&p, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json").unwrap();
+    encode_fails(dir.path(), &p, "not a valid safetensors file");
+}
+
+#[test]
+fn missing_input_and_missing_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    encode_fails(dir.path(), &missing, "No such file");
+    decode_fails(dir.path(), &dir.path().join("nope.nern"), "No such file");
+
+    let good = small_nern(dir.path());
+    let before = entries(dir.path());
+    let out = dir.path().join("no/such/dir/out.safetensors");
+    let o = nernc(&["decode", good.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_clean_failure(&o, "does not exist");
+    let out = dir.path().join("no/such/dir/out.nern");
+    let o = nernc(&[
+        "encode",
+        fixture("fmnist-resnet20.safetensors").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]);
+    assert_clean_failure(&o, "does not exist");
+    assert_eq!(entries(dir.path()), before);
+}
+
+#[test]
+fn cuda_without_the_feature_is_an_error_not_a_fallback() {
+    if cfg!(feature = "cuda") {
+        return; // covered on the GPU machine
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.nern");
+    let o = nernc(&[
+        "encode",
+        fixture("fmnist-resnet20.safetensors").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--device",
+        "cuda",
+    ]);
+    assert_clean_failure(&o, "cuda");
+    assert!(!out.exists());
+}

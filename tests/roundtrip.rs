@@ -1,0 +1,138 @@
+//! Encode -> decode on the real fixtures: the decoded checkpoint has the source's names, dtypes,
+//! shapes and metadata, passthrough tensors byte-identical, and decoding is deterministic.
+
+mod common;
+use common::*;
+
+use nernc::encode::{EncodeOptions, NoProgress, encode};
+use nernc::format::{Limits, read_container};
+use nernc::permute::PermutationKind;
+use safetensors::SafeTensors;
+
+fn small_options(permutation: PermutationKind, rounds: usize) -> EncodeOptions {
+    EncodeOptions {
+        hidden: 24,
+        steps: 60,
+        rounds,
+        batch: 1024,
+        permutation,
+        seed: 11,
+        ..EncodeOptions::default()
+    }
+}
+
+fn round_trip(name: &str, opts: &EncodeOptions) {
+    let src_path = fixture(name);
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, report) = encode(&src_path, opts, &NoProgress).unwrap();
+    assert_eq!(report.rounds.len(), opts.rounds);
+    for r in &report.rounds {
+        assert!(r.rmse_vs_target.is_finite() && r.rmse_vs_target > 0.0);
+    }
+    let nern = dir.path().join("m.nern");
+    std::fs::write(&nern, &bytes).unwrap();
+    let out = dir.path().join("m.safetensors");
+    nernc::decode::decode_file(&nern, &out, 2, &Limits::default()).unwrap();
+
+    let src_bytes = std::fs::read(&src_path).unwrap();
+    let dec_bytes = std::fs::read(&out).unwrap();
+    let src = SafeTensors::deserialize(&src_bytes).unwrap();
+    let dec = SafeTensors::deserialize(&dec_bytes).unwrap();
+    let (_, src_meta) = SafeTensors::read_metadata(&src_bytes).unwrap();
+    let (_, dec_meta) = SafeTensors::read_metadata(&dec_bytes).unwrap();
+    assert_eq!(src_meta.metadata(), dec_meta.metadata(), "__metadata__ differs");
+    let mut src_names = src.names();
+    let mut dec_names = dec.names();
+    src_names.sort();
+    dec_names.sort();
+    assert_eq!(src_names, dec_names);
+
+    let mut sq = 0.0f64;
+    let mut count = 0usize;
+    let mut predicted = 0;
+    for name in src_names {
+        let a = src.tensor(name).unwrap();
+        let b = dec.tensor(name).unwrap();
+        assert_eq!(a.dtype(), b.dtype(), "{name}");
+        assert_eq!(a.shape(), b.shape(), "{name}");
+        if a.shape().len() == 4 {
+            predicted += 1;
+            for (x, y) in a.data().chunks_exact(4).zip(b.data().chunks_exact(4)) {
+                let x = f32::from_le_bytes(x.try_into().unwrap());
+                let y = f32::from_le_bytes(y.try_into().unwrap());
+                sq += f64::from(x - y).powi(2);
+                count += 1;
+            }
+        } else {
+            assert_eq!(a.data(), b.data(), "passthrough tensor {name} differs");
+        }
+    }
+    assert_eq!(predicted, report.predicted_tensors);
+    // The RMSE the encoder recorded is the one of the decoded file.
+    let rmse = (sq / count as f64).sqrt();
+    let recorded = report.rounds.last().unwrap().rmse_vs_original;
+    assert!((rmse - recorded).abs() <= 1e-6 * (1.0 + recorded), "{rmse} vs {recorded}");
+    // The safetensors header is the source's, byte for byte (same names, order and offsets).
+    let header_len = 8 + u64::from_le_bytes(src_bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(src_bytes[..header_len], dec_bytes[..header_len]);
+}
+
+#[test]
+fn resnet20_round_trip_in_filter_two_rounds() {
+    round_trip(
+        "fmnist-resnet20.safetensors",
+        &small_options(PermutationKind::InFilter, 2),
+    );
+}
+
+#[test]
+fn resnet56_round_trip_cross_filter() {
+    round_trip(
+        "fmnist-resnet56.safetensors",
+        &small_options(PermutationKind::CrossFilter, 1),
+    );
+}
+
+#[test]
+fn decoding_is_deterministic_across_runs_and_thread_counts() {
+    let (bytes, _) = encode(
+        &fixture("fmnist-resnet20.safetensors"),
+        &small_options(PermutationKind::InFilter, 1),
+        &NoProgress,
+    )
+    .unwrap();
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let one = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 1);
+    let two = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
+    let again = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
+    let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+    assert_eq!(bits(&one), bits(&two));
+    assert_eq!(bits(&two), bits(&again));
+}
+
+#[test]
+fn encoding_is_deterministic_for_a_seed() {
+    let opts = small_options(PermutationKind::InFilter, 1);
+    let path = fixture("fmnist-resnet20.safetensors");
+    let (a, _) = encode(&path, &opts, &NoProgress).unwrap();
+    let (b, _) = encode(&path, &opts, &NoProgress).unwrap();
+    let ca = read_container(&a, &Limits::default()).unwrap();
+    let cb = read_container(&b, &Limits::default()).unwrap();
+    // Everything but the timings in META is identical.
+    for (sa, sb) in ca.sections.iter().zip(&cb.sections) {
+        if sa.tag != *b"META" {
+            assert_eq!(sa, sb, "section {} differs", sa.tag_str());
+        }
+    }
+    let (c, _) = encode(
+        &path,
+        &EncodeOptions {
+            seed: 12,
+            ..opts
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    let cc = read_container(&c, &Limits::default()).unwrap();
+    assert_ne!(ca.predictor, cc.predictor, "the seed has no effect");
+}
