@@ -43,8 +43,11 @@ fn random_predictor(hidden: u32, k: u32) -> Predictor {
         .map(|w| {
             let (i, o) = (w[0] as usize, w[1] as usize);
             let b = 1.0 / (i as f64).sqrt();
-            let mut draw =
-                |n| -> Vec<f32> { (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * b) as f32).collect() };
+            let mut draw = |n| -> Vec<f32> {
+                (0..n)
+                    .map(|_| ((rng.next_f64() * 2.0 - 1.0) * b) as f32)
+                    .collect()
+            };
             LinearWeights {
                 inputs: i,
                 outputs: o,
@@ -84,8 +87,20 @@ fn gemm_peak(threads: usize) -> f64 {
     unsafe { std::env::set_var("MATMUL_NUM_THREADS", threads.to_string()) };
     let s = time_it(5, || unsafe {
         matrixmultiply::sgemm(
-            n, n, n, 1.0, a.as_ptr(), n as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
-            c.as_mut_ptr(), n as isize, 1,
+            n,
+            n,
+            n,
+            1.0,
+            a.as_ptr(),
+            n as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
         )
     });
     2.0 * (n * n * n) as f64 / s / 1e9

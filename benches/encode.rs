@@ -35,7 +35,10 @@ fn main() {
                     device.name(),
                     4096.0 / kps * 1e3
                 ),
-                Err(e) => println!("| {} | {hidden} | 4096 | - | error: {e} | - |", device.name()),
+                Err(e) => println!(
+                    "| {} | {hidden} | 4096 | - | error: {e} | - |",
+                    device.name()
+                ),
             }
         }
     }

@@ -50,11 +50,15 @@ pub fn write_atomic_with(
 ) -> Result<()> {
     check_output_path(path)?;
     let dir = parent_dir(path)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".nernc-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".nernc-").suffix(".tmp");
+    // Temporary files are private (0600) by default; the output is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     let tmp_path = tmp.path().to_path_buf();
     fill(tmp.as_file_mut(), &tmp_path)?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;

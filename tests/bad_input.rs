@@ -27,7 +27,12 @@ fn small_nern(dir: &Path) -> std::path::PathBuf {
 fn decode_fails(dir: &Path, input: &Path, expect: &str) {
     let before = entries(dir);
     let out = dir.join("out.safetensors");
-    let o = nernc(&["decode", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = nernc(&[
+        "decode",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_clean_failure(&o, expect);
     assert_eq!(entries(dir), before, "decode left files behind");
 }
@@ -101,8 +106,18 @@ fn checkpoints_without_conv_weights_or_with_bad_tensors_are_refused() {
     write_safetensors(
         &p,
         &[
-            ("fc.weight", safetensors::Dtype::F32, vec![10, 64], f32_bytes(640, 1)),
-            ("fc.bias", safetensors::Dtype::F32, vec![10], f32_bytes(10, 2)),
+            (
+                "fc.weight",
+                safetensors::Dtype::F32,
+                vec![10, 64],
+                f32_bytes(640, 1),
+            ),
+            (
+                "fc.bias",
+                safetensors::Dtype::F32,
+                vec![10],
+                f32_bytes(10, 2),
+            ),
         ],
     );
     encode_fails(dir.path(), &p, "no convolution weights");
@@ -124,7 +139,12 @@ fn checkpoints_without_conv_weights_or_with_bad_tensors_are_refused() {
     data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
     write_safetensors(
         &p,
-        &[("conv1.weight", safetensors::Dtype::F32, vec![4, 2, 3, 3], data)],
+        &[(
+            "conv1.weight",
+            safetensors::Dtype::F32,
+            vec![4, 2, 3, 3],
+            data,
+        )],
     );
     encode_fails(dir.path(), &p, "NaN");
 
@@ -143,7 +163,12 @@ fn missing_input_and_missing_output_directory() {
     let good = small_nern(dir.path());
     let before = entries(dir.path());
     let out = dir.path().join("no/such/dir/out.safetensors");
-    let o = nernc(&["decode", good.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = nernc(&[
+        "decode",
+        good.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_clean_failure(&o, "does not exist");
     let out = dir.path().join("no/such/dir/out.nern");
     let o = nernc(&[

@@ -40,7 +40,11 @@ fn round_trip(name: &str, opts: &EncodeOptions) {
     let dec = SafeTensors::deserialize(&dec_bytes).unwrap();
     let (_, src_meta) = SafeTensors::read_metadata(&src_bytes).unwrap();
     let (_, dec_meta) = SafeTensors::read_metadata(&dec_bytes).unwrap();
-    assert_eq!(src_meta.metadata(), dec_meta.metadata(), "__metadata__ differs");
+    assert_eq!(
+        src_meta.metadata(),
+        dec_meta.metadata(),
+        "__metadata__ differs"
+    );
     let mut src_names = src.names();
     let mut dec_names = dec.names();
     src_names.sort();
@@ -71,7 +75,10 @@ fn round_trip(name: &str, opts: &EncodeOptions) {
     // The RMSE the encoder recorded is the one of the decoded file.
     let rmse = (sq / count as f64).sqrt();
     let recorded = report.rounds.last().unwrap().rmse_vs_original;
-    assert!((rmse - recorded).abs() <= 1e-6 * (1.0 + recorded), "{rmse} vs {recorded}");
+    assert!(
+        (rmse - recorded).abs() <= 1e-6 * (1.0 + recorded),
+        "{rmse} vs {recorded}"
+    );
     // The safetensors header is the source's, byte for byte (same names, order and offsets).
     let header_len = 8 + u64::from_le_bytes(src_bytes[..8].try_into().unwrap()) as usize;
     assert_eq!(src_bytes[..header_len], dec_bytes[..header_len]);
@@ -105,7 +112,8 @@ fn decoding_is_deterministic_across_runs_and_thread_counts() {
     let one = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 1);
     let two = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
     let again = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
-    let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+    let bits =
+        |v: &Vec<Vec<f32>>| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
     assert_eq!(bits(&one), bits(&two));
     assert_eq!(bits(&two), bits(&again));
 }
@@ -124,15 +132,7 @@ fn encoding_is_deterministic_for_a_seed() {
             assert_eq!(sa, sb, "section {} differs", sa.tag_str());
         }
     }
-    let (c, _) = encode(
-        &path,
-        &EncodeOptions {
-            seed: 12,
-            ..opts
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let (c, _) = encode(&path, &EncodeOptions { seed: 12, ..opts }, &NoProgress).unwrap();
     let cc = read_container(&c, &Limits::default()).unwrap();
     assert_ne!(ca.predictor, cc.predictor, "the seed has no effect");
 }

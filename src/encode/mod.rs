@@ -578,7 +578,11 @@ pub fn training_throughput(input: &Path, opts: &EncodeOptions) -> Result<f64> {
     let source = parse_safetensors(input, file.bytes())?;
     let mut layers = Vec::new();
     let mut weights = Vec::new();
-    let mut predicted: Vec<_> = source.tensors.iter().filter(|t| is_predictable(t)).collect();
+    let mut predicted: Vec<_> = source
+        .tensors
+        .iter()
+        .filter(|t| is_predictable(t))
+        .collect();
     predicted.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     for t in predicted {
         weights.push(f32_values(t)?);

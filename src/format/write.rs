@@ -119,7 +119,10 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
             (l.permutation, p),
             (PermutationKind::None, Permutation::Identity)
                 | (PermutationKind::InFilter, Permutation::InFilter { .. })
-                | (PermutationKind::CrossFilter, Permutation::CrossFilter { .. })
+                | (
+                    PermutationKind::CrossFilter,
+                    Permutation::CrossFilter { .. }
+                )
         );
         if !matches_kind || !p.is_valid(l.cout(), l.cin()) {
             return Err(Error::InvalidPermutation {

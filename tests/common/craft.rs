@@ -53,7 +53,13 @@ pub fn assemble_with(entries: &[Entry], mut tweak: impl FnMut(usize, &mut [u8]))
         row.push(0);
         row.extend_from_slice(&(off as u64).to_le_bytes());
         row.extend_from_slice(&(e.payload.len() as u64).to_le_bytes());
-        row.extend_from_slice(&e.decoded_len.to_le_bytes());
+        // Raw sections: the decoded length follows the payload.
+        let decoded = if e.encoding == 0 {
+            e.payload.len() as u64
+        } else {
+            e.decoded_len
+        };
+        row.extend_from_slice(&decoded.to_le_bytes());
         row.extend_from_slice(blake3::hash(&e.payload).as_bytes());
         tweak(i, &mut row);
         out.extend_from_slice(&row);
@@ -81,11 +87,4 @@ pub fn rehash_header(bytes: &mut [u8]) {
 
 pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
     entries.iter_mut().find(|e| &e.tag == tag).unwrap()
-}
-
-/// Replaces a raw section's payload (decoded length follows).
-pub fn set_payload(entries: &mut [Entry], tag: &[u8; 4], payload: Vec<u8>) {
-    let e = find(entries, tag);
-    e.decoded_len = payload.len() as u64;
-    e.payload = payload;
 }

@@ -1,0 +1,67 @@
+//! Conformance (spec §6.4): the golden version-1 files decode bit-exactly to the recorded
+//! SHA-256 on every machine and thread count, and within tolerance of an f64 reference.
+//! A change that breaks this is a format change: bump the version and note it in spec/.
+
+mod common;
+use common::*;
+
+use nernc::format::{Limits, read_container};
+use sha2::{Digest, Sha256};
+
+const GOLDEN: [&str; 2] = ["resnet20-h16-infilter", "resnet20-h16-crossfilter"];
+
+fn golden(name: &str) -> (Vec<u8>, String) {
+    let dir = fixture("golden");
+    let bytes = std::fs::read(dir.join(format!("{name}.nern"))).unwrap();
+    let sha = std::fs::read_to_string(dir.join(format!("{name}.sha256"))).unwrap();
+    (bytes, sha.trim().to_string())
+}
+
+#[test]
+fn golden_files_decode_to_their_recorded_sha256() {
+    for name in GOLDEN {
+        let dir = tempfile::tempdir().unwrap();
+        let input = fixture("golden").join(format!("{name}.nern"));
+        let (_, want) = golden(name);
+        for threads in [1, 2, 3] {
+            let out = dir.path().join(format!("{threads}.safetensors"));
+            nernc::decode::decode_file(&input, &out, threads, &Limits::default()).unwrap();
+            let got = hex(&Sha256::digest(std::fs::read(&out).unwrap()));
+            assert_eq!(got, want, "{name} with {threads} threads");
+        }
+    }
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn decoded_weights_are_within_tolerance_of_the_f64_reference() {
+    for name in GOLDEN {
+        let (bytes, _) = golden(name);
+        let c = read_container(&bytes, &Limits::default()).unwrap();
+        let decoded = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
+        let big = c.predictor.config.kernel_size as usize;
+        let mut worst = 0.0f64;
+        for (li, (layer, w)) in c.layers.iter().zip(&decoded).enumerate() {
+            let (cin, k) = (layer.cin(), layer.kernel());
+            let off = (big - k) / 2;
+            for p in 0..layer.kernels() {
+                let (a, b) = (p / cin, p % cin);
+                let reference = c.predictor.forward_f64([li as u32, a as u32, b as u32]);
+                let orig = c.permutations[li].original_kernel(cin, a, b);
+                for y in 0..k {
+                    for x in 0..k {
+                        let r = reference[(y + off) * big + x + off];
+                        let v = f64::from(w[orig * k * k + y * k + x]);
+                        let excess = (v - r).abs() / (1.0 + r.abs());
+                        worst = worst.max(excess);
+                    }
+                }
+            }
+        }
+        println!("{name}: worst |v - v_ref| / (1 + |v_ref|) = {worst:.3e}");
+        assert!(worst <= 1e-4, "{name}: {worst}");
+    }
+}
