@@ -80,6 +80,14 @@ pub enum Error {
     #[error("tensor {tensor} contains NaN or infinite values")]
     NonFinite { tensor: String },
 
+    // ---- networks and data -------------------------------------------------------------
+    #[error("{path}: {detail}")]
+    Dataset { path: PathBuf, detail: String },
+    #[error("unsupported architecture: {0}")]
+    UnsupportedArchitecture(String),
+    #[error("incompatible inputs: {0}")]
+    Incompatible(String),
+
     // ---- usage ---------------------------------------------------------------------------------
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -35,6 +35,12 @@ enum DeviceArg {
     Cuda,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Test,
+    Train,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a predictor on a checkpoint's convolution weights and write a .nern file.
@@ -67,8 +73,41 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
         /// Peak learning rate (Adam, cosine decay to 1e-6).
-        #[arg(long, default_value_t = 5e-3)]
+        #[arg(long, default_value_t = 2e-3)]
         lr: f64,
+        /// Adam's first-moment decay (0.5 as the reference's Ranger; measured better than 0.9).
+        #[arg(long, default_value_t = 0.5)]
+        beta1: f32,
+        /// Phase 2: distillation steps after reconstruction (0: reconstruction only).
+        #[arg(long, default_value_t = 0)]
+        distill_steps: usize,
+        /// Dataset directory for held-out selection and phase 2, or `noise` for data-free phase 2.
+        #[arg(long)]
+        data: Option<String>,
+        /// Dataset format of --data.
+        #[arg(long, default_value = "fashion-mnist")]
+        dataset: String,
+        /// Phase-2 teacher (default: the source checkpoint); any network with the same classes.
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Distillation temperature.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Weight of the reconstruction RMSE added to the distillation loss.
+        #[arg(long, default_value_t = 0.0)]
+        recon_weight: f64,
+        /// Phase-2 learning rate (Adam, cosine decay).
+        #[arg(long, default_value_t = 3e-4)]
+        distill_lr: f64,
+        /// Phase-2 images per step.
+        #[arg(long, default_value_t = 128)]
+        distill_batch: usize,
+        /// Training images held out for selection (never the test split).
+        #[arg(long, default_value_t = 5000)]
+        held_out: usize,
+        /// Also measure the result's test accuracy and record it (not used for any choice).
+        #[arg(long)]
+        test_eval: bool,
         /// Print a machine-readable summary (JSON) on stdout.
         #[arg(long)]
         json: bool,
@@ -88,6 +127,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Top-1 accuracy of a checkpoint (.safetensors or .nern) on a dataset.
+    #[cfg(feature = "train")]
+    Eval {
+        /// The model to evaluate (.safetensors or .nern).
+        model: PathBuf,
+        /// Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "fashion-mnist")]
+        dataset: String,
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Evaluate only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The original checkpoint: also report its accuracy, the difference and the agreement.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Override the dataset's normalisation mean (one value, or one per channel, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        mean: Option<Vec<f32>>,
+        /// Override the dataset's normalisation std.
+        #[arg(long, value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+        /// Also measure accuracy under FGSM with this epsilon (pixel units, images in [0, 1]).
+        #[arg(long)]
+        fgsm: Option<f64>,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a .nern file holds: sections, sizes, predictor, layers, provenance.
     Inspect {
         input: PathBuf,
@@ -100,6 +171,28 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     println!("{s}");
     Ok(())
+}
+
+/// A dataset's normalisation with optional `--mean/--std` overrides.
+#[cfg(feature = "train")]
+fn normalization(
+    preset: nernc::data::Normalization,
+    mean: Option<Vec<f32>>,
+    std: Option<Vec<f32>>,
+) -> Result<nernc::data::Normalization> {
+    let norm = nernc::data::Normalization {
+        mean: mean.unwrap_or(preset.mean),
+        std: std.unwrap_or(preset.std),
+    };
+    if norm.mean.is_empty()
+        || norm.std.is_empty()
+        || norm.std.iter().any(|s| *s <= 0.0 || !s.is_finite())
+    {
+        return Err(Error::InvalidArgument(
+            "--mean/--std: give values, std > 0".into(),
+        ));
+    }
+    Ok(norm)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -116,9 +209,21 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             device,
             lr,
+            beta1,
+            distill_steps,
+            data,
+            dataset,
+            teacher,
+            temperature,
+            recon_weight,
+            distill_lr,
+            distill_batch,
+            held_out,
+            test_eval,
             json,
         } => {
             use nernc::encode::{BarProgress, DeviceKind, EncodeOptions, encode};
+            use nernc::encode::{DistillOptions, DistillSource};
             use nernc::permute::PermutationKind;
             nernc::io::check_output_path(&output)?;
             let opts = EncodeOptions {
@@ -137,8 +242,32 @@ fn run(cli: Cli) -> Result<()> {
                     DeviceArg::Cuda => DeviceKind::Cuda,
                 },
                 lr,
+                beta1,
+                data_dir: data.as_deref().filter(|d| *d != "noise").map(PathBuf::from),
+                dataset: nernc::data::DatasetKind::parse(&dataset)?,
+                held_out,
+                test_eval,
+                distill: (distill_steps > 0).then(|| DistillOptions {
+                    steps: distill_steps,
+                    source: if data.as_deref() == Some("noise") {
+                        DistillSource::Noise
+                    } else {
+                        DistillSource::Data
+                    },
+                    teacher,
+                    temperature,
+                    recon_weight,
+                    lr: distill_lr,
+                    batch: distill_batch,
+                    eval_every: None,
+                }),
                 ..EncodeOptions::default()
             };
+            if test_eval && opts.data_dir.is_none() {
+                return Err(Error::InvalidArgument(
+                    "--test-eval needs --data DIR".into(),
+                ));
+            }
             let (bytes, report) = encode(&input, &opts, &BarProgress::default())?;
             nernc::io::write_atomic(&output, &bytes)?;
             if json {
@@ -188,6 +317,75 @@ fn run(cli: Cli) -> Result<()> {
                     summary.output_bytes,
                     summary.seconds
                 );
+            }
+        }
+        #[cfg(feature = "train")]
+        Command::Eval {
+            model,
+            data,
+            dataset,
+            split,
+            limit,
+            reference,
+            mean,
+            std,
+            fgsm,
+            device,
+            json,
+        } => {
+            use nernc::data::{DatasetKind, Split, load};
+            let kind = DatasetKind::parse(&dataset)?;
+            let dir = data.or_else(|| kind.default_dir()).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no --data directory given and no default location for {dataset}"
+                ))
+            })?;
+            let (split, split_name) = match split {
+                SplitArg::Test => (Split::Test, "test"),
+                SplitArg::Train => (Split::Train, "train"),
+            };
+            let data = load(&dir, kind, split, limit)?;
+            let norm = normalization(kind.normalization(), mean, std)?;
+            let opts = nernc::eval::EvalOptions {
+                norm,
+                fgsm,
+                device: match device {
+                    DeviceArg::Cpu => nernc::encode::DeviceKind::Cpu,
+                    DeviceArg::Cuda => nernc::encode::DeviceKind::Cuda,
+                },
+            };
+            let r = nernc::eval::evaluate(&model, reference.as_deref(), &data, split_name, &opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{}: {:.2} % top-1 ({}/{} {} {} images){}",
+                    r.model.path.display(),
+                    r.model.accuracy,
+                    r.model.correct,
+                    r.images,
+                    r.dataset,
+                    r.split,
+                    r.model
+                        .fgsm_accuracy
+                        .map(|a| format!(", FGSM eps {}: {a:.2} %", fgsm.unwrap_or(0.0)))
+                        .unwrap_or_default()
+                );
+                if let Some(rf) = &r.reference {
+                    println!(
+                        "{}: {:.2} % top-1{}",
+                        rf.path.display(),
+                        rf.accuracy,
+                        rf.fgsm_accuracy
+                            .map(|a| format!(", FGSM: {a:.2} %"))
+                            .unwrap_or_default()
+                    );
+                    println!(
+                        "difference {:+.2} points, predictions agree on {:.2} %",
+                        r.difference.unwrap_or(0.0),
+                        r.agreement.unwrap_or(0.0)
+                    );
+                }
             }
         }
         Command::Inspect { input, json } => {

@@ -3,9 +3,10 @@
 //! Framework-specific training lives in `train.rs`; this file prepares the kernels, runs the
 //! rounds, measures each round with the real decoder and assembles the container.
 
+mod distill;
 mod train;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
@@ -50,6 +51,52 @@ pub struct EncodeOptions {
     pub pe_base: f64,
     /// Decoder threads used to measure each round.
     pub threads: usize,
+    /// Dataset for held-out selection and phase 2 (its training split only).
+    pub data_dir: Option<PathBuf>,
+    pub dataset: crate::data::DatasetKind,
+    /// Normalisation override (default: the dataset's preset).
+    pub norm: Option<crate::data::Normalization>,
+    /// Training images held out for selection.
+    pub held_out: usize,
+    /// Also measure test accuracy of the result (recorded, never used for selection).
+    pub test_eval: bool,
+    /// Phase 2.
+    pub distill: Option<DistillOptions>,
+}
+
+/// Where phase-2 inputs come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DistillSource {
+    Data,
+    Noise,
+}
+
+/// Phase-2 settings.
+#[derive(Clone, Debug)]
+pub struct DistillOptions {
+    pub steps: usize,
+    pub source: DistillSource,
+    pub teacher: Option<PathBuf>,
+    pub temperature: f64,
+    pub recon_weight: f64,
+    pub lr: f64,
+    pub batch: usize,
+    pub eval_every: Option<usize>,
+}
+
+impl Default for DistillOptions {
+    fn default() -> Self {
+        DistillOptions {
+            steps: 0,
+            source: DistillSource::Data,
+            teacher: None,
+            temperature: 1.0,
+            recon_weight: 0.0,
+            lr: 3e-4,
+            batch: 128,
+            eval_every: None,
+        }
+    }
 }
 
 impl Default for EncodeOptions {
@@ -62,11 +109,17 @@ impl Default for EncodeOptions {
             permutation: PermutationKind::InFilter,
             seed: 0,
             device: DeviceKind::Cpu,
-            lr: 5e-3,
-            beta1: 0.9,
+            lr: 2e-3,
+            beta1: 0.5,
             pe_levels: 40,
             pe_base: 0.76,
             threads: crate::decode::default_threads(),
+            data_dir: None,
+            dataset: crate::data::DatasetKind::FashionMnist,
+            norm: None,
+            held_out: 5000,
+            test_eval: false,
+            distill: None,
         }
     }
 }
@@ -261,6 +314,8 @@ pub struct RoundReport {
     pub rmse_vs_original: f64,
     pub train_seconds: f64,
     pub loss_history: Vec<(usize, f32)>,
+    /// Held-out accuracy (%) of this round's decoded network, when data is given.
+    pub held_out_accuracy: Option<f64>,
 }
 
 /// What `encode` produced.
@@ -275,6 +330,8 @@ pub struct EncodeReport {
     pub permutation_seconds: f64,
     pub total_seconds: f64,
     pub rounds: Vec<RoundReport>,
+    pub distill: Option<DistillReport>,
+    pub accuracy: AccuracyReport,
     pub device: String,
 }
 
@@ -309,16 +366,64 @@ fn check_options(o: &EncodeOptions) -> Result<()> {
         return bad("--lr must be positive");
     }
     if o.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
-        return Err(Error::DeviceUnavailable {
-            device: "cuda".into(),
-            why: "this nernc was built without the `cuda` feature (cargo build --features cuda)"
-                .into(),
-        });
+        return Err(cuda_not_built());
+    }
+    if let Some(d) = &o.distill {
+        if d.source == DistillSource::Data && o.data_dir.is_none() {
+            return bad("distillation on real data needs --data DIR (or --data noise)");
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if d.steps == 0 || d.batch == 0 || !positive(d.lr) || !positive(d.temperature) {
+            return bad("distillation: steps, batch, lr and temperature must be positive");
+        }
+        if !(d.recon_weight.is_finite() && d.recon_weight >= 0.0) {
+            return bad("--recon-weight must be >= 0");
+        }
     }
     if o.pe_levels == 0 || o.pe_levels > 256 || !(o.pe_base.is_finite() && o.pe_base > 0.0) {
         return bad("positional encoding: levels in 1..=256, base positive");
     }
     Ok(())
+}
+
+/// What the container is assembled from.
+struct Prepared<'a> {
+    layers: Vec<LayerEntry>,
+    permutations: Vec<Permutation>,
+    cfg: PredictorConfig,
+    source: crate::checkpoint::Checkpoint<'a>,
+}
+
+/// Data for selection and phase 2, loaded once.
+struct DataPlan {
+    train: Option<crate::data::Dataset>,
+    train_idx: Vec<usize>,
+    held_idx: Vec<usize>,
+    test: Option<crate::data::Dataset>,
+    norm: crate::data::Normalization,
+}
+
+fn load_data(opts: &EncodeOptions) -> Result<Option<DataPlan>> {
+    let Some(dir) = &opts.data_dir else {
+        return Ok(None);
+    };
+    use crate::data::{Split, load};
+    let kind = opts.dataset;
+    let train = load(dir, kind, Split::Train, None)?;
+    let held = opts.held_out.min(train.len() / 2);
+    let (train_idx, held_idx) = train.holdout_split(held, opts.seed ^ 0x5e1ec7);
+    let test = if opts.test_eval {
+        Some(load(dir, kind, Split::Test, None)?)
+    } else {
+        None
+    };
+    Ok(Some(DataPlan {
+        train: Some(train),
+        train_idx,
+        held_idx,
+        test,
+        norm: opts.norm.clone().unwrap_or_else(|| kind.normalization()),
+    }))
 }
 
 /// Encodes the checkpoint at `input`; returns the `.nern` bytes and a report.
@@ -328,6 +433,27 @@ pub fn encode(
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     check_options(opts)?;
+    match opts.device {
+        DeviceKind::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            encode_on::<B>(&Default::default(), input, opts, progress)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            let device = cuda_device()?;
+            encode_on::<CudaAutodiff>(&device, input, opts, progress)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => Err(cuda_not_built()),
+    }
+}
+
+fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
+    device: &B::Device,
+    input: &Path,
+    opts: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
     let file = MappedFile::open(input)?;
     let source = parse_safetensors(input, file.bytes())?;
@@ -366,6 +492,42 @@ pub fn encode(
     let kernel_size = layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
     let cfg = PredictorConfig::reference(opts.hidden, kernel_size, opts.pe_levels, opts.pe_base);
 
+    // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
+    let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
+    let host = if needs_net {
+        Some(crate::network::HostModel::load(input)?)
+    } else {
+        None
+    };
+    let net = match &host {
+        Some(h) => Some(h.network()?),
+        None => None,
+    };
+    let plan = load_data(opts)?;
+    if let (Some(net), Some(plan)) = (&net, &plan)
+        && let Some(train) = &plan.train
+    {
+        crate::eval::check_fit(net, train, &input.display().to_string())?;
+    }
+    let teacher = match (&opts.distill, &net) {
+        (Some(d), Some(net)) => {
+            let path = d.teacher.as_deref().unwrap_or(input);
+            let t = crate::eval::LoadedNet::<B::InnerBackend>::load(path, device)?;
+            if t.net.num_classes != net.num_classes || t.net.in_channels != net.in_channels {
+                return Err(Error::Incompatible(format!(
+                    "teacher {} has {} classes and {} input channels, the student {} and {}",
+                    path.display(),
+                    t.net.num_classes,
+                    t.net.in_channels,
+                    net.num_classes,
+                    net.in_channels
+                )));
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+
     progress.stage("permutations");
     let t_perm = Instant::now();
     let permutations: Vec<Permutation> = layers
@@ -375,6 +537,35 @@ pub fn encode(
         .collect();
     let permutation_seconds = t_perm.elapsed().as_secs_f64();
 
+    let student = match (&net, &host) {
+        (Some(net), Some(host)) => Some(crate::eval::LoadedNet::<B::InnerBackend> {
+            net: net.clone(),
+            fixed: crate::network::FixedParams::new(net, host, device)?,
+            convs: Default::default(),
+        }),
+        _ => None,
+    };
+    let held_out = plan.as_ref().and_then(|p| {
+        p.train.as_ref().map(|d| distill::HeldOut {
+            data: d,
+            indices: &p.held_idx,
+        })
+    });
+    let held_acc = |p: &crate::predictor::Predictor| -> Result<Option<f64>> {
+        match (&student, &held_out, &plan) {
+            (Some(st), Some(h), Some(plan)) => Ok(Some(distill::held_out_accuracy(
+                p,
+                &layers,
+                &permutations,
+                st,
+                h,
+                &plan.norm,
+                device,
+            )?)),
+            _ => Ok(None),
+        }
+    };
+
     let settings = TrainSettings {
         steps: opts.steps,
         batch: opts.batch,
@@ -383,7 +574,7 @@ pub fn encode(
     };
     let mut targets = original.clone();
     let mut rounds = Vec::new();
-    let mut predictor = None;
+    let mut best: Option<(crate::predictor::Predictor, Option<f64>, usize)> = None;
     let mut seeds = SplitMix64::new(opts.seed);
     for round in 0..opts.rounds {
         progress.stage(&format!("round {}/{}", round + 1, opts.rounds));
@@ -395,29 +586,216 @@ pub fn encode(
             kernel_size as usize,
         );
         let t_round = Instant::now();
-        let outcome = run_training(
-            opts.device,
-            &cfg,
-            &set,
-            &settings,
-            seeds.next_u64(),
-            progress,
-        )?;
+        let outcome = train::train::<B>(device, &cfg, &set, &settings, seeds.next_u64(), progress)?;
         let train_seconds = t_round.elapsed().as_secs_f64();
         let decoded = decode_layers(&outcome.predictor, &layers, &permutations, opts.threads);
+        let acc = held_acc(&outcome.predictor)?;
         rounds.push(RoundReport {
             round: round + 1,
             rmse_vs_target: rmse(&decoded, &targets),
             rmse_vs_original: rmse(&decoded, &original),
             train_seconds,
             loss_history: outcome.loss_history,
+            held_out_accuracy: acc,
         });
         targets = decoded;
-        predictor = Some(outcome.predictor);
+        // Keep the best round by held-out accuracy when there is data, else the last.
+        let better = match (&best, acc) {
+            (Some((_, Some(b), _)), Some(a)) => a > *b,
+            _ => true,
+        };
+        if better {
+            best = Some((outcome.predictor, acc, round + 1));
+        }
     }
-    let predictor = predictor.ok_or_else(|| Error::Training("no rounds ran".into()))?;
+    let (mut predictor, phase1_acc, kept_round) =
+        best.ok_or_else(|| Error::Training("no rounds ran".into()))?;
 
-    let passthrough: Vec<_> = source
+    let mut distill_report = None;
+    if let (Some(d), Some(net), Some(host), Some(teacher)) = (&opts.distill, &net, &host, &teacher)
+    {
+        progress.stage("distillation");
+        let t_distill = Instant::now();
+        let set = KernelSet::new(
+            &layers,
+            &permutations,
+            &original,
+            &original,
+            kernel_size as usize,
+        );
+        let plan_ref = plan.as_ref();
+        let norm = plan_ref.map(|p| p.norm.clone()).unwrap_or_else(|| {
+            opts.norm
+                .clone()
+                .unwrap_or_else(|| opts.dataset.normalization())
+        });
+        let input_kind = match (&d.source, plan_ref.and_then(|p| p.train.as_ref())) {
+            (DistillSource::Data, Some(train)) => distill::DistillInput::Real {
+                data: train,
+                indices: plan_ref.map_or(&[][..], |p| &p.train_idx[..]),
+            },
+            (DistillSource::Data, None) => {
+                return Err(Error::InvalidArgument(
+                    "distillation on real data needs --data DIR".into(),
+                ));
+            }
+            (DistillSource::Noise, _) => {
+                let mut shape = opts.dataset.image_shape();
+                shape[0] = net.in_channels;
+                distill::DistillInput::Noise { shape }
+            }
+        };
+        let ds = distill::DistillSettings {
+            steps: d.steps,
+            batch: d.batch,
+            lr: d.lr,
+            temperature: d.temperature,
+            recon_weight: d.recon_weight,
+            eval_every: d.eval_every.unwrap_or((d.steps / 10).max(1)),
+            norm: &norm,
+            input: input_kind,
+            held_out: held_out.as_ref().map(|h| distill::HeldOut {
+                data: h.data,
+                indices: h.indices,
+            }),
+        };
+        let out = distill::distill::<B>(
+            device,
+            &predictor,
+            &set,
+            &layers,
+            &permutations,
+            host,
+            net,
+            teacher,
+            &ds,
+            seeds.next_u64(),
+            progress,
+        )?;
+        let decoded = decode_layers(&out.predictor, &layers, &permutations, opts.threads);
+        distill_report = Some(DistillReport {
+            steps: d.steps,
+            batch: d.batch,
+            lr: d.lr,
+            temperature: d.temperature,
+            recon_weight: d.recon_weight,
+            input: match d.source {
+                DistillSource::Data => "data".into(),
+                DistillSource::Noise => "noise".into(),
+            },
+            teacher: d
+                .teacher
+                .as_ref()
+                .map_or_else(|| "original".into(), |t| t.display().to_string()),
+            loss_history: out.loss_history,
+            held_out_history: out.held_out_history,
+            kept_step: out.best_step,
+            rmse_vs_original: rmse(&decoded, &original),
+            seconds: t_distill.elapsed().as_secs_f64(),
+        });
+        predictor = out.predictor;
+    }
+
+    let final_held_out = match &distill_report {
+        Some(d) => d
+            .held_out_history
+            .iter()
+            .find(|(s, _)| *s == d.kept_step)
+            .map(|(_, a)| *a),
+        None => phase1_acc,
+    };
+    let test_accuracy = match (&student, &plan) {
+        (Some(st), Some(plan)) => match &plan.test {
+            Some(test) => {
+                let all: Vec<usize> = (0..test.len()).collect();
+                let h = distill::HeldOut {
+                    data: test,
+                    indices: &all,
+                };
+                Some(distill::held_out_accuracy(
+                    &predictor,
+                    &layers,
+                    &permutations,
+                    st,
+                    &h,
+                    &plan.norm,
+                    device,
+                )?)
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    let prepared = Prepared {
+        layers,
+        permutations,
+        cfg,
+        source,
+    };
+    let accuracy = AccuracyReport {
+        held_out_images: plan.as_ref().map(|p| p.held_idx.len()),
+        held_out: final_held_out,
+        test: test_accuracy,
+        kept_round,
+    };
+    finish(
+        input,
+        file.bytes(),
+        opts,
+        prepared,
+        predictor,
+        rounds,
+        distill_report,
+        accuracy,
+        permutation_seconds,
+        started,
+    )
+}
+
+/// Accuracy figures recorded in the metadata.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AccuracyReport {
+    pub held_out_images: Option<usize>,
+    /// Held-out accuracy (%) of the stored predictor.
+    pub held_out: Option<f64>,
+    /// Test accuracy (%) of the stored predictor (only with `test_eval`).
+    pub test: Option<f64>,
+    /// Round whose predictor was kept (phase 1).
+    pub kept_round: usize,
+}
+
+/// What phase 2 did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DistillReport {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub temperature: f64,
+    pub recon_weight: f64,
+    pub input: String,
+    pub teacher: String,
+    pub loss_history: Vec<(usize, f32)>,
+    pub held_out_history: Vec<(usize, f64)>,
+    pub kept_step: usize,
+    pub rmse_vs_original: f64,
+    pub seconds: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    input: &Path,
+    source_bytes: &[u8],
+    opts: &EncodeOptions,
+    p: Prepared<'_>,
+    predictor: crate::predictor::Predictor,
+    rounds: Vec<RoundReport>,
+    distill: Option<DistillReport>,
+    accuracy: AccuracyReport,
+    permutation_seconds: f64,
+    started: Instant,
+) -> Result<(Vec<u8>, EncodeReport)> {
+    let passthrough: Vec<_> = p
+        .source
         .tensors
         .iter()
         .filter(|t| !is_predictable(t))
@@ -428,20 +806,21 @@ pub fn encode(
             bytes: t.bytes,
         })
         .collect();
-    let predicted_parameters: u64 = layers.iter().map(|l| l.elements() as u64).sum();
+    let predicted_parameters: u64 = p.layers.iter().map(|l| l.elements() as u64).sum();
     let mut report = EncodeReport {
-        source_bytes: file.bytes().len() as u64,
+        source_bytes: source_bytes.len() as u64,
         nern_bytes: 0,
-        predicted_tensors: layers.len(),
+        predicted_tensors: p.layers.len(),
         passthrough_tensors: passthrough.len(),
         predicted_parameters,
-        predictor_parameters: cfg.parameter_count(),
+        predictor_parameters: p.cfg.parameter_count(),
         permutation_seconds,
-        total_seconds: 0.0,
+        total_seconds: started.elapsed().as_secs_f64(),
         rounds,
+        distill,
+        accuracy,
         device: device_description(opts.device),
     };
-    report.total_seconds = started.elapsed().as_secs_f64();
     let source_name = input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -451,27 +830,37 @@ pub fn encode(
         "source": {
             "name": source_name,
             "bytes": report.source_bytes,
-            "blake3": blake3::hash(file.bytes()).to_hex().to_string(),
+            "blake3": blake3::hash(source_bytes).to_hex().to_string(),
         },
         "recipe": {
-            "phase": "reconstruction",
-            "hidden": opts.hidden,
-            "steps": opts.steps,
-            "rounds": opts.rounds,
-            "batch": opts.batch,
-            "permutation": format!("{:?}", opts.permutation),
+            "phase1": {
+                "hidden": opts.hidden,
+                "steps": opts.steps,
+                "rounds": opts.rounds,
+                "batch": opts.batch,
+                "permutation": format!("{:?}", opts.permutation),
+                "optimizer": "adam",
+                "lr": opts.lr,
+                "beta1": opts.beta1,
+                "lr_schedule": "cosine per step to 1e-6",
+                "pe_levels": opts.pe_levels,
+                "pe_base": opts.pe_base,
+                "sampling": "0.8 uniform subset / 0.2 L2-norm weighted",
+                "loss": "global RMSE after centre crop",
+            },
+            "phase2": report.distill.as_ref().map(|d| json!({
+                "steps": d.steps, "batch": d.batch, "lr": d.lr, "temperature": d.temperature,
+                "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
+                "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
+            })),
             "seed": opts.seed,
             "device": opts.device.name(),
-            "optimizer": "adam",
-            "lr": opts.lr,
-            "lr_schedule": "cosine per step to 1e-6",
-            "beta1": opts.beta1,
-            "pe_levels": opts.pe_levels,
-            "pe_base": opts.pe_base,
-            "sampling": "0.8 uniform subset / 0.2 L2-norm weighted",
-            "loss": "global RMSE after centre crop",
+            "dataset": opts.data_dir.as_ref().map(|_| opts.dataset.name()),
+            "held_out_images": report.accuracy.held_out_images,
         },
         "rounds": report.rounds,
+        "distillation": report.distill,
+        "accuracy": report.accuracy,
         "timings": {
             "permutation_seconds": report.permutation_seconds,
             "total_seconds": report.total_seconds,
@@ -480,10 +869,10 @@ pub fn encode(
     });
     let bytes = write_container(&ContainerParts {
         predictor: &predictor,
-        layers: &layers,
-        permutations: &permutations,
+        layers: &p.layers,
+        permutations: &p.permutations,
         passthrough,
-        source_metadata: source.metadata.clone(),
+        source_metadata: p.source.metadata.clone(),
         metadata: Some(metadata),
     })?;
     report.nern_bytes = bytes.len() as u64;
@@ -518,10 +907,39 @@ fn run_training(
     }
 }
 
+/// The error for CUDA requests in a build without the `cuda` feature.
+pub fn cuda_not_built() -> Error {
+    Error::DeviceUnavailable {
+        device: "cuda".into(),
+        why: "this nernc was built without the `cuda` feature (cargo build --features cuda)".into(),
+    }
+}
+
+/// The CUDA autodiff backend.
+#[cfg(feature = "cuda")]
+pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// The default CUDA device, after checking that it works: cubecl panics when no driver or GPU
+/// is present, so probe once and turn that into an error.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Result<burn::backend::cuda::CudaDevice> {
+    let dev = burn::backend::cuda::CudaDevice::default();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let t: burn::tensor::Tensor<CudaAutodiff, 1> = burn::tensor::Tensor::ones([4], &dev);
+        t.sum().into_data()
+    });
+    std::panic::set_hook(hook);
+    probe.map(|_| dev).map_err(|_| Error::DeviceUnavailable {
+        device: "cuda".into(),
+        why: "no usable CUDA driver or GPU found (is CUDA_PATH set to the toolkit headers?)".into(),
+    })
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
-    type B = burn::backend::Autodiff<burn::backend::Cuda>;
 
     pub fn train(
         cfg: &PredictorConfig,
@@ -530,24 +948,8 @@ mod cuda {
         seed: u64,
         progress: &dyn Progress,
     ) -> Result<super::train::TrainOutcome> {
-        let dev = burn::backend::cuda::CudaDevice::default();
-        // cubecl panics when no driver or GPU is present: probe once and turn that into an error.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let probe = std::panic::catch_unwind(|| {
-            let t: burn::tensor::Tensor<B, 1> = burn::tensor::Tensor::ones([4], &dev);
-            t.sum().into_data()
-        });
-        std::panic::set_hook(hook);
-        if probe.is_err() {
-            return Err(Error::DeviceUnavailable {
-                device: "cuda".into(),
-                why:
-                    "no usable CUDA driver or GPU found (is CUDA_PATH set to the toolkit headers?)"
-                        .into(),
-            });
-        }
-        super::train::train::<B>(&dev, cfg, set, settings, seed, progress)
+        let dev = cuda_device()?;
+        super::train::train::<CudaAutodiff>(&dev, cfg, set, settings, seed, progress)
     }
 }
 
@@ -562,11 +964,7 @@ mod cuda {
         _: u64,
         _: &dyn Progress,
     ) -> Result<super::train::TrainOutcome> {
-        Err(Error::DeviceUnavailable {
-            device: "cuda".into(),
-            why: "this nernc was built without the `cuda` feature (cargo build --features cuda)"
-                .into(),
-        })
+        Err(cuda_not_built())
     }
 }
 

@@ -18,6 +18,23 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// A module holding a trained predictor's weights (phase 2 continues from phase 1).
+    pub fn from_predictor(p: &Predictor, device: &B::Device) -> Self {
+        let mut weights = Vec::new();
+        let mut biases = Vec::new();
+        for l in &p.layers {
+            weights.push(Param::from_tensor(Tensor::from_data(
+                TensorData::new(l.weight.clone(), [l.inputs, l.outputs]),
+                device,
+            )));
+            biases.push(Param::from_tensor(Tensor::from_data(
+                TensorData::new(l.bias.clone(), [l.outputs]),
+                device,
+            )));
+        }
+        Mlp { weights, biases }
+    }
+
     /// PyTorch's default `Linear` initialisation, U(-1/sqrt(in), 1/sqrt(in)), from our RNG.
     fn init(cfg: &PredictorConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
         let mut weights = Vec::new();
@@ -44,7 +61,7 @@ impl<B: Backend> Mlp<B> {
         Mlp { weights, biases }
     }
 
-    fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
         let last = self.weights.len() - 1;
         for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
             x = x.matmul(w.val()) + b.val().unsqueeze::<2>();
@@ -56,7 +73,7 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// Copies the parameters to the host in the container's layout.
-    fn to_predictor(&self, cfg: &PredictorConfig) -> Result<Predictor> {
+    pub fn to_predictor(&self, cfg: &PredictorConfig) -> Result<Predictor> {
         let mut layers = Vec::new();
         for (w, b) in self.weights.iter().zip(&self.biases) {
             let [i, o] = w.val().dims();
@@ -78,6 +95,75 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
+/// A kernel set on a device: per-coordinate encodings, coordinates, targets and crop masks.
+pub struct DeviceKernels<B: Backend> {
+    pub pe_tables: Vec<Tensor<B, 2>>,
+    pub coords: Vec<Tensor<B, 1, Int>>,
+    pub targets: Tensor<B, 2>,
+    pub masks: Tensor<B, 2>,
+}
+
+impl<B: Backend> DeviceKernels<B> {
+    pub fn new(cfg: &PredictorConfig, set: &KernelSet, device: &B::Device) -> Self {
+        let n = set.len();
+        let kk = set.out_width;
+        let cw = cfg.coord_width();
+        let freqs = cfg.frequencies();
+        let pe_tables = (0..COORDS)
+            .map(|c| {
+                let rows = set.extents[c].max(1);
+                let mut pe = vec![0f32; rows * cw];
+                for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
+                    encode_coordinate(v as u32, &freqs, row);
+                }
+                Tensor::from_data(TensorData::new(pe, [rows, cw]), device)
+            })
+            .collect();
+        let coords = (0..COORDS)
+            .map(|c| {
+                let v: Vec<i32> = set.coords.iter().map(|x| x[c] as i32).collect();
+                Tensor::from_data(TensorData::new(v, [n]), device)
+            })
+            .collect();
+        DeviceKernels {
+            pe_tables,
+            coords,
+            targets: Tensor::from_data(TensorData::new(set.targets.clone(), [n, kk]), device),
+            masks: Tensor::from_data(TensorData::new(set.masks.clone(), [n, kk]), device),
+        }
+    }
+
+    /// Predictor inputs `[rows, E]` for the kernels `idx`.
+    pub fn inputs(&self, idx: &Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let parts = (0..COORDS)
+            .map(|c| {
+                self.pe_tables[c]
+                    .clone()
+                    .select(0, self.coords[c].clone().select(0, idx.clone()))
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// Predictor inputs for every kernel, in position order.
+    pub fn all_inputs(&self) -> Tensor<B, 2> {
+        let parts = (0..COORDS)
+            .map(|c| self.pe_tables[c].clone().select(0, self.coords[c].clone()))
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+}
+
+/// Global RMSE of `pred` against the masked targets.
+pub fn masked_rmse<B: Backend>(
+    pred: Tensor<B, 2>,
+    y: Tensor<B, 2>,
+    m: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let diff = (pred - y) * m.clone();
+    (diff.powi_scalar(2).sum() / m.sum()).sqrt()
+}
+
 /// Summary of one training run.
 pub struct TrainOutcome {
     pub predictor: Predictor,
@@ -96,31 +182,8 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<TrainOutcome> {
     let mut rng = SplitMix64::new(round_seed);
     let n = set.len();
-    let kk = set.out_width;
-    let cw = cfg.coord_width();
-    let freqs = cfg.frequencies();
 
-    // Device-resident tables: per-coordinate encodings, targets and crop masks.
-    let pe_tables: Vec<Tensor<B, 2>> = (0..COORDS)
-        .map(|c| {
-            let rows = set.extents[c].max(1);
-            let mut pe = vec![0f32; rows * cw];
-            for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
-                encode_coordinate(v as u32, &freqs, row);
-            }
-            Tensor::from_data(TensorData::new(pe, [rows, cw]), device)
-        })
-        .collect();
-    let coords: Vec<Tensor<B, 1, Int>> = (0..COORDS)
-        .map(|c| {
-            let v: Vec<i32> = set.coords.iter().map(|x| x[c] as i32).collect();
-            Tensor::from_data(TensorData::new(v, [n]), device)
-        })
-        .collect();
-    let targets: Tensor<B, 2> =
-        Tensor::from_data(TensorData::new(set.targets.clone(), [n, kk]), device);
-    let masks: Tensor<B, 2> =
-        Tensor::from_data(TensorData::new(set.masks.clone(), [n, kk]), device);
+    let kernels = DeviceKernels::<B>::new(cfg, set, device);
 
     let mut model = Mlp::<B>::init(cfg, &mut rng, device);
     let mut optim = AdamConfig::new()
@@ -138,19 +201,10 @@ pub fn train<B: AutodiffBackend>(
     for step in 0..settings.steps {
         let idx = sampler.batch(&mut rng, batch);
         let idx: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(idx, [batch]), device);
-        let inputs: Vec<Tensor<B, 2>> = (0..COORDS)
-            .map(|c| {
-                pe_tables[c]
-                    .clone()
-                    .select(0, coords[c].clone().select(0, idx.clone()))
-            })
-            .collect();
-        let x = Tensor::cat(inputs, 1);
-        let y = targets.clone().select(0, idx.clone());
-        let m = masks.clone().select(0, idx);
-        let pred = model.forward(x);
-        let diff = (pred - y) * m.clone();
-        let loss = (diff.powi_scalar(2).sum() / m.sum()).sqrt();
+        let x = kernels.inputs(&idx);
+        let y = kernels.targets.clone().select(0, idx.clone());
+        let m = kernels.masks.clone().select(0, idx);
+        let loss = masked_rmse(model.forward(x), y, m);
         let lr = settings.lr_at(step);
         let want_loss = step % report_every == 0 || step + 1 == settings.steps;
         let loss_value = if want_loss {

@@ -1,0 +1,289 @@
+//! Phase 2: fine-tune the phase-1 predictor with logit distillation only (optionally plus a small
+//! reconstruction term). Gradients flow from the student's logits through the functional
+//! convolutions into the predictor; the teacher is the original or any network with the same
+//! classes. Selection uses a held-out part of the training split, never the test split.
+
+use std::collections::HashMap;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::train::{DeviceKernels, Mlp, masked_rmse};
+use super::{KernelSet, Progress};
+use crate::arch::Network;
+use crate::data::{Dataset, Normalization, noise_batch};
+use crate::error::{Error, Result};
+use crate::eval::{LoadedNet, accuracy, input_tensor, predict};
+use crate::format::LayerEntry;
+use crate::network::{FixedParams, HostModel, forward};
+use crate::permute::Permutation;
+use crate::predictor::Predictor;
+use crate::rng::SplitMix64;
+
+/// Where phase-2 inputs come from.
+pub enum DistillInput<'a> {
+    /// Real images: the training split and the indices phase 2 may use (held-out excluded).
+    Real {
+        data: &'a Dataset,
+        indices: &'a [usize],
+    },
+    /// Uniform noise of the dataset's shape (data-free distillation).
+    Noise { shape: [usize; 3] },
+}
+
+/// A held-out set for selection.
+pub struct HeldOut<'a> {
+    pub data: &'a Dataset,
+    pub indices: &'a [usize],
+}
+
+pub struct DistillSettings<'a> {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub temperature: f64,
+    pub recon_weight: f64,
+    pub eval_every: usize,
+    pub norm: &'a Normalization,
+    pub input: DistillInput<'a>,
+    pub held_out: Option<HeldOut<'a>>,
+}
+
+pub struct DistillOutcome {
+    pub predictor: Predictor,
+    /// (step, loss) at evenly spaced steps.
+    pub loss_history: Vec<(usize, f32)>,
+    /// (step, held-out accuracy %) at each evaluation; step 0 is the phase-1 predictor.
+    pub held_out_history: Vec<(usize, f64)>,
+    /// Step of the kept state (by held-out accuracy, or the last step without held-out data).
+    pub best_step: usize,
+}
+
+/// Decoded (exact decoder) conv weights of a predictor, on `device`.
+pub fn decoded_convs<B: Backend>(
+    p: &Predictor,
+    layers: &[LayerEntry],
+    perms: &[Permutation],
+    device: &B::Device,
+) -> HashMap<String, Tensor<B, 4>> {
+    let weights = crate::decode::decode_layers(p, layers, perms, crate::decode::default_threads());
+    layers
+        .iter()
+        .zip(weights)
+        .map(|(l, w)| {
+            let s = l.shape.map(|d| d as usize);
+            (
+                l.name.clone(),
+                Tensor::from_data(TensorData::new(w, s), device),
+            )
+        })
+        .collect()
+}
+
+/// Held-out accuracy of the network with the predictor's decoded conv weights.
+pub fn held_out_accuracy<B: Backend>(
+    p: &Predictor,
+    layers: &[LayerEntry],
+    perms: &[Permutation],
+    student: &LoadedNet<B>,
+    held: &HeldOut<'_>,
+    norm: &Normalization,
+    device: &B::Device,
+) -> Result<f64> {
+    let m = LoadedNet {
+        net: student.net.clone(),
+        fixed: student.fixed.clone(),
+        convs: decoded_convs(p, layers, perms, device),
+    };
+    let pred = predict(&m, held.data, held.indices, norm, device)?;
+    Ok(accuracy(&pred, held.data, held.indices).1)
+}
+
+/// Maps position-ordered predictions `[N, K*K]` to every layer's conv weight, original order.
+struct KernelLayout<B: Backend> {
+    /// Row (position order) of each kernel in original order, all layers concatenated.
+    gather: Tensor<B, 1, Int>,
+    /// (name, start row, shape) per layer.
+    layers: Vec<(String, usize, [usize; 4])>,
+    big: usize,
+}
+
+impl<B: Backend> KernelLayout<B> {
+    fn new(layers: &[LayerEntry], perms: &[Permutation], big: usize, device: &B::Device) -> Self {
+        let total: usize = layers.iter().map(LayerEntry::kernels).sum();
+        let mut gather = vec![0i32; total];
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (l, p) in layers.iter().zip(perms) {
+            let cin = l.cin();
+            for pos in 0..l.kernels() {
+                let orig = p.original_kernel(cin, pos / cin, pos % cin);
+                gather[start + orig] = (start + pos) as i32;
+            }
+            out.push((l.name.clone(), start, l.shape.map(|d| d as usize)));
+            start += l.kernels();
+        }
+        KernelLayout {
+            gather: Tensor::from_data(TensorData::new(gather, [total]), device),
+            layers: out,
+            big,
+        }
+    }
+
+    fn convs(&self, pred: Tensor<B, 2>) -> HashMap<String, Tensor<B, 4>> {
+        let ordered = pred.select(0, self.gather.clone());
+        let big = self.big;
+        self.layers
+            .iter()
+            .map(|(name, start, s)| {
+                let n = s[0] * s[1];
+                let k = s[2];
+                let rows = ordered.clone().slice([*start..*start + n, 0..big * big]);
+                let w = if k == big {
+                    rows.reshape([s[0], s[1], k, k])
+                } else {
+                    let off = (big - k) / 2;
+                    rows.reshape([n, big, big])
+                        .slice([0..n, off..off + k, off..off + k])
+                        .reshape([s[0], s[1], k, k])
+                };
+                (name.clone(), w)
+            })
+            .collect()
+    }
+}
+
+/// Runs phase 2 from `start` (the phase-1 predictor).
+#[allow(clippy::too_many_arguments)]
+pub fn distill<B: AutodiffBackend>(
+    device: &B::Device,
+    start: &Predictor,
+    set: &KernelSet,
+    layers: &[LayerEntry],
+    perms: &[Permutation],
+    source: &HostModel,
+    net: &Network,
+    teacher: &LoadedNet<B::InnerBackend>,
+    s: &DistillSettings<'_>,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<DistillOutcome> {
+    let cfg = &start.config;
+    let mut rng = SplitMix64::new(seed);
+    let kernels = DeviceKernels::<B>::new(cfg, set, device);
+    let all_inputs = kernels.all_inputs();
+    let layout = KernelLayout::<B>::new(layers, perms, cfg.kernel_size as usize, device);
+    let fixed = FixedParams::<B>::new(net, source, device)?;
+    let inner_student = LoadedNet::<B::InnerBackend> {
+        net: net.clone(),
+        fixed: FixedParams::new(net, source, device)?,
+        convs: HashMap::new(),
+    };
+    let mut model = Mlp::<B>::from_predictor(start, device);
+    let mut optim = AdamConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .init::<B, Mlp<B>>();
+
+    let mut best = start.clone();
+    let mut best_step = 0;
+    let mut held_out_history = Vec::new();
+    let mut best_acc = f64::NEG_INFINITY;
+    if let Some(h) = &s.held_out {
+        best_acc = held_out_accuracy(start, layers, perms, &inner_student, h, s.norm, device)?;
+        held_out_history.push((0, best_acc));
+    }
+    let t = s.temperature;
+    let mut loss_history = Vec::new();
+    let report_every = (s.steps / 200).clamp(1, 10);
+    let history_every = (s.steps / 20).max(1);
+    progress.start(s.steps as u64);
+    for step in 0..s.steps {
+        let (x, shape) = match &s.input {
+            DistillInput::Real { data, indices } => {
+                let pick: Vec<usize> = (0..s.batch)
+                    .map(|_| indices[rng.below(indices.len() as u64) as usize])
+                    .collect();
+                (data.batch(&pick, s.norm).0, data.shape)
+            }
+            DistillInput::Noise { shape } => {
+                (noise_batch(s.batch, *shape, s.norm, rng.next_u64()), *shape)
+            }
+        };
+        let x_inner = input_tensor::<B::InnerBackend>(x, s.batch, shape, device);
+        let teacher_logits = teacher.logits(x_inner.clone());
+        let target = softmax(Tensor::<B, 2>::from_inner(teacher_logits) / t, 1);
+        let pred = model.forward(all_inputs.clone());
+        let convs = layout.convs(pred.clone());
+        let student = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));
+        let log_p = log_softmax(student / t, 1);
+        // KL(teacher || student), batch mean, scaled by T^2 so gradients keep their size.
+        let kl = (target.clone() * (target.clamp_min(1e-12).log() - log_p)).sum() / s.batch as f64
+            * (t * t);
+        let loss = if s.recon_weight > 0.0 {
+            kl + masked_rmse(pred, kernels.targets.clone(), kernels.masks.clone()) * s.recon_weight
+        } else {
+            kl
+        };
+        let want = step % report_every == 0 || step + 1 == s.steps;
+        let value = if want {
+            loss.clone()
+                .into_data()
+                .into_vec::<f32>()
+                .map_err(|e| Error::Training(format!("{e:?}")))?
+                .first()
+                .copied()
+        } else {
+            None
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = cosine(s.lr, step, s.steps);
+        model = optim.step(lr, model, grads);
+        if let Some(v) = value {
+            if !v.is_finite() {
+                return Err(Error::Training(format!(
+                    "distillation loss became {v} at step {step}"
+                )));
+            }
+            if step % history_every == 0 || step + 1 == s.steps {
+                loss_history.push((step, v));
+            }
+            progress.update(step as u64 + 1, v);
+        }
+        let done = step + 1;
+        if let Some(h) = &s.held_out
+            && (done % s.eval_every.max(1) == 0 || done == s.steps)
+        {
+            let p = model.valid().to_predictor(cfg)?;
+            let acc = held_out_accuracy(&p, layers, perms, &inner_student, h, s.norm, device)?;
+            held_out_history.push((done, acc));
+            if acc > best_acc {
+                best_acc = acc;
+                best = p;
+                best_step = done;
+            }
+        }
+    }
+    progress.finish();
+    if s.held_out.is_none() {
+        best = model.valid().to_predictor(cfg)?;
+        best_step = s.steps;
+    }
+    Ok(DistillOutcome {
+        predictor: best,
+        loss_history,
+        held_out_history,
+        best_step,
+    })
+}
+
+fn cosine(lr: f64, step: usize, steps: usize) -> f64 {
+    let min = 1e-7f64.min(lr);
+    min + 0.5
+        * (lr - min)
+        * (1.0 + (std::f64::consts::PI * step as f64 / steps.max(1) as f64).cos())
+}

@@ -1,0 +1,288 @@
+//! `nernc eval`: top-1 accuracy of a checkpoint (`.safetensors` or `.nern`), optionally against a
+//! reference checkpoint (accuracy difference and prediction agreement) and under FGSM.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::arch::Network;
+use crate::data::{Dataset, Normalization};
+use crate::encode::DeviceKind;
+use crate::error::{Error, Result};
+use crate::network::{FixedParams, HostModel, forward, host_convs};
+
+/// Images per forward batch.
+const EVAL_BATCH: usize = 500;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelScore {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Accuracy under FGSM at the requested epsilon, when asked.
+    pub fgsm_accuracy: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    pub split: String,
+    pub images: usize,
+    pub model: ModelScore,
+    pub reference: Option<ModelScore>,
+    /// `model.accuracy - reference.accuracy`, in points.
+    pub difference: Option<f64>,
+    /// Share of images where both predict the same class.
+    pub agreement: Option<f64>,
+    pub fgsm_epsilon: Option<f64>,
+    pub device: String,
+    pub seconds: f64,
+}
+
+/// A network ready to run: architecture, fixed parameters and conv weights on a device.
+pub struct LoadedNet<B: Backend> {
+    pub net: Network,
+    pub fixed: FixedParams<B>,
+    pub convs: std::collections::HashMap<String, Tensor<B, 4>>,
+}
+
+impl<B: Backend> LoadedNet<B> {
+    pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
+        let host = HostModel::load(path)?;
+        let net = host.network()?;
+        Ok(LoadedNet {
+            fixed: FixedParams::new(&net, &host, device)?,
+            convs: host_convs(&net, &host, device)?,
+            net,
+        })
+    }
+
+    pub fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        forward(&self.net, &self.fixed, &self.convs, x)
+    }
+}
+
+/// Checks that `data` fits `net` (channels and classes).
+pub fn check_fit(net: &Network, data: &Dataset, what: &str) -> Result<()> {
+    if net.in_channels != data.shape[0] {
+        return Err(Error::Incompatible(format!(
+            "{what} takes {} input channels, the {} images have {}",
+            net.in_channels,
+            data.kind.name(),
+            data.shape[0]
+        )));
+    }
+    if net.num_classes != data.classes {
+        return Err(Error::Incompatible(format!(
+            "{what} has {} classes, {} has {}",
+            net.num_classes,
+            data.kind.name(),
+            data.classes
+        )));
+    }
+    Ok(())
+}
+
+pub fn input_tensor<B: Backend>(
+    x: Vec<f32>,
+    n: usize,
+    shape: [usize; 3],
+    d: &B::Device,
+) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(x, [n, shape[0], shape[1], shape[2]]), d)
+}
+
+fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>> {
+    let [n, _] = logits.dims();
+    let idx: Tensor<B, 2, Int> = logits.argmax(1);
+    let v = idx
+        .reshape([n])
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .map_err(|e| Error::Training(format!("{e:?}")))?;
+    Ok(v.into_iter().map(|x| x as u32).collect())
+}
+
+/// Predicted classes of every image in `indices`.
+pub fn predict<B: Backend>(
+    m: &LoadedNet<B>,
+    data: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    device: &B::Device,
+) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let (x, _) = data.batch(chunk, norm);
+        out.extend(argmax(m.logits(input_tensor(
+            x,
+            chunk.len(),
+            data.shape,
+            device,
+        )))?);
+    }
+    Ok(out)
+}
+
+/// Accuracy in percent of `pred` against the labels of `indices`.
+pub fn accuracy(pred: &[u32], data: &Dataset, indices: &[usize]) -> (usize, f64) {
+    let correct = pred
+        .iter()
+        .zip(indices)
+        .filter(|(p, i)| **p == data.labels[**i])
+        .count();
+    (
+        correct,
+        100.0 * correct as f64 / indices.len().max(1) as f64,
+    )
+}
+
+/// FGSM accuracy: one signed-gradient step of size `eps` (in pixel units, images in [0, 1]).
+fn fgsm_accuracy<B: burn::tensor::backend::AutodiffBackend>(
+    path: &Path,
+    data: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    eps: f64,
+    device: &B::Device,
+) -> Result<f64> {
+    let m = LoadedNet::<B>::load(path, device)?;
+    let c = data.shape[0];
+    let std: Vec<f32> = (0..c)
+        .map(|i| norm.std[i.min(norm.std.len() - 1)])
+        .collect();
+    let mean: Vec<f32> = (0..c)
+        .map(|i| norm.mean[i.min(norm.mean.len() - 1)])
+        .collect();
+    let per_channel = |v: Vec<f32>| -> Tensor<B::InnerBackend, 4> {
+        Tensor::from_data(TensorData::new(v, [1, c, 1, 1]), device)
+    };
+    let (std_t, mean_t) = (per_channel(std), per_channel(mean));
+    let lo = mean_t.clone().neg() / std_t.clone();
+    let hi = (mean_t.neg() + 1.0) / std_t.clone();
+    let mut correct = 0usize;
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let (x, labels) = data.batch(chunk, norm);
+        let n = chunk.len();
+        let x: Tensor<B, 4> = input_tensor(x, n, data.shape, device).require_grad();
+        let y: Tensor<B, 1, Int> = Tensor::from_data(
+            TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]),
+            device,
+        );
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(m.logits(x.clone()), y);
+        let grads = loss.backward();
+        let g = x
+            .grad(&grads)
+            .ok_or_else(|| Error::Training("no input gradient".into()))?;
+        // A step of eps in pixel space is eps / std in normalised space; stay in the valid range.
+        let step = g.sign() * (std_t.clone().recip() * eps);
+        let adv = (x.inner() + step).max_pair(lo.clone()).min_pair(hi.clone());
+        let model = LoadedNet::<B::InnerBackend>::load(path, device)?;
+        let pred = argmax(model.logits(adv))?;
+        correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    }
+    Ok(100.0 * correct as f64 / indices.len().max(1) as f64)
+}
+
+/// Options of `nernc eval`.
+pub struct EvalOptions {
+    pub norm: Normalization,
+    pub fgsm: Option<f64>,
+    pub device: DeviceKind,
+}
+
+fn score<B: burn::tensor::backend::AutodiffBackend>(
+    path: &Path,
+    data: &Dataset,
+    indices: &[usize],
+    opts: &EvalOptions,
+    device: &B::Device,
+) -> Result<(ModelScore, Vec<u32>)> {
+    let m = LoadedNet::<B::InnerBackend>::load(path, device)?;
+    check_fit(&m.net, data, &path.display().to_string())?;
+    let pred = predict(&m, data, indices, &opts.norm, device)?;
+    let (correct, acc) = accuracy(&pred, data, indices);
+    let fgsm_accuracy = match opts.fgsm {
+        Some(eps) => Some(fgsm_accuracy::<B>(
+            path, data, indices, &opts.norm, eps, device,
+        )?),
+        None => None,
+    };
+    Ok((
+        ModelScore {
+            path: path.to_path_buf(),
+            architecture: m.net.describe(),
+            correct,
+            accuracy: acc,
+            fgsm_accuracy,
+        },
+        pred,
+    ))
+}
+
+fn run<B: burn::tensor::backend::AutodiffBackend>(
+    model: &Path,
+    reference: Option<&Path>,
+    data: &Dataset,
+    split: &str,
+    opts: &EvalOptions,
+    device: &B::Device,
+) -> Result<EvalReport> {
+    let started = Instant::now();
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let (model_score, pred) = score::<B>(model, data, &indices, opts, device)?;
+    let (reference, difference, agreement) = match reference {
+        Some(r) => {
+            let (s, rp) = score::<B>(r, data, &indices, opts, device)?;
+            let agree = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
+            let diff = model_score.accuracy - s.accuracy;
+            (
+                Some(s),
+                Some(diff),
+                Some(100.0 * agree as f64 / indices.len().max(1) as f64),
+            )
+        }
+        None => (None, None, None),
+    };
+    Ok(EvalReport {
+        dataset: data.kind.name().to_string(),
+        split: split.to_string(),
+        images: data.len(),
+        model: model_score,
+        reference,
+        difference,
+        agreement,
+        fgsm_epsilon: opts.fgsm,
+        device: opts.device.name().to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Evaluates `model` (and `reference`) on `data`.
+pub fn evaluate(
+    model: &Path,
+    reference: Option<&Path>,
+    data: &Dataset,
+    split: &str,
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
+    match opts.device {
+        DeviceKind::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            run::<B>(model, reference, data, split, opts, &Default::default())
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            let device = crate::encode::cuda_device()?;
+            run::<crate::encode::CudaAutodiff>(model, reference, data, split, opts, &device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => Err(crate::encode::cuda_not_built()),
+    }
+}

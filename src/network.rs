@@ -1,0 +1,261 @@
+//! Functional ResNet forward pass in burn, driven by a checkpoint's own tensors (BatchNorm in
+//! inference form with the running statistics). Conv weights are passed separately so that the
+//! same code runs the original, the decoded and the predictor-driven network.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{conv2d, max_pool2d};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::arch::{BN_EPS, Conv, Network, Norm, Shortcut, recognize};
+use crate::checkpoint::{MappedFile, parse_safetensors};
+use crate::error::{Error, Result};
+use crate::format::{Limits, TensorDtype, read_container};
+
+/// All tensors of a checkpoint as f32 (integer tensors such as `num_batches_tracked` are only
+/// kept as shapes), from a `.safetensors` or a decoded `.nern`.
+pub struct HostModel {
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    pub values: HashMap<String, Vec<f32>>,
+}
+
+fn le_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl HostModel {
+    fn insert(&mut self, name: &str, dtype: TensorDtype, shape: Vec<usize>, bytes: &[u8]) {
+        if dtype == TensorDtype::F32 {
+            self.values.insert(name.to_string(), le_f32(bytes));
+        }
+        self.shapes.insert(name.to_string(), shape);
+    }
+
+    /// Loads `.safetensors` or `.nern` (decoded in memory), told apart by the file's magic.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = MappedFile::open(path)?;
+        let mut m = HostModel {
+            shapes: BTreeMap::new(),
+            values: HashMap::new(),
+        };
+        if file.bytes().starts_with(&crate::format::MAGIC) {
+            let c = read_container(file.bytes(), &Limits::default())?;
+            let tensors = crate::decode::decode_container(&c, crate::decode::default_threads())?;
+            for (name, t) in tensors {
+                match t {
+                    crate::decode::DecodedTensor::Predicted { shape, data } => {
+                        m.shapes.insert(name.clone(), shape);
+                        m.values.insert(name, data);
+                    }
+                    crate::decode::DecodedTensor::Passthrough(e, bytes) => {
+                        let shape = e.shape.iter().map(|&d| d as usize).collect();
+                        m.insert(&name, e.dtype, shape, bytes);
+                    }
+                }
+            }
+        } else {
+            let ck = parse_safetensors(path, file.bytes())?;
+            for t in &ck.tensors {
+                m.insert(&t.name, t.dtype, t.shape.clone(), t.bytes);
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn network(&self) -> Result<Network> {
+        recognize(&self.shapes)
+    }
+
+    pub fn f32(&self, name: &str) -> Result<&[f32]> {
+        self.values
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| Error::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: "non-F32".into(),
+                why: "the forward pass needs F32 parameters",
+            })
+    }
+}
+
+/// The fixed (non-conv) parameters on a device: BN folded to scale/shift, conv biases, FC.
+#[derive(Clone)]
+pub struct FixedParams<B: Backend> {
+    norms: HashMap<String, (Tensor<B, 4>, Tensor<B, 4>)>,
+    biases: HashMap<String, Tensor<B, 1>>,
+    fc_weight: Tensor<B, 2>,
+    fc_bias: Option<Tensor<B, 1>>,
+}
+
+fn tensor1<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+}
+
+impl<B: Backend> FixedParams<B> {
+    pub fn new(net: &Network, m: &HostModel, device: &B::Device) -> Result<Self> {
+        let mut norms = HashMap::new();
+        let mut biases = HashMap::new();
+        let mut add_norm = |n: &Norm| -> Result<()> {
+            let (g, b) = (m.f32(&n.tensor("weight"))?, m.f32(&n.tensor("bias"))?);
+            let (mean, var) = (
+                m.f32(&n.tensor("running_mean"))?,
+                m.f32(&n.tensor("running_var"))?,
+            );
+            let scale: Vec<f32> = g
+                .iter()
+                .zip(var)
+                .map(|(g, v)| g / (v + BN_EPS).sqrt())
+                .collect();
+            let shift: Vec<f32> = b
+                .iter()
+                .zip(mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            let c = scale.len();
+            let shape = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, c, 1, 1]), device);
+            norms.insert(n.prefix.clone(), (shape(scale), shape(shift)));
+            Ok(())
+        };
+        let mut convs: Vec<&Conv> = vec![&net.stem.0];
+        add_norm(&net.stem.1)?;
+        for b in &net.blocks {
+            for (c, n) in &b.layers {
+                convs.push(c);
+                add_norm(n)?;
+            }
+            if let Shortcut::Projection { conv, norm } = &b.shortcut {
+                convs.push(conv);
+                add_norm(norm)?;
+            }
+        }
+        for c in convs {
+            if let Some(bias) = &c.bias {
+                biases.insert(bias.clone(), tensor1(m.f32(bias)?, device));
+            }
+        }
+        let w = m.f32(&net.fc_weight)?;
+        let fc_weight = Tensor::<B, 2>::from_data(
+            TensorData::new(w.to_vec(), [net.num_classes, net.features]),
+            device,
+        )
+        .transpose();
+        let fc_bias = match &net.fc_bias {
+            Some(b) => Some(tensor1(m.f32(b)?, device)),
+            None => None,
+        };
+        Ok(FixedParams {
+            norms,
+            biases,
+            fc_weight,
+            fc_bias,
+        })
+    }
+}
+
+/// The checkpoint's own conv weights on a device.
+pub fn host_convs<B: Backend>(
+    net: &Network,
+    m: &HostModel,
+    device: &B::Device,
+) -> Result<HashMap<String, Tensor<B, 4>>> {
+    let mut out = HashMap::new();
+    for name in net.conv_weights() {
+        let s = &m.shapes[name];
+        let v = m.f32(name)?.to_vec();
+        out.insert(
+            name.to_string(),
+            Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), device),
+        );
+    }
+    Ok(out)
+}
+
+fn conv<B: Backend>(
+    x: Tensor<B, 4>,
+    c: &Conv,
+    convs: &HashMap<String, Tensor<B, 4>>,
+    fixed: &FixedParams<B>,
+) -> Tensor<B, 4> {
+    let w = convs[&c.weight].clone();
+    let bias = c.bias.as_ref().map(|b| fixed.biases[b].clone());
+    conv2d(
+        x,
+        w,
+        bias,
+        ConvOptions::new([c.stride; 2], [c.padding; 2], [1, 1], 1),
+    )
+}
+
+fn norm<B: Backend>(x: Tensor<B, 4>, n: &Norm, fixed: &FixedParams<B>) -> Tensor<B, 4> {
+    let (scale, shift) = &fixed.norms[&n.prefix];
+    x * scale.clone() + shift.clone()
+}
+
+/// Logits `[batch, classes]` for NCHW input `x`. `convs` maps every conv weight name
+/// (`Network::conv_weights`) to its tensor.
+pub fn forward<B: Backend>(
+    net: &Network,
+    fixed: &FixedParams<B>,
+    convs: &HashMap<String, Tensor<B, 4>>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 2> {
+    use burn::tensor::activation::relu;
+    let (c, n) = &net.stem;
+    let mut x = relu(norm(conv(x, c, convs, fixed), n, fixed));
+    if net.max_pool {
+        x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+    }
+    for b in &net.blocks {
+        let input = x.clone();
+        let last = b.layers.len() - 1;
+        for (i, (c, n)) in b.layers.iter().enumerate() {
+            x = norm(conv(x, c, convs, fixed), n, fixed);
+            if i != last {
+                x = relu(x);
+            }
+        }
+        let shortcut = match &b.shortcut {
+            Shortcut::Identity => input,
+            Shortcut::Projection { conv: c, norm: n } => {
+                norm(conv(input, c, convs, fixed), n, fixed)
+            }
+            Shortcut::ZeroPad {
+                stride,
+                before,
+                after,
+            } => {
+                let sub = if *stride > 1 {
+                    max_pool2d(input, [1, 1], [*stride; 2], [0, 0], [1, 1], false)
+                } else {
+                    input
+                };
+                let [bsz, _, h, w] = sub.dims();
+                let device = sub.device();
+                let mut parts = Vec::new();
+                if *before > 0 {
+                    parts.push(Tensor::zeros([bsz, *before, h, w], &device));
+                }
+                parts.push(sub);
+                if *after > 0 {
+                    parts.push(Tensor::zeros([bsz, *after, h, w], &device));
+                }
+                Tensor::cat(parts, 1)
+            }
+        };
+        x = relu(x + shortcut);
+    }
+    let [bsz, ch, _, _] = x.dims();
+    let pooled = x.mean_dim(3).mean_dim(2).reshape([bsz, ch]);
+    let logits = pooled.matmul(fixed.fc_weight.clone());
+    match &fixed.fc_bias {
+        Some(b) => logits + b.clone().unsqueeze::<2>(),
+        None => logits,
+    }
+}
