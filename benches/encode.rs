@@ -2,11 +2,17 @@
 //! hidden 140, 180 and 320 on the ResNet-20 fixture. CPU always; CUDA too when built with
 //! `--features cuda` and run with `NERNC_BENCH_CUDA=1`.
 //!
+//! Phase 2: images per second of distillation steps (predictor over all kernels, student forward
+//! and backward, teacher forward) at 128 images per step, hidden 140 and 180, on noise inputs.
+//!
 //! `cargo bench --bench encode [--features cuda]`; `NERNC_BENCH_STEPS` sets the timed steps.
 
 use std::path::Path;
 
-use nernc::encode::{DeviceKind, EncodeOptions, training_throughput};
+use nernc::encode::{
+    DeviceKind, DistillOptions, DistillSource, EncodeOptions, NoProgress, encode,
+    training_throughput,
+};
 
 fn main() {
     let steps: usize = std::env::var("NERNC_BENCH_STEPS")
@@ -20,7 +26,7 @@ fn main() {
     }
     println!("| device | hidden | batch | timed steps | kernels/s | ms/step |");
     println!("|---|---|---|---|---|---|");
-    for device in devices {
+    for &device in &devices {
         for hidden in [140u32, 180, 320] {
             let opts = EncodeOptions {
                 hidden,
@@ -37,6 +43,45 @@ fn main() {
                 ),
                 Err(e) => println!(
                     "| {} | {hidden} | 4096 | - | error: {e} | - |",
+                    device.name()
+                ),
+            }
+        }
+    }
+    phase2(&devices, &input, (steps / 4).max(3));
+}
+
+/// Phase-2 throughput table.
+fn phase2(devices: &[DeviceKind], input: &Path, steps: usize) {
+    println!();
+    println!("| device | hidden | images/step | steps | images/s | s/step |");
+    println!("|---|---|---|---|---|---|");
+    for &device in devices {
+        for hidden in [140u32, 180] {
+            let opts = EncodeOptions {
+                hidden,
+                steps: 1,
+                device,
+                distill: Some(DistillOptions {
+                    steps,
+                    source: DistillSource::Noise,
+                    batch: 128,
+                    ..DistillOptions::default()
+                }),
+                ..EncodeOptions::default()
+            };
+            match encode(input, &opts, &NoProgress) {
+                Ok((_, r)) => {
+                    let s = r.distill.map_or(f64::NAN, |d| d.seconds);
+                    println!(
+                        "| {} | {hidden} | 128 | {steps} | {:.0} | {:.2} |",
+                        device.name(),
+                        128.0 * steps as f64 / s,
+                        s / steps as f64
+                    );
+                }
+                Err(e) => println!(
+                    "| {} | {hidden} | 128 | - | error: {e} | - |",
                     device.name()
                 ),
             }

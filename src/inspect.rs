@@ -93,7 +93,7 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
             widths: cfg.widths.clone(),
             depth: cfg.depth(),
             parameters: cfg.parameter_count(),
-            dtype: "f32",
+            dtype: cfg.weight_dtype.name(),
         },
         sections: c
             .sections
@@ -188,6 +188,32 @@ pub fn render(r: &InspectReport) -> String {
                     rd["train_seconds"].as_f64().unwrap_or(f64::NAN)
                 );
             }
+        }
+        if let Some(d) = m.get("distillation").filter(|d| !d.is_null()) {
+            let _ = writeln!(
+                s,
+                "phase 2: {} steps, input {}, teacher {}, kept step {}, {:.1} s",
+                d["steps"],
+                d["input"],
+                d["teacher"],
+                d["kept_step"],
+                d["seconds"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        if let Some(a) = m.get("accuracy") {
+            let pct = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map_or_else(|| "-".to_string(), |x| format!("{x:.2} %"))
+            };
+            let _ = writeln!(
+                s,
+                "accuracy: held-out {} ({} images), test {}; stored conv RMSE {:.4e} ({})",
+                pct(&a["held_out"]),
+                a["held_out_images"],
+                pct(&a["test"]),
+                a["rmse_vs_original"].as_f64().unwrap_or(f64::NAN),
+                a["predictor_dtype"]
+            );
         }
         if let Some(enc) = m.get("encoder") {
             let _ = writeln!(s, "encoder: {enc}");

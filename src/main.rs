@@ -36,6 +36,13 @@ enum DeviceArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SplitArg {
     Test,
     Train,
@@ -105,6 +112,12 @@ enum Command {
         /// Training images held out for selection (never the test split).
         #[arg(long, default_value_t = 5000)]
         held_out: usize,
+        /// Storage dtype of the predictor's weights (f16/bf16 halve the predictor's bytes).
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        predictor_dtype: DtypeArg,
+        /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
         /// Also measure the result's test accuracy and record it (not used for any choice).
         #[arg(long)]
         test_eval: bool,
@@ -220,6 +233,8 @@ fn run(cli: Cli) -> Result<()> {
             distill_batch,
             held_out,
             test_eval,
+            resume,
+            predictor_dtype,
             json,
         } => {
             use nernc::encode::{BarProgress, DeviceKind, EncodeOptions, encode};
@@ -247,6 +262,12 @@ fn run(cli: Cli) -> Result<()> {
                 dataset: nernc::data::DatasetKind::parse(&dataset)?,
                 held_out,
                 test_eval,
+                resume,
+                predictor_dtype: match predictor_dtype {
+                    DtypeArg::F32 => nernc::predictor::WeightDtype::F32,
+                    DtypeArg::F16 => nernc::predictor::WeightDtype::F16,
+                    DtypeArg::Bf16 => nernc::predictor::WeightDtype::Bf16,
+                },
                 distill: (distill_steps > 0).then(|| DistillOptions {
                     steps: distill_steps,
                     source: if data.as_deref() == Some("noise") {

@@ -15,6 +15,56 @@ pub struct PredictorConfig {
     pub kernel_size: u32,
     /// Widths of all activations, input to output: `[E, h, ..., h, K*K]` (`depth + 1` entries).
     pub widths: Vec<u32>,
+    /// How the weights are stored in the file (the decoder always computes in f32).
+    pub weight_dtype: WeightDtype,
+}
+
+/// Storage dtype of the predictor's weights (`PRED` dtype code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn code(self) -> u8 {
+        match self {
+            WeightDtype::F32 => 0,
+            WeightDtype::F16 => 1,
+            WeightDtype::Bf16 => 2,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(WeightDtype::F32),
+            1 => Some(WeightDtype::F16),
+            2 => Some(WeightDtype::Bf16),
+            _ => None,
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            _ => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+        }
+    }
+    /// The value `v` takes once stored (round to nearest, ties to even).
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            WeightDtype::F32 => v,
+            WeightDtype::F16 => half::f16::from_f32(v).to_f32(),
+            WeightDtype::Bf16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
 }
 
 /// Number of coordinates encoded per kernel: layer, filter position, channel position.
@@ -29,6 +79,7 @@ impl PredictorConfig {
             pe_base,
             kernel_size,
             widths: vec![e, hidden, hidden, hidden, hidden, kernel_size * kernel_size],
+            weight_dtype: WeightDtype::F32,
         }
     }
 
@@ -100,6 +151,25 @@ pub struct Predictor {
 }
 
 impl Predictor {
+    /// Rounds every weight to the storage dtype, so that what is measured is what is stored.
+    /// Fails when a value does not fit (f16 overflows beyond 65504).
+    pub fn store_as(&mut self, dtype: WeightDtype) -> crate::Result<()> {
+        for l in &mut self.layers {
+            for v in l.weight.iter_mut().chain(l.bias.iter_mut()) {
+                let r = dtype.round(*v);
+                if !r.is_finite() {
+                    return Err(crate::Error::InvalidArgument(format!(
+                        "predictor weight {v} does not fit {}",
+                        dtype.name()
+                    )));
+                }
+                *v = r;
+            }
+        }
+        self.config.weight_dtype = dtype;
+        Ok(())
+    }
+
     /// Runs the predictor on one coordinate the plain way, in f64. Not the normative arithmetic:
     /// the independent reference a conforming f32 decoder is compared against (spec §6.4).
     pub fn forward_f64(&self, coord: [u32; COORDS]) -> Vec<f64> {

@@ -8,7 +8,11 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 2] = ["resnet20-h16-infilter", "resnet20-h16-crossfilter"];
+const GOLDEN: [&str; 3] = [
+    "resnet20-h16-infilter",
+    "resnet20-h16-crossfilter",
+    "resnet20-h16-f16",
+];
 
 fn golden(name: &str) -> (Vec<u8>, String) {
     let dir = fixture("golden");

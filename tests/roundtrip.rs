@@ -136,3 +136,39 @@ fn encoding_is_deterministic_for_a_seed() {
     let cc = read_container(&c, &Limits::default()).unwrap();
     assert_ne!(ca.predictor, cc.predictor, "the seed has no effect");
 }
+
+#[test]
+fn f16_and_bf16_predictors_store_what_was_measured() {
+    use nernc::predictor::WeightDtype;
+    let path = fixture("fmnist-resnet20.safetensors");
+    let base = small_options(PermutationKind::InFilter, 1);
+    let (f32_file, _) = encode(&path, &base, &NoProgress).unwrap();
+    let f32c = read_container(&f32_file, &Limits::default()).unwrap();
+    for dtype in [WeightDtype::F16, WeightDtype::Bf16] {
+        let opts = EncodeOptions {
+            predictor_dtype: dtype,
+            ..base.clone()
+        };
+        let (bytes, report) = encode(&path, &opts, &NoProgress).unwrap();
+        let c = read_container(&bytes, &Limits::default()).unwrap();
+        assert_eq!(c.predictor.config.weight_dtype, dtype);
+        // Same training, weights rounded to the dtype.
+        let mut rounded = f32c.predictor.clone();
+        rounded.store_as(dtype).unwrap();
+        assert_eq!(c.predictor, rounded);
+        let pred_len = |c: &nernc::format::Container<'_>| {
+            c.sections
+                .iter()
+                .find(|s| s.tag == *b"PRED")
+                .unwrap()
+                .stored_len
+        };
+        assert!(pred_len(&c) < pred_len(&f32c) * 6 / 10);
+        // The recorded RMSE is the stored predictor's.
+        let decoded = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
+        let original =
+            nernc::decode::decode_layers(&f32c.predictor, &f32c.layers, &f32c.permutations, 2);
+        assert_ne!(decoded, original);
+        assert!(report.accuracy.rmse_vs_original.is_finite());
+    }
+}

@@ -62,6 +62,10 @@ pub struct EncodeOptions {
     pub test_eval: bool,
     /// Phase 2.
     pub distill: Option<DistillOptions>,
+    /// Skip phase 1: start from the predictor and tables of this `.nern` (same checkpoint).
+    pub resume: Option<PathBuf>,
+    /// Storage dtype of the predictor's weights.
+    pub predictor_dtype: crate::predictor::WeightDtype,
 }
 
 /// Where phase-2 inputs come from.
@@ -120,6 +124,8 @@ impl Default for EncodeOptions {
             held_out: 5000,
             test_eval: false,
             distill: None,
+            resume: None,
+            predictor_dtype: crate::predictor::WeightDtype::F32,
         }
     }
 }
@@ -490,7 +496,8 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
         return Err(Error::InvalidArgument("too many layers".into()));
     }
     let kernel_size = layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
-    let cfg = PredictorConfig::reference(opts.hidden, kernel_size, opts.pe_levels, opts.pe_base);
+    let mut cfg =
+        PredictorConfig::reference(opts.hidden, kernel_size, opts.pe_levels, opts.pe_base);
 
     // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
@@ -528,13 +535,24 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
         _ => None,
     };
 
+    // `--resume`: phase 1 comes from an existing file of the same checkpoint.
+    let resumed = match &opts.resume {
+        Some(path) => Some(load_resume(path, &mut layers, &cfg)?),
+        None => None,
+    };
+    if let Some((p, _)) = &resumed {
+        cfg = p.config.clone();
+    }
     progress.stage("permutations");
     let t_perm = Instant::now();
-    let permutations: Vec<Permutation> = layers
-        .iter()
-        .zip(&original)
-        .map(|(l, w)| search(w, l.cout(), l.cin(), l.kernel(), l.permutation))
-        .collect();
+    let permutations: Vec<Permutation> = match &resumed {
+        Some((_, perms)) => perms.clone(),
+        None => layers
+            .iter()
+            .zip(&original)
+            .map(|(l, w)| search(w, l.cout(), l.cin(), l.kernel(), l.permutation))
+            .collect(),
+    };
     let permutation_seconds = t_perm.elapsed().as_secs_f64();
 
     let student = match (&net, &host) {
@@ -576,7 +594,12 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
     let mut rounds = Vec::new();
     let mut best: Option<(crate::predictor::Predictor, Option<f64>, usize)> = None;
     let mut seeds = SplitMix64::new(opts.seed);
-    for round in 0..opts.rounds {
+    if let Some((p, _)) = resumed {
+        let acc = held_acc(&p)?;
+        best = Some((p, acc, 0));
+    }
+    let phase1_rounds = if best.is_some() { 0 } else { opts.rounds };
+    for round in 0..phase1_rounds {
         progress.stage(&format!("round {}/{}", round + 1, opts.rounds));
         let set = KernelSet::new(
             &layers,
@@ -696,7 +719,7 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
         predictor = out.predictor;
     }
 
-    let final_held_out = match &distill_report {
+    let mut final_held_out = match &distill_report {
         Some(d) => d
             .held_out_history
             .iter()
@@ -704,6 +727,15 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
             .map(|(_, a)| *a),
         None => phase1_acc,
     };
+    // Round to the storage dtype; every figure below is of the weights as stored.
+    predictor.store_as(opts.predictor_dtype)?;
+    if opts.predictor_dtype != crate::predictor::WeightDtype::F32 && final_held_out.is_some() {
+        final_held_out = held_acc(&predictor)?;
+    }
+    let stored_rmse = rmse(
+        &decode_layers(&predictor, &layers, &permutations, opts.threads),
+        &original,
+    );
     let test_accuracy = match (&student, &plan) {
         (Some(st), Some(plan)) => match &plan.test {
             Some(test) => {
@@ -733,6 +765,8 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
         source,
     };
     let accuracy = AccuracyReport {
+        predictor_dtype: opts.predictor_dtype.name(),
+        rmse_vs_original: stored_rmse,
         held_out_images: plan.as_ref().map(|p| p.held_idx.len()),
         held_out: final_held_out,
         test: test_accuracy,
@@ -752,9 +786,45 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
     )
 }
 
+/// Reads the predictor and permutation tables of `path`, checking that its layer table is the
+/// one of the checkpoint being encoded (names, shapes) and adopting its permutation kinds.
+fn load_resume(
+    path: &Path,
+    layers: &mut [LayerEntry],
+    cfg: &PredictorConfig,
+) -> Result<(crate::predictor::Predictor, Vec<Permutation>)> {
+    let file = MappedFile::open(path)?;
+    let c = crate::format::read_container(file.bytes(), &crate::format::Limits::default())?;
+    let same = c.layers.len() == layers.len()
+        && c.layers
+            .iter()
+            .zip(layers.iter())
+            .all(|(a, b)| a.name == b.name && a.shape == b.shape);
+    if !same {
+        return Err(Error::Incompatible(format!(
+            "{} was not encoded from this checkpoint (layer tables differ)",
+            path.display()
+        )));
+    }
+    if c.predictor.config.kernel_size != cfg.kernel_size {
+        return Err(Error::Incompatible(format!(
+            "{}: predictor kernel size differs",
+            path.display()
+        )));
+    }
+    for (l, r) in layers.iter_mut().zip(&c.layers) {
+        l.permutation = r.permutation;
+    }
+    Ok((c.predictor.clone(), c.permutations.clone()))
+}
+
 /// Accuracy figures recorded in the metadata.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AccuracyReport {
+    /// Storage dtype of the predictor; the figures here are of the stored weights.
+    pub predictor_dtype: &'static str,
+    /// Conv RMSE of the stored predictor against the source.
+    pub rmse_vs_original: f64,
     pub held_out_images: Option<usize>,
     /// Held-out accuracy (%) of the stored predictor.
     pub held_out: Option<f64>,
@@ -853,6 +923,7 @@ fn finish(
                 "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
                 "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
             })),
+            "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),
             "seed": opts.seed,
             "device": opts.device.name(),
             "dataset": opts.data_dir.as_ref().map(|_| opts.dataset.name()),

@@ -8,7 +8,7 @@ use super::bytes::Reader;
 use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
-use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
+use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig, WeightDtype};
 
 pub(crate) const MAX_NAME_LEN: usize = 4096;
 const MAX_META_STRING: usize = 1 << 24;
@@ -369,9 +369,7 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
     if activation != 0 {
         return Err(r.err(format!("unknown activation {activation}")));
     }
-    if dtype != 0 {
-        return Err(Error::UnknownPredictorDtype(dtype));
-    }
+    let weight_dtype = WeightDtype::from_code(dtype).ok_or(Error::UnknownPredictorDtype(dtype))?;
     if pe_levels == 0 || pe_levels > MAX_PE_LEVELS {
         return Err(r.err(format!("pe_levels {pe_levels} outside 1..={MAX_PE_LEVELS}")));
     }
@@ -405,16 +403,18 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
         pe_base,
         kernel_size,
         widths,
+        weight_dtype,
     };
     // Declared parameters must fill the section exactly (bounds the allocation by its size).
-    if config.parameter_count().checked_mul(4) != Some(r.remaining() as u64) {
+    let size = weight_dtype.size() as u64;
+    if config.parameter_count().checked_mul(size) != Some(r.remaining() as u64) {
         return Err(r.err("weight bytes do not match the declared shape"));
     }
     let mut layers = Vec::with_capacity(config.depth());
     for dims in config.widths.windows(2) {
         let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
-        let weight = r.f32s(inputs * outputs)?;
-        let bias = r.f32s(outputs)?;
+        let weight = read_weights(&mut r, inputs * outputs, weight_dtype)?;
+        let bias = read_weights(&mut r, outputs, weight_dtype)?;
         if !weight.iter().chain(&bias).all(|v| v.is_finite()) {
             return Err(Error::NonFinite {
                 tensor: "predictor".into(),
@@ -429,6 +429,26 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
     }
     r.finish()?;
     Ok(Predictor { config, layers })
+}
+
+fn read_weights(r: &mut Reader<'_>, n: usize, dtype: WeightDtype) -> Result<Vec<f32>> {
+    if dtype == WeightDtype::F32 {
+        return r.f32s(n);
+    }
+    let raw = r.bytes(
+        n.checked_mul(2)
+            .ok_or(Error::Overflow("predictor weight bytes"))?,
+    )?;
+    Ok(raw
+        .chunks_exact(2)
+        .map(|c| {
+            let bits = u16::from_le_bytes([c[0], c[1]]);
+            match dtype {
+                WeightDtype::Bf16 => half::bf16::from_bits(bits).to_f32(),
+                _ => half::f16::from_bits(bits).to_f32(),
+            }
+        })
+        .collect())
 }
 
 fn parse_layers(bytes: &[u8], cfg: &PredictorConfig, limits: &Limits) -> Result<Vec<LayerEntry>> {

@@ -7,7 +7,7 @@ use super::bytes::Writer;
 use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
-use crate::predictor::Predictor;
+use crate::predictor::{Predictor, WeightDtype};
 
 /// A tensor to store verbatim.
 pub struct PassTensor<'a> {
@@ -64,7 +64,7 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
     w.u32(c.pe_levels);
     w.u8(0); // coordinate convention: raw integers
     w.u8(0); // activation: ReLU
-    w.u8(0); // weight dtype: f32
+    w.u8(c.weight_dtype.code());
     w.u8(0);
     w.f64(c.pe_base);
     w.u32(c.kernel_size);
@@ -85,8 +85,13 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
                 "predictor layer shape mismatch".into(),
             ));
         }
-        w.f32s(&layer.weight);
-        w.f32s(&layer.bias);
+        for &v in layer.weight.iter().chain(&layer.bias) {
+            match c.weight_dtype {
+                WeightDtype::F32 => w.f32s(&[v]),
+                WeightDtype::F16 => w.bytes(&half::f16::from_f32(v).to_le_bytes()),
+                WeightDtype::Bf16 => w.bytes(&half::bf16::from_f32(v).to_le_bytes()),
+            }
+        }
     }
     Ok(w.buf)
 }
