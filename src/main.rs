@@ -258,9 +258,21 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 lr,
                 beta1,
-                data_dir: data.as_deref().filter(|d| *d != "noise").map(PathBuf::from),
+                // With `--data noise` nothing trains or selects on data; `--test-eval` may still
+                // measure the result on the dataset's default location.
+                data_dir: match data.as_deref() {
+                    Some("noise") if test_eval => {
+                        nernc::data::DatasetKind::parse(&dataset)?.default_dir()
+                    }
+                    Some("noise") | None => None,
+                    Some(d) => Some(PathBuf::from(d)),
+                },
                 dataset: nernc::data::DatasetKind::parse(&dataset)?,
-                held_out,
+                held_out: if data.as_deref() == Some("noise") {
+                    0
+                } else {
+                    held_out
+                },
                 test_eval,
                 resume,
                 predictor_dtype: match predictor_dtype {
@@ -286,7 +298,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             if test_eval && opts.data_dir.is_none() {
                 return Err(Error::InvalidArgument(
-                    "--test-eval needs --data DIR".into(),
+                    "--test-eval needs --data DIR (or the dataset at its default location)".into(),
                 ));
             }
             let (bytes, report) = encode(&input, &opts, &BarProgress::default())?;

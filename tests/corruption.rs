@@ -410,3 +410,20 @@ fn every_single_byte_flip_is_detected() {
     );
     assert!(missed.is_empty(), "undetected flips at {missed:?}");
 }
+
+/// Writes a crafted file whose header declares a 360 GB output to `$NERN_CRAFT_OUT`, for
+/// measuring the decoder's peak memory on it (`/usr/bin/time -v nernc decode ...`).
+#[test]
+#[ignore]
+fn write_huge_header_file() {
+    let Some(out) = std::env::var_os("NERN_CRAFT_OUT") else {
+        return;
+    };
+    let b = base();
+    let mut e = split(&b);
+    let layr = &mut find(&mut e, b"LAYR").payload;
+    let at = layer_shape_at(layr, 0);
+    layr[at..at + 4].copy_from_slice(&100_000u32.to_le_bytes());
+    layr[at + 4..at + 8].copy_from_slice(&100_000u32.to_le_bytes());
+    std::fs::write(out, assemble(&e)).unwrap();
+}

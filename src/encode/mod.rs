@@ -564,10 +564,13 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
         _ => None,
     };
     let held_out = plan.as_ref().and_then(|p| {
-        p.train.as_ref().map(|d| distill::HeldOut {
-            data: d,
-            indices: &p.held_idx,
-        })
+        p.train
+            .as_ref()
+            .filter(|_| !p.held_idx.is_empty())
+            .map(|d| distill::HeldOut {
+                data: d,
+                indices: &p.held_idx,
+            })
     });
     let held_acc = |p: &crate::predictor::Predictor| -> Result<Option<f64>> {
         match (&student, &held_out, &plan) {
