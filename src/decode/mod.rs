@@ -237,7 +237,13 @@ pub struct DecodeSummary {
 struct OutView<'a> {
     dtype: safetensors::Dtype,
     shape: Vec<usize>,
-    bytes: std::borrow::Cow<'a, [u8]>,
+    bytes: OutBytes<'a>,
+}
+
+/// Predicted weights stay `f32` (no byte copy); passthrough bytes borrow from the input map.
+enum OutBytes<'a> {
+    Predicted(Vec<f32>),
+    Passthrough(&'a [u8]),
 }
 
 impl safetensors::View for &OutView<'_> {
@@ -248,10 +254,32 @@ impl safetensors::View for &OutView<'_> {
         &self.shape
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
+        match &self.bytes {
+            OutBytes::Predicted(v) => f32_le_bytes(v),
+            OutBytes::Passthrough(b) => std::borrow::Cow::Borrowed(b),
+        }
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        match &self.bytes {
+            OutBytes::Predicted(v) => v.len() * 4,
+            OutBytes::Passthrough(b) => b.len(),
+        }
+    }
+}
+
+/// Little-endian bytes of `data`: a view on little-endian machines, a copy elsewhere.
+fn f32_le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: f32 has no padding, u8 has alignment 1 and every byte is a valid u8; the view
+        // covers exactly the slice's memory and borrows it.
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+        })
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        std::borrow::Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 }
 
@@ -274,14 +302,12 @@ pub fn decode_file(
                 DecodedTensor::Predicted { shape, data } => OutView {
                     dtype: safetensors::Dtype::F32,
                     shape,
-                    bytes: std::borrow::Cow::Owned(
-                        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    ),
+                    bytes: OutBytes::Predicted(data),
                 },
                 DecodedTensor::Passthrough(entry, bytes) => OutView {
                     dtype: entry.dtype.to_safetensors(),
                     shape: entry.shape.iter().map(|&d| d as usize).collect(),
-                    bytes: std::borrow::Cow::Borrowed(bytes),
+                    bytes: OutBytes::Passthrough(bytes),
                 },
             };
             (name, view)
