@@ -272,6 +272,7 @@ pub fn evaluate(
     split: &str,
     opts: &EvalOptions,
 ) -> Result<EvalReport> {
+    opts.norm.validate(data.shape[0])?;
     match opts.device {
         DeviceKind::Cpu => {
             type B = burn::backend::Autodiff<burn::backend::Flex>;

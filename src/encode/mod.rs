@@ -423,12 +423,14 @@ fn load_data(opts: &EncodeOptions) -> Result<Option<DataPlan>> {
     } else {
         None
     };
+    let norm = opts.norm.clone().unwrap_or_else(|| kind.normalization());
+    norm.validate(train.shape[0])?;
     Ok(Some(DataPlan {
         train: Some(train),
         train_idx,
         held_idx,
         test,
-        norm: opts.norm.clone().unwrap_or_else(|| kind.normalization()),
+        norm,
     }))
 }
 
