@@ -15,6 +15,10 @@ echo "== decode"
 $bin decode "out/$name.nern" -o "out/$name.decoded.safetensors"
 echo "== inspect"
 $bin inspect "out/$name.nern" | head -12
+if [ -d /usr/share/datasets/fashion-mnist ]; then
+  echo "== accuracy of the decoded checkpoint (first 2000 Fashion-MNIST test images)"
+  $bin eval "out/$name.decoded.safetensors" --reference "$src" --limit 2000
+fi
 echo "== summary"
 printf '%-40s %12s\n' "source checkpoint" "$(stat -c %s "$src") bytes"
 printf '%-40s %12s\n' ".nern file" "$(stat -c %s "out/$name.nern") bytes"
