@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use flate2::bufread::GzDecoder;
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// Datasets nernc can read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,9 +215,9 @@ impl Dataset {
         let n = self.len();
         let k = held_out.min(n);
         let mut order: Vec<usize> = (0..n).collect();
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         for i in 0..k {
-            let j = i + rng.below(n - i);
+            let j = i + rng.below((n - i) as u64) as usize;
             order.swap(i, j);
         }
         let mut train = order.split_off(k);
@@ -260,7 +261,7 @@ pub fn noise_batch(n: usize, shape: [usize; 3], norm: &Normalization, seed: u64)
         .into_iter()
         .map(|(m, s)| (-m / s, 1.0 / s))
         .collect();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut out = Vec::with_capacity(n * c * h * w);
     for _ in 0..n {
         for &(lo, width) in &ranges {
@@ -268,36 +269,6 @@ pub fn noise_batch(n: usize, shape: [usize; 3], norm: &Normalization, seed: u64)
         }
     }
     out
-}
-
-/// SplitMix64, inline so the data stream is fixed by the seed alone.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`, 24 bits so every value is exact in f32.
-    fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / (1u32 << 24) as f32)
-    }
-
-    /// Uniform in `0..n` (n > 0), by rejection so there is no modulo bias.
-    fn below(&mut self, n: usize) -> usize {
-        let n = n as u64;
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return (v % n) as usize;
-            }
-        }
-    }
 }
 
 // ---- IDX (MNIST, Fashion-MNIST) -------------------------------------------------------------

@@ -392,6 +392,44 @@ fn check_options(o: &EncodeOptions) -> Result<()> {
     Ok(())
 }
 
+/// The layer table (predicted conv weights in network order: natural order of names) and the
+/// weights of each layer.
+fn layer_table(
+    input: &Path,
+    source: &crate::checkpoint::Checkpoint<'_>,
+    permutation: PermutationKind,
+) -> Result<(Vec<LayerEntry>, Vec<Vec<f32>>)> {
+    let mut predicted: Vec<_> = source
+        .tensors
+        .iter()
+        .filter(|t| is_predictable(t))
+        .collect();
+    predicted.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    if predicted.is_empty() {
+        return Err(Error::NoConvWeights {
+            path: input.to_path_buf(),
+        });
+    }
+    let mut layers = Vec::new();
+    let mut weights = Vec::new();
+    for t in predicted {
+        weights.push(f32_values(t)?);
+        layers.push(LayerEntry {
+            name: t.name.clone(),
+            dtype: TensorDtype::F32,
+            permutation,
+            // `is_predictable` checked that the dimensions fit u32.
+            shape: [
+                t.shape[0] as u32,
+                t.shape[1] as u32,
+                t.shape[2] as u32,
+                t.shape[3] as u32,
+            ],
+        });
+    }
+    Ok((layers, weights))
+}
+
 /// What the container is assembled from.
 struct Prepared<'a> {
     layers: Vec<LayerEntry>,
@@ -466,34 +504,7 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
     let file = MappedFile::open(input)?;
     let source = parse_safetensors(input, file.bytes())?;
 
-    // Split: predicted conv weights in network (natural) order, everything else verbatim.
-    let mut predicted: Vec<_> = source
-        .tensors
-        .iter()
-        .filter(|t| is_predictable(t))
-        .collect();
-    predicted.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    if predicted.is_empty() {
-        return Err(Error::NoConvWeights {
-            path: input.to_path_buf(),
-        });
-    }
-    let mut layers = Vec::new();
-    let mut original = Vec::new();
-    for t in &predicted {
-        original.push(f32_values(t)?);
-        layers.push(LayerEntry {
-            name: t.name.clone(),
-            dtype: TensorDtype::F32,
-            permutation: opts.permutation,
-            shape: [
-                t.shape[0] as u32,
-                t.shape[1] as u32,
-                t.shape[2] as u32,
-                t.shape[3] as u32,
-            ],
-        });
-    }
+    let (mut layers, original) = layer_table(input, &source, opts.permutation)?;
     if layers.len() > u32::MAX as usize {
         return Err(Error::InvalidArgument("too many layers".into()));
     }
@@ -1050,33 +1061,7 @@ pub fn training_throughput(input: &Path, opts: &EncodeOptions) -> Result<f64> {
     check_options(opts)?;
     let file = MappedFile::open(input)?;
     let source = parse_safetensors(input, file.bytes())?;
-    let mut layers = Vec::new();
-    let mut weights = Vec::new();
-    let mut predicted: Vec<_> = source
-        .tensors
-        .iter()
-        .filter(|t| is_predictable(t))
-        .collect();
-    predicted.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    for t in predicted {
-        weights.push(f32_values(t)?);
-        layers.push(LayerEntry {
-            name: t.name.clone(),
-            dtype: TensorDtype::F32,
-            permutation: PermutationKind::None,
-            shape: [
-                t.shape[0] as u32,
-                t.shape[1] as u32,
-                t.shape[2] as u32,
-                t.shape[3] as u32,
-            ],
-        });
-    }
-    if layers.is_empty() {
-        return Err(Error::NoConvWeights {
-            path: input.to_path_buf(),
-        });
-    }
+    let (layers, weights) = layer_table(input, &source, PermutationKind::None)?;
     let k = layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
     let cfg = PredictorConfig::reference(opts.hidden, k, opts.pe_levels, opts.pe_base);
     let perms = vec![Permutation::Identity; layers.len()];
