@@ -109,6 +109,9 @@ enum Command {
         /// Phase-2 images per step.
         #[arg(long, default_value_t = 128)]
         distill_batch: usize,
+        /// Phase-2 steps between held-out evaluations (default: a tenth of the steps).
+        #[arg(long)]
+        eval_every: Option<usize>,
         /// Training images held out for selection (never the test split).
         #[arg(long, default_value_t = 5000)]
         held_out: usize,
@@ -231,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
             recon_weight,
             distill_lr,
             distill_batch,
+            eval_every,
             held_out,
             test_eval,
             resume,
@@ -292,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                     recon_weight,
                     lr: distill_lr,
                     batch: distill_batch,
-                    eval_every: None,
+                    eval_every,
                 }),
                 ..EncodeOptions::default()
             };
