@@ -427,3 +427,28 @@ fn write_huge_header_file() {
     layr[at + 4..at + 8].copy_from_slice(&100_000u32.to_le_bytes());
     std::fs::write(out, assemble(&e)).unwrap();
 }
+
+/// The same sweep over any file: `NERN_SWEEP=path cargo test --release --test corruption --
+/// --ignored sweep_file --nocapture` (used for the full-size ResNet-20 `.nern` in the notes).
+#[test]
+#[ignore]
+fn sweep_file() {
+    let Some(path) = std::env::var_os("NERN_SWEEP") else {
+        return;
+    };
+    let b = std::fs::read(path).unwrap();
+    read_container(&b, &Limits::default()).unwrap();
+    let mut x = b.clone();
+    let mut detected = 0usize;
+    for i in 0..b.len() {
+        x[i] ^= 0xA5;
+        detected += usize::from(read_container(&x, &Limits::default()).is_err());
+        x[i] = b[i];
+    }
+    println!(
+        "single-byte flips detected: {detected}/{} ({:.4} %)",
+        b.len(),
+        100.0 * detected as f64 / b.len() as f64
+    );
+    assert_eq!(detected, b.len());
+}
