@@ -96,7 +96,7 @@ impl Default for DistillOptions {
             teacher: None,
             temperature: 1.0,
             recon_weight: 0.0,
-            lr: 3e-4,
+            lr: 5e-5,
             batch: 128,
             eval_every: None,
         }
