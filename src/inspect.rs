@@ -212,7 +212,7 @@ pub fn render(r: &InspectReport) -> String {
                 a["held_out_images"],
                 pct(&a["test"]),
                 a["rmse_vs_original"].as_f64().unwrap_or(f64::NAN),
-                a["predictor_dtype"]
+                a["predictor_dtype"].as_str().unwrap_or("?")
             );
         }
         if let Some(enc) = m.get("encoder") {

@@ -131,6 +131,7 @@ enum Command {
     },
     /// Regenerate the full checkpoint (.safetensors) from a .nern file.
     Decode {
+        /// The .nern file to decode.
         input: PathBuf,
         /// Output .safetensors file (written atomically).
         #[arg(short, long)]
@@ -141,6 +142,7 @@ enum Command {
         /// Refuse files whose decoded checkpoint would exceed this many bytes.
         #[arg(long, default_value_t = Limits::default().max_output_bytes)]
         max_output_bytes: u64,
+        /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -178,6 +180,7 @@ enum Command {
     },
     /// Show what a .nern file holds: sections, sizes, predictor, layers, provenance.
     Inspect {
+        /// The .nern file to describe.
         input: PathBuf,
         #[arg(long)]
         json: bool,
