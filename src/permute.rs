@@ -558,16 +558,12 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    /// SplitMix64: tiny deterministic generator, good enough for test data.
-    struct Rng(u64);
+    /// Deterministic test data from the crate's SplitMix64.
+    struct Rng(crate::rng::SplitMix64);
 
     impl Rng {
         fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
         /// Uniform in [-1, 1).
         fn uniform(&mut self) -> f32 {
@@ -627,7 +623,7 @@ mod tests {
 
     #[test]
     fn greedy_chain_matches_naive() {
-        let mut rng = Rng(1);
+        let mut rng = Rng(crate::rng::SplitMix64::new(1));
         for dim in [1, 2, 3, 9, 25] {
             for n in [0, 1, 2, 5, 63, 64, 65, 200, 1000, 2500] {
                 for variant in 0..5 {
@@ -680,7 +676,7 @@ mod tests {
 
     #[test]
     fn search_gives_valid_tables() {
-        let mut rng = Rng(2);
+        let mut rng = Rng(crate::rng::SplitMix64::new(2));
         let shapes = [(1, 1), (1, 7), (7, 1), (3, 5), (16, 16), (40, 70), (70, 40)];
         for &(cout, cin) in &shapes {
             for k in [1, 3, 5] {
@@ -708,7 +704,7 @@ mod tests {
 
     #[test]
     fn cross_filter_is_cosine_chain() {
-        let mut rng = Rng(3);
+        let mut rng = Rng(crate::rng::SplitMix64::new(3));
         let (cout, cin, k) = (12, 9, 3);
         let mut w: Vec<f32> = (0..cout * cin * 9).map(|_| rng.gaussian()).collect();
         w[5 * 9..6 * 9].fill(0.0);
@@ -743,7 +739,7 @@ mod tests {
 
     #[test]
     fn in_filter_orders_filters_by_summed_cosine() {
-        let mut rng = Rng(4);
+        let mut rng = Rng(crate::rng::SplitMix64::new(4));
         let a: Vec<f32> = (0..2 * 9).map(|_| rng.gaussian()).collect();
         let noise: Vec<f32> = (0..2 * 9).map(|_| 0.3 * rng.gaussian()).collect();
         // Filter 2 = 2a (summed cosine 2 with filter 0), 3 = a + noise (slightly less), 1 = -a.
@@ -836,7 +832,7 @@ mod tests {
     #[test]
     #[ignore]
     fn timings() {
-        let mut rng = Rng(5);
+        let mut rng = Rng(crate::rng::SplitMix64::new(5));
         let cases = [
             (512, 512, 3, PermutationKind::CrossFilter),
             (64, 64, 3, PermutationKind::CrossFilter),
