@@ -13,7 +13,6 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::train::{DeviceKernels, Mlp, masked_rmse};
 use super::{KernelSet, Progress};
-use crate::arch::Network;
 use crate::data::{Dataset, Normalization, noise_batch};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, accuracy, input_tensor, predict};
@@ -165,7 +164,8 @@ pub fn distill<B: AutodiffBackend>(
     layers: &[LayerEntry],
     perms: &[Permutation],
     source: &HostModel,
-    net: &Network,
+    student: &LoadedNet<B::InnerBackend>,
+    start_accuracy: Option<f64>,
     teacher: &LoadedNet<B::InnerBackend>,
     s: &DistillSettings<'_>,
     seed: u64,
@@ -176,12 +176,9 @@ pub fn distill<B: AutodiffBackend>(
     let kernels = DeviceKernels::<B>::new(cfg, set, device);
     let all_inputs = kernels.all_inputs();
     let layout = KernelLayout::<B>::new(layers, perms, cfg.kernel_size as usize, device);
+    let net = &student.net;
+    // The autodiff copy of the fixed parameters; held-out checks use the caller's `student`.
     let fixed = FixedParams::<B>::new(net, source, device)?;
-    let inner_student = LoadedNet::<B::InnerBackend> {
-        net: net.clone(),
-        fixed: FixedParams::new(net, source, device)?,
-        convs: HashMap::new(),
-    };
     let mut model = Mlp::<B>::from_predictor(start, device);
     let mut optim = AdamConfig::new()
         .with_beta_1(0.9)
@@ -194,7 +191,11 @@ pub fn distill<B: AutodiffBackend>(
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
     if let Some(h) = &s.held_out {
-        best_acc = held_out_accuracy(start, layers, perms, &inner_student, h, s.norm, device)?;
+        // Step 0 is the starting predictor; reuse its figure when the caller measured it.
+        best_acc = match start_accuracy {
+            Some(a) => a,
+            None => held_out_accuracy(start, layers, perms, student, h, s.norm, device)?,
+        };
         held_out_history.push((0, best_acc));
     }
     let t = s.temperature;
@@ -219,8 +220,8 @@ pub fn distill<B: AutodiffBackend>(
         let target = softmax(Tensor::<B, 2>::from_inner(teacher_logits) / t, 1);
         let pred = model.forward(all_inputs.clone());
         let convs = layout.convs(pred.clone());
-        let student = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));
-        let log_p = log_softmax(student / t, 1);
+        let logits = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));
+        let log_p = log_softmax(logits / t, 1);
         // KL(teacher || student), batch mean, scaled by T^2 so gradients keep their size.
         let kl = (target.clone() * (target.clamp_min(1e-12).log() - log_p)).sum() / s.batch as f64
             * (t * t);
@@ -259,7 +260,7 @@ pub fn distill<B: AutodiffBackend>(
             && (done % s.eval_every.max(1) == 0 || done == s.steps)
         {
             let p = model.valid().to_predictor(cfg)?;
-            let acc = held_out_accuracy(&p, layers, perms, &inner_student, h, s.norm, device)?;
+            let acc = held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?;
             held_out_history.push((done, acc));
             if acc > best_acc {
                 best_acc = acc;

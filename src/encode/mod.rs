@@ -651,7 +651,8 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
         best.ok_or_else(|| Error::Training("no rounds ran".into()))?;
 
     let mut distill_report = None;
-    if let (Some(d), Some(net), Some(host), Some(teacher)) = (&opts.distill, &net, &host, &teacher)
+    if let (Some(d), Some(net), Some(host), Some(teacher), Some(student)) =
+        (&opts.distill, &net, &host, &teacher, &student)
     {
         progress.stage("distillation");
         let t_distill = Instant::now();
@@ -705,7 +706,8 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
             &layers,
             &permutations,
             host,
-            net,
+            student,
+            phase1_acc,
             teacher,
             &ds,
             seeds.next_u64(),
