@@ -53,6 +53,7 @@ fn random_predictor(hidden: u32, k: u32) -> Predictor {
                 outputs: o,
                 weight: draw(i * o),
                 bias: draw(o),
+                scales: Vec::new(),
             }
         })
         .collect();

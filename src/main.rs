@@ -40,6 +40,8 @@ enum DtypeArg {
     F32,
     F16,
     Bf16,
+    /// Symmetric int8 with one f32 scale per output unit (format 1.1; about a quarter of f32)
+    Int8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,7 +118,8 @@ enum Command {
         /// Training images held out for selection (never the test split).
         #[arg(long, default_value_t = 5000)]
         held_out: usize,
-        /// Storage dtype of the predictor's weights (f16/bf16 halve the predictor's bytes).
+        /// Storage dtype of the predictor's weights (f16/bf16 halve the predictor's bytes, int8
+        /// quarters them).
         #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
         predictor_dtype: DtypeArg,
         /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.
@@ -287,6 +290,7 @@ fn run(cli: Cli) -> Result<()> {
                     DtypeArg::F32 => nernc::predictor::WeightDtype::F32,
                     DtypeArg::F16 => nernc::predictor::WeightDtype::F16,
                     DtypeArg::Bf16 => nernc::predictor::WeightDtype::Bf16,
+                    DtypeArg::Int8 => nernc::predictor::WeightDtype::Int8,
                 },
                 distill: (distill_steps > 0).then(|| DistillOptions {
                     steps: distill_steps,

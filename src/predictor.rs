@@ -26,6 +26,8 @@ pub enum WeightDtype {
     F32,
     F16,
     Bf16,
+    /// Symmetric int8 weights with one f32 scale per output unit; biases stay f32 (format 1.1).
+    Int8,
 }
 
 impl WeightDtype {
@@ -34,6 +36,7 @@ impl WeightDtype {
             WeightDtype::F32 => 0,
             WeightDtype::F16 => 1,
             WeightDtype::Bf16 => 2,
+            WeightDtype::Int8 => 3,
         }
     }
     pub fn from_code(c: u8) -> Option<Self> {
@@ -41,13 +44,18 @@ impl WeightDtype {
             0 => Some(WeightDtype::F32),
             1 => Some(WeightDtype::F16),
             2 => Some(WeightDtype::Bf16),
+            3 => Some(WeightDtype::Int8),
             _ => None,
         }
     }
-    pub fn size(self) -> usize {
+    /// Bytes one linear layer takes in `PRED` (spec §5.1), `None` on overflow.
+    pub fn layer_bytes(self, inputs: u64, outputs: u64) -> Option<u64> {
+        let weights = inputs.checked_mul(outputs)?;
         match self {
-            WeightDtype::F32 => 4,
-            _ => 2,
+            WeightDtype::F32 => weights.checked_add(outputs)?.checked_mul(4),
+            WeightDtype::F16 | WeightDtype::Bf16 => weights.checked_add(outputs)?.checked_mul(2),
+            // scales (f32) + int8 weights + biases (f32)
+            WeightDtype::Int8 => weights.checked_add(outputs.checked_mul(8)?),
         }
     }
     pub fn name(self) -> &'static str {
@@ -55,16 +63,58 @@ impl WeightDtype {
             WeightDtype::F32 => "f32",
             WeightDtype::F16 => "f16",
             WeightDtype::Bf16 => "bf16",
+            WeightDtype::Int8 => "int8",
         }
     }
-    /// The value `v` takes once stored (round to nearest, ties to even).
+    /// The value `v` takes once stored (round to nearest, ties to even). Int8 is not a
+    /// per-value rounding: see [`quantize_int8`]; its biases are f32.
     pub fn round(self, v: f32) -> f32 {
         match self {
-            WeightDtype::F32 => v,
+            WeightDtype::F32 | WeightDtype::Int8 => v,
             WeightDtype::F16 => half::f16::from_f32(v).to_f32(),
             WeightDtype::Bf16 => half::bf16::from_f32(v).to_f32(),
         }
     }
+}
+
+/// Quantises a `[inputs][outputs]` weight matrix to int8 with one scale per output unit
+/// (column): `scale_j = max_k |W[k][j]| / 127`, `q = round_ties_even(W / scale_j)`.
+/// The stored value is `q as f32 * scale_j` (one f32 product, spec §5.1).
+pub fn quantize_int8(weight: &[f32], outputs: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut scales = vec![0.0f32; outputs];
+    for row in weight.chunks_exact(outputs) {
+        for (s, &w) in scales.iter_mut().zip(row) {
+            *s = s.max(w.abs());
+        }
+    }
+    for s in &mut scales {
+        *s /= 127.0;
+    }
+    let q = int8_codes(weight, &scales);
+    (q, scales)
+}
+
+/// `round_ties_even(W / scale_j)` clamped to `-127..=127` (0 where the scale is 0).
+pub fn int8_codes(weight: &[f32], scales: &[f32]) -> Vec<i8> {
+    weight
+        .chunks_exact(scales.len())
+        .flat_map(|row| {
+            row.iter().zip(scales).map(|(&w, &s)| {
+                if s == 0.0 {
+                    0
+                } else {
+                    (w / s).round_ties_even().clamp(-127.0, 127.0) as i8
+                }
+            })
+        })
+        .collect()
+}
+
+/// `q * scale` for every weight of a `[inputs][outputs]` int8 matrix (the decoder's weights).
+pub fn dequantize_int8(q: &[i8], scales: &[f32]) -> Vec<f32> {
+    q.chunks_exact(scales.len())
+        .flat_map(|row| row.iter().zip(scales).map(|(&q, &s)| f32::from(q) * s))
+        .collect()
 }
 
 /// Number of coordinates encoded per kernel: layer, filter position, channel position.
@@ -141,6 +191,9 @@ pub struct LinearWeights {
     pub outputs: usize,
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
+    /// Int8 storage only: the per-output scales, with `weight == q * scales[j]` exactly.
+    /// Empty for the other dtypes.
+    pub scales: Vec<f32>,
 }
 
 /// A predictor: configuration plus the weights of every layer.
@@ -155,6 +208,27 @@ impl Predictor {
     /// Fails when a value does not fit (f16 overflows beyond 65504).
     pub fn store_as(&mut self, dtype: WeightDtype) -> crate::Result<()> {
         for l in &mut self.layers {
+            if !l.weight.iter().chain(&l.bias).all(|v| v.is_finite()) {
+                return Err(crate::Error::NonFinite {
+                    tensor: "predictor".into(),
+                });
+            }
+            if dtype != WeightDtype::Int8 {
+                l.scales.clear();
+            }
+            if dtype == WeightDtype::Int8 && l.outputs > 0 {
+                // Already int8 (its scales reproduce the weights exactly): keep, so that
+                // storing twice changes nothing.
+                if l.scales.len() == l.outputs
+                    && dequantize_int8(&int8_codes(&l.weight, &l.scales), &l.scales) == l.weight
+                {
+                    continue;
+                }
+                let (q, scales) = quantize_int8(&l.weight, l.outputs);
+                l.weight = dequantize_int8(&q, &scales);
+                l.scales = scales;
+                continue;
+            }
             for v in l.weight.iter_mut().chain(l.bias.iter_mut()) {
                 let r = dtype.round(*v);
                 if !r.is_finite() {

@@ -1,4 +1,4 @@
-//! Conformance (spec §6.4): the golden version-1 files decode bit-exactly to the recorded
+//! Conformance (spec §6.4): the golden version-1.x files decode bit-exactly to the recorded
 //! SHA-256 on every machine and thread count, and within tolerance of an f64 reference.
 //! A change that breaks this is a format change: bump the version and note it in spec/.
 
@@ -8,10 +8,11 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 3] = [
+const GOLDEN: [&str; 4] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
+    "resnet20-h16-int8",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

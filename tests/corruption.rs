@@ -332,6 +332,52 @@ fn unknown_predictor_dtype() {
     ));
 }
 
+/// A base file with an int8 predictor (format 1.1).
+fn int8_base() -> Vec<u8> {
+    let opts = nernc::encode::EncodeOptions {
+        hidden: 8,
+        steps: 2,
+        batch: 64,
+        predictor_dtype: nernc::predictor::WeightDtype::Int8,
+        ..Default::default()
+    };
+    let (bytes, _) = nernc::encode::encode(
+        &fixture("fmnist-resnet20.safetensors"),
+        &opts,
+        &nernc::encode::NoProgress,
+    )
+    .unwrap();
+    bytes
+}
+
+#[test]
+fn int8_scales_must_be_finite_and_non_negative() {
+    let b = int8_base();
+    let c = read_container(&b, &Limits::default()).unwrap();
+    assert_eq!(c.minor, 1);
+    // PRED header: 24 bytes + 4 (D+1) widths; then layer 0's f32 scales.
+    let scales_at = 24 + 4 * (c.predictor.config.widths.len());
+    for bad in [f32::NAN, -1.0, f32::INFINITY] {
+        let mut e = split(&b);
+        let pred = &mut find(&mut e, b"PRED").payload;
+        pred[scales_at..scales_at + 4].copy_from_slice(&bad.to_le_bytes());
+        match err(&assemble(&e)) {
+            Error::Malformed { section, detail } => {
+                assert_eq!(section, "PRED");
+                assert!(detail.contains("scale"), "{detail}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Relabelled f32 (or the reverse), the byte count no longer fits the declared shape.
+    let mut e = split(&b);
+    find(&mut e, b"PRED").payload[6] = 0;
+    assert!(matches!(err(&assemble(&e)), Error::Malformed { .. }));
+    let mut e = split(&base());
+    find(&mut e, b"PRED").payload[6] = 3;
+    assert!(matches!(err(&assemble(&e)), Error::Malformed { .. }));
+}
+
 #[test]
 fn passthrough_tensor_with_wrong_byte_length() {
     let b = base();

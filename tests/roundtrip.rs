@@ -138,13 +138,18 @@ fn encoding_is_deterministic_for_a_seed() {
 }
 
 #[test]
-fn f16_and_bf16_predictors_store_what_was_measured() {
+fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     use nernc::predictor::WeightDtype;
     let path = fixture("fmnist-resnet20.safetensors");
     let base = small_options(PermutationKind::InFilter, 1);
     let (f32_file, _) = encode(&path, &base, &NoProgress).unwrap();
     let f32c = read_container(&f32_file, &Limits::default()).unwrap();
-    for dtype in [WeightDtype::F16, WeightDtype::Bf16] {
+    assert_eq!(
+        u16::from_le_bytes([f32_file[10], f32_file[11]]),
+        0,
+        "f32 file not 1.0"
+    );
+    for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8] {
         let opts = EncodeOptions {
             predictor_dtype: dtype,
             ..base.clone()
@@ -163,7 +168,11 @@ fn f16_and_bf16_predictors_store_what_was_measured() {
                 .unwrap()
                 .stored_len
         };
-        assert!(pred_len(&c) < pred_len(&f32c) * 6 / 10);
+        let ratio = if dtype == WeightDtype::Int8 { 4 } else { 6 };
+        assert!(pred_len(&c) < pred_len(&f32c) * ratio / 10);
+        // Int8 needs format 1.1; the others stay readable by 1.0 readers.
+        let minor = u16::from_le_bytes([bytes[10], bytes[11]]);
+        assert_eq!(minor, u16::from(dtype == WeightDtype::Int8));
         // The recorded RMSE is the stored predictor's.
         let decoded = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
         let original =

@@ -19,7 +19,7 @@ use crate::eval::{LoadedNet, accuracy, input_tensor, predict};
 use crate::format::LayerEntry;
 use crate::network::{FixedParams, HostModel, forward};
 use crate::permute::Permutation;
-use crate::predictor::Predictor;
+use crate::predictor::{Predictor, WeightDtype};
 use crate::rng::SplitMix64;
 
 /// Where phase-2 inputs come from.
@@ -49,6 +49,9 @@ pub struct DistillSettings<'a> {
     pub norm: &'a Normalization,
     pub input: DistillInput<'a>,
     pub held_out: Option<HeldOut<'a>>,
+    /// Storage dtype of the result. Int8 trains through its rounding (straight-through) and
+    /// every held-out figure is of the weights as they will be stored.
+    pub storage: WeightDtype,
 }
 
 pub struct DistillOutcome {
@@ -190,11 +193,19 @@ pub fn distill<B: AutodiffBackend>(
     let mut best_step = 0;
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
+    let stored = |mut p: Predictor| -> Result<Predictor> {
+        p.store_as(s.storage)?;
+        Ok(p)
+    };
     if let Some(h) = &s.held_out {
-        // Step 0 is the starting predictor; reuse its figure when the caller measured it.
+        // Step 0 is the starting predictor; reuse its figure when the caller measured it on
+        // the same storage.
         best_acc = match start_accuracy {
-            Some(a) => a,
-            None => held_out_accuracy(start, layers, perms, student, h, s.norm, device)?,
+            Some(a) if s.storage == WeightDtype::F32 => a,
+            _ => {
+                let p = stored(start.clone())?;
+                held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?
+            }
         };
         held_out_history.push((0, best_acc));
     }
@@ -218,7 +229,11 @@ pub fn distill<B: AutodiffBackend>(
         let x_inner = input_tensor::<B::InnerBackend>(x, s.batch, shape, device);
         let teacher_logits = teacher.logits(x_inner.clone());
         let target = softmax(Tensor::<B, 2>::from_inner(teacher_logits) / t, 1);
-        let pred = model.forward(all_inputs.clone());
+        let pred = if s.storage == WeightDtype::Int8 {
+            model.forward_int8_ste(all_inputs.clone())
+        } else {
+            model.forward(all_inputs.clone())
+        };
         let convs = layout.convs(pred.clone());
         let logits = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));
         let log_p = log_softmax(logits / t, 1);
@@ -259,7 +274,7 @@ pub fn distill<B: AutodiffBackend>(
         if let Some(h) = &s.held_out
             && (done % s.eval_every.max(1) == 0 || done == s.steps)
         {
-            let p = model.valid().to_predictor(cfg)?;
+            let p = stored(model.valid().to_predictor(cfg)?)?;
             let acc = held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?;
             held_out_history.push((done, acc));
             if acc > best_acc {

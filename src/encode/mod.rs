@@ -698,6 +698,7 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
                 data: h.data,
                 indices: h.indices,
             }),
+            storage: opts.predictor_dtype,
         };
         let out = distill::distill::<B>(
             device,

@@ -72,6 +72,26 @@ impl<B: Backend> Mlp<B> {
         x
     }
 
+    /// The forward pass with every weight matrix rounded as int8 storage rounds it (per-output
+    /// scale `max |w| / 127`), gradients passing straight through the rounding.
+    pub fn forward_int8_ste(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let last = self.weights.len() - 1;
+        for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
+            let w = w.val();
+            let scale = w.clone().detach().abs().max_dim(0).clamp_min(1e-30) / 127.0;
+            let q = (w.clone().detach() / scale.clone())
+                .round()
+                .clamp(-127.0, 127.0)
+                * scale;
+            let w = w.clone() + (q - w.detach());
+            x = x.matmul(w) + b.val().unsqueeze::<2>();
+            if i != last {
+                x = burn::tensor::activation::relu(x);
+            }
+        }
+        x
+    }
+
     /// Copies the parameters to the host in the container's layout.
     pub fn to_predictor(&self, cfg: &PredictorConfig) -> Result<Predictor> {
         let mut layers = Vec::new();
@@ -86,6 +106,7 @@ impl<B: Backend> Mlp<B> {
                 outputs: o,
                 weight: to_vec(w.val().into_data())?,
                 bias: to_vec(b.val().into_data())?,
+                scales: Vec::new(),
             });
         }
         Ok(Predictor {

@@ -8,7 +8,9 @@ use super::bytes::Reader;
 use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
-use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig, WeightDtype};
+use crate::predictor::{
+    COORDS, LinearWeights, Predictor, PredictorConfig, WeightDtype, dequantize_int8,
+};
 
 pub(crate) const MAX_NAME_LEN: usize = 4096;
 const MAX_META_STRING: usize = 1 << 24;
@@ -406,15 +408,36 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
         weight_dtype,
     };
     // Declared parameters must fill the section exactly (bounds the allocation by its size).
-    let size = weight_dtype.size() as u64;
-    if config.parameter_count().checked_mul(size) != Some(r.remaining() as u64) {
+    let declared = config.widths.windows(2).try_fold(0u64, |acc, d| {
+        let layer = weight_dtype.layer_bytes(u64::from(d[0]), u64::from(d[1]))?;
+        acc.checked_add(layer)
+    });
+    if declared != Some(r.remaining() as u64) {
         return Err(r.err("weight bytes do not match the declared shape"));
     }
     let mut layers = Vec::with_capacity(config.depth());
     for dims in config.widths.windows(2) {
         let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
-        let weight = read_weights(&mut r, inputs * outputs, weight_dtype)?;
-        let bias = read_weights(&mut r, outputs, weight_dtype)?;
+        let (weight, bias, scales) = if weight_dtype == WeightDtype::Int8 {
+            let scales = r.f32s(outputs)?;
+            if !scales.iter().all(|s| s.is_finite() && *s >= 0.0) {
+                return Err(r.err("int8 scale not finite and non-negative"));
+            }
+            let q: Vec<i8> = r
+                .bytes(inputs * outputs)?
+                .iter()
+                .map(|&b| b as i8)
+                .collect();
+            let weight = dequantize_int8(&q, &scales);
+            (weight, r.f32s(outputs)?, scales)
+        } else {
+            let weight = read_weights(&mut r, inputs * outputs, weight_dtype)?;
+            (
+                weight,
+                read_weights(&mut r, outputs, weight_dtype)?,
+                Vec::new(),
+            )
+        };
         if !weight.iter().chain(&bias).all(|v| v.is_finite()) {
             return Err(Error::NonFinite {
                 tensor: "predictor".into(),
@@ -425,6 +448,7 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
             outputs,
             weight,
             bias,
+            scales,
         });
     }
     r.finish()?;

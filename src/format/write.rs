@@ -7,7 +7,7 @@ use super::bytes::Writer;
 use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
-use crate::predictor::{Predictor, WeightDtype};
+use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_int8, int8_codes};
 
 /// A tensor to store verbatim.
 pub struct PassTensor<'a> {
@@ -85,15 +85,40 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
                 "predictor layer shape mismatch".into(),
             ));
         }
+        if c.weight_dtype == WeightDtype::Int8 {
+            let (q, scales) = int8_weights(layer)?;
+            w.f32s(&scales);
+            w.bytes(&q.iter().map(|&v| v as u8).collect::<Vec<u8>>());
+            w.f32s(&layer.bias);
+            continue;
+        }
         for &v in layer.weight.iter().chain(&layer.bias) {
             match c.weight_dtype {
-                WeightDtype::F32 => w.f32s(&[v]),
+                WeightDtype::F32 | WeightDtype::Int8 => w.f32s(&[v]),
                 WeightDtype::F16 => w.bytes(&half::f16::from_f32(v).to_le_bytes()),
                 WeightDtype::Bf16 => w.bytes(&half::bf16::from_f32(v).to_le_bytes()),
             }
         }
     }
     Ok(w.buf)
+}
+
+/// The int8 codes of a layer already rounded by `Predictor::store_as(Int8)`; refuses weights
+/// that are not exactly `q * scale`, so what the file holds is what was measured.
+fn int8_weights(layer: &LinearWeights) -> Result<(Vec<i8>, Vec<f32>)> {
+    let scales = &layer.scales;
+    if scales.len() != layer.outputs {
+        return Err(Error::InvalidArgument(
+            "int8 predictor layer without per-output scales (call store_as first)".into(),
+        ));
+    }
+    let q = int8_codes(&layer.weight, scales);
+    if dequantize_int8(&q, scales) != layer.weight {
+        return Err(Error::InvalidArgument(
+            "int8 predictor weights are not exactly q * scale (call store_as first)".into(),
+        ));
+    }
+    Ok((q, scales.clone()))
 }
 
 fn layers_section(layers: &[LayerEntry]) -> Result<Vec<u8>> {
@@ -183,10 +208,15 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
             payload: packed,
         });
     }
-    Ok(assemble(&sections))
+    // The oldest minor version that describes the file, so 1.0 readers keep reading 1.0 files.
+    let minor = match parts.predictor.config.weight_dtype {
+        WeightDtype::Int8 => 1,
+        _ => 0,
+    };
+    Ok(assemble(&sections, minor))
 }
 
-fn assemble(sections: &[Section]) -> Vec<u8> {
+fn assemble(sections: &[Section], minor: u16) -> Vec<u8> {
     let table_end = (HEADER_LEN + SECTION_ENTRY_LEN * sections.len() + HASH_LEN) as u64;
     let mut offsets = Vec::with_capacity(sections.len());
     let mut end = table_end;
@@ -198,7 +228,7 @@ fn assemble(sections: &[Section]) -> Vec<u8> {
     let mut w = Writer::default();
     w.bytes(&MAGIC);
     w.u16(MAJOR_VERSION);
-    w.u16(MINOR_VERSION);
+    w.u16(minor);
     w.u32(sections.len() as u32);
     w.u64(end);
     w.u64(0);
