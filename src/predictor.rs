@@ -301,4 +301,46 @@ mod tests {
         assert!((out[3] - (std::f64::consts::PI * 0.5 * 3.0).cos() as f32).abs() < 1e-6);
         assert!((out[6] - (std::f64::consts::PI * 0.125 * 3.0).sin() as f32).abs() < 1e-6);
     }
+
+    #[test]
+    fn int8_quantisation_is_within_half_a_step_and_idempotent() {
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let (inputs, outputs) = (37, 5);
+        let mut weight: Vec<f32> = (0..inputs * outputs)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+            .collect();
+        // An all-zero output unit gets scale 0 and codes 0.
+        for row in weight.chunks_exact_mut(outputs) {
+            row[2] = 0.0;
+        }
+        let (q, scales) = quantize_int8(&weight, outputs);
+        assert_eq!(scales[2], 0.0);
+        assert!(q.iter().all(|&c| c != -128));
+        let deq = dequantize_int8(&q, &scales);
+        for (k, (w, d)) in weight.iter().zip(&deq).enumerate() {
+            assert!((w - d).abs() <= scales[k % outputs] * 0.5 + 1e-7, "{w} {d}");
+        }
+        // The largest weight of each unit maps to +-127.
+        for j in [0, 1, 3, 4] {
+            assert!(q.iter().skip(j).step_by(outputs).any(|c| c.abs() == 127));
+        }
+        let mut p = Predictor {
+            config: PredictorConfig::reference(outputs as u32, 1, 1, 0.5),
+            layers: vec![LinearWeights {
+                inputs,
+                outputs,
+                weight,
+                bias: vec![0.5; outputs],
+                scales: Vec::new(),
+            }],
+        };
+        p.store_as(WeightDtype::Int8).unwrap();
+        assert_eq!(p.layers[0].weight, deq);
+        let once = p.clone();
+        p.store_as(WeightDtype::Int8).unwrap();
+        assert_eq!(p, once, "storing twice changed the weights");
+        assert_eq!(p.layers[0].bias, vec![0.5; outputs], "biases stay f32");
+        p.layers[0].weight[0] = f32::NAN;
+        assert!(p.store_as(WeightDtype::Int8).is_err());
+    }
 }
