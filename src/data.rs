@@ -160,6 +160,21 @@ impl Normalization {
     }
 }
 
+/// Random training-time augmentation of real images (phase 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Augment {
+    /// Largest translation in pixels, each axis (0: none).
+    pub shift: usize,
+    /// Mirror left-right with probability 1/2.
+    pub flip: bool,
+}
+
+impl Augment {
+    pub fn is_none(&self) -> bool {
+        self.shift == 0 && !self.flip
+    }
+}
+
 /// Images kept as raw bytes (small), normalised on demand.
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -206,6 +221,57 @@ impl Dataset {
             y.push(self.labels[i]);
         }
         (x, y)
+    }
+
+    /// Like [`Dataset::batch`], each image randomly translated by up to `aug.shift` pixels in
+    /// each direction (uncovered pixels are raw 0, as zero padding before normalisation) and,
+    /// with `aug.flip`, mirrored left-right with probability 1/2. Draws come from `rng`.
+    ///
+    /// # Panics
+    /// As [`Dataset::batch`].
+    pub fn batch_augmented(
+        &self,
+        indices: &[usize],
+        norm: &Normalization,
+        aug: Augment,
+        rng: &mut SplitMix64,
+    ) -> (Vec<f32>, Vec<u32>) {
+        let [c, h, w] = self.shape;
+        let plane = h * w;
+        let size = c * plane;
+        let mut moved = Vec::with_capacity(indices.len() * size);
+        let span = 2 * aug.shift as u64 + 1;
+        for &i in indices {
+            let image = &self.images[i * size..(i + 1) * size];
+            let dy = rng.below(span) as isize - aug.shift as isize;
+            let dx = rng.below(span) as isize - aug.shift as isize;
+            let flip = aug.flip && rng.below(2) == 1;
+            for ch in image.chunks(plane.max(1)) {
+                for y in 0..h as isize {
+                    for x in 0..w as isize {
+                        let (sy, mut sx) = (y - dy, x - dx);
+                        if flip {
+                            sx = w as isize - 1 - sx;
+                        }
+                        let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
+                        moved.push(if inside {
+                            ch[sy as usize * w + sx as usize]
+                        } else {
+                            0
+                        });
+                    }
+                }
+            }
+        }
+        let view = Dataset {
+            images: moved,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            shape: self.shape,
+            kind: self.kind,
+            classes: self.classes,
+        };
+        let all: Vec<usize> = (0..indices.len()).collect();
+        view.batch(&all, norm)
     }
 
     /// Deterministic split of the images for model selection: `(train_part, held_out)`, both
@@ -817,6 +883,71 @@ mod tests {
         assert_eq!(all, (0..100).collect::<Vec<_>>());
         assert_ne!(held, (0..17).collect::<Vec<_>>());
         assert_eq!(d.holdout_split(500, 1).1.len(), 100);
+    }
+
+    #[test]
+    fn augmentation_translates_and_mirrors_with_zero_fill() {
+        // One 3x3 image 1..9 (raw bytes); identity normalisation so values stay readable.
+        let d = Dataset {
+            kind: DatasetKind::Mnist,
+            images: (1..=9).collect(),
+            labels: vec![4],
+            shape: [1, 3, 3],
+            classes: 10,
+        };
+        let norm = Normalization {
+            mean: vec![0.0],
+            std: vec![1.0 / 255.0],
+        };
+        let raw = |x: Vec<f32>| -> Vec<u8> { x.iter().map(|v| v.round() as u8).collect() };
+        let mut rng = SplitMix64::new(5);
+        let plain = d.batch(&[0], &norm);
+        assert_eq!(
+            d.batch_augmented(&[0], &norm, Augment::default(), &mut rng),
+            plain
+        );
+        let mirrored = vec![3, 2, 1, 6, 5, 4, 9, 8, 7];
+        let flip = Augment {
+            shift: 0,
+            flip: true,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..32 {
+            let (x, y) = d.batch_augmented(&[0], &norm, flip, &mut rng);
+            assert_eq!(y, vec![4]);
+            let x = raw(x);
+            assert!(x == (1..=9).collect::<Vec<u8>>() || x == mirrored, "{x:?}");
+            seen.insert(x);
+        }
+        assert_eq!(seen.len(), 2, "both orientations occur");
+        // Shifts of at most one pixel: every output is the image moved by (dy, dx) in -1..=1.
+        let shift = Augment {
+            shift: 1,
+            flip: false,
+        };
+        let moved = |dy: isize, dx: isize| -> Vec<u8> {
+            (0..9)
+                .map(|i| {
+                    let (y, x) = (i / 3 - dy, i % 3 - dx);
+                    if (0..3).contains(&y) && (0..3).contains(&x) {
+                        (y * 3 + x + 1) as u8
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        };
+        let all: Vec<Vec<u8>> = (-1..=1)
+            .flat_map(|dy| (-1..=1).map(move |dx| (dy, dx)))
+            .map(|(dy, dx)| moved(dy, dx))
+            .collect();
+        seen.clear();
+        for _ in 0..200 {
+            let x = raw(d.batch_augmented(&[0], &norm, shift, &mut rng).0);
+            assert!(all.contains(&x), "{x:?}");
+            seen.insert(x);
+        }
+        assert_eq!(seen.len(), 9, "all nine translations occur");
     }
 
     #[test]

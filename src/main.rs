@@ -115,6 +115,13 @@ enum Command {
         /// Phase-2 steps between held-out evaluations (default: a tenth of the steps).
         #[arg(long)]
         eval_every: Option<usize>,
+        /// Phase 2 on real data: translate each image by up to this many pixels per axis
+        /// (zero fill), as in training (the fixtures were trained with 2).
+        #[arg(long, default_value_t = 0)]
+        augment_shift: usize,
+        /// Phase 2 on real data: mirror images left-right with probability 1/2.
+        #[arg(long)]
+        augment_flip: bool,
         /// Training images held out for selection (never the test split).
         #[arg(long, default_value_t = 5000)]
         held_out: usize,
@@ -242,6 +249,8 @@ fn run(cli: Cli) -> Result<()> {
             distill_lr,
             distill_batch,
             eval_every,
+            augment_shift,
+            augment_flip,
             held_out,
             test_eval,
             resume,
@@ -305,6 +314,10 @@ fn run(cli: Cli) -> Result<()> {
                     lr: distill_lr,
                     batch: distill_batch,
                     eval_every,
+                    augment: nernc::data::Augment {
+                        shift: augment_shift,
+                        flip: augment_flip,
+                    },
                 }),
                 ..EncodeOptions::default()
             };

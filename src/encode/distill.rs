@@ -13,7 +13,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::train::{DeviceKernels, Mlp, masked_rmse};
 use super::{KernelSet, Progress};
-use crate::data::{Dataset, Normalization, noise_batch};
+use crate::data::{Augment, Dataset, Normalization, noise_batch};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, accuracy, input_tensor, predict};
 use crate::format::LayerEntry;
@@ -52,6 +52,8 @@ pub struct DistillSettings<'a> {
     /// Storage dtype of the result. Int8 trains through its rounding (straight-through) and
     /// every held-out figure is of the weights as they will be stored.
     pub storage: WeightDtype,
+    /// Augmentation of real phase-2 images (none for noise).
+    pub augment: Augment,
 }
 
 pub struct DistillOutcome {
@@ -220,7 +222,12 @@ pub fn distill<B: AutodiffBackend>(
                 let pick: Vec<usize> = (0..s.batch)
                     .map(|_| indices[rng.below(indices.len() as u64) as usize])
                     .collect();
-                (data.batch(&pick, s.norm).0, data.shape)
+                let x = if s.augment.is_none() {
+                    data.batch(&pick, s.norm).0
+                } else {
+                    data.batch_augmented(&pick, s.norm, s.augment, &mut rng).0
+                };
+                (x, data.shape)
             }
             DistillInput::Noise { shape } => {
                 (noise_batch(s.batch, *shape, s.norm, rng.next_u64()), *shape)

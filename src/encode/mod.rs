@@ -86,6 +86,8 @@ pub struct DistillOptions {
     pub lr: f64,
     pub batch: usize,
     pub eval_every: Option<usize>,
+    /// Random translations / flips of real phase-2 images.
+    pub augment: crate::data::Augment,
 }
 
 impl Default for DistillOptions {
@@ -99,6 +101,7 @@ impl Default for DistillOptions {
             lr: 5e-5,
             batch: 128,
             eval_every: None,
+            augment: crate::data::Augment::default(),
         }
     }
 }
@@ -670,6 +673,14 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
                 .unwrap_or_else(|| opts.dataset.normalization())
         });
         let input_kind = match (&d.source, plan_ref.and_then(|p| p.train.as_ref())) {
+            (DistillSource::Data, Some(train))
+                if d.augment.shift >= train.shape[1].min(train.shape[2]) =>
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "--augment-shift {} does not fit {}x{} images",
+                    d.augment.shift, train.shape[1], train.shape[2]
+                )));
+            }
             (DistillSource::Data, Some(train)) => distill::DistillInput::Real {
                 data: train,
                 indices: plan_ref.map_or(&[][..], |p| &p.train_idx[..]),
@@ -677,6 +688,11 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
             (DistillSource::Data, None) => {
                 return Err(Error::InvalidArgument(
                     "distillation on real data needs --data DIR".into(),
+                ));
+            }
+            (DistillSource::Noise, _) if !d.augment.is_none() => {
+                return Err(Error::InvalidArgument(
+                    "--augment-shift/--augment-flip apply to real data, not noise".into(),
                 ));
             }
             (DistillSource::Noise, _) => {
@@ -699,6 +715,7 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
                 indices: h.indices,
             }),
             storage: opts.predictor_dtype,
+            augment: d.augment,
         };
         let out = distill::distill::<B>(
             device,
@@ -721,6 +738,7 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
             lr: d.lr,
             temperature: d.temperature,
             recon_weight: d.recon_weight,
+            augment: d.augment,
             input: match d.source {
                 DistillSource::Data => "data".into(),
                 DistillSource::Noise => "noise".into(),
@@ -863,6 +881,7 @@ pub struct DistillReport {
     pub recon_weight: f64,
     pub input: String,
     pub teacher: String,
+    pub augment: crate::data::Augment,
     pub loss_history: Vec<(usize, f32)>,
     pub held_out_history: Vec<(usize, f64)>,
     pub kept_step: usize,
@@ -940,6 +959,7 @@ fn finish(
             "phase2": report.distill.as_ref().map(|d| json!({
                 "steps": d.steps, "batch": d.batch, "lr": d.lr, "temperature": d.temperature,
                 "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
+                "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
                 "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
             })),
             "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),
