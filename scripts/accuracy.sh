@@ -26,6 +26,8 @@ R56=fixtures/fmnist-resnet56.safetensors
 # The 4x-wide teacher (17 MB) is not committed; it lives with the shared fixtures.
 W4=${NERNC_TEACHER:-../shared/fixtures/fmnist-resnet20w4.safetensors}
 real=(--data "$DATA" --held-out 2000 --test-eval --device "$DEVICE")
+# Rows are f32 unless they say otherwise (the encoder's default is f16).
+f32=(--predictor-dtype f32)
 
 # run NAME ARGS...: encode to $OUT/NAME.nern unless it exists (or NAME is filtered out).
 run() {
@@ -39,28 +41,30 @@ run() {
     echo $((SECONDS - t0)) >"$OUT/$name.seconds"
 }
 
-run r20-h140-p1 "$R20" --hidden 140 --steps 4000 "${real[@]}"
-run r20-h140-p2 "$R20" --resume "$OUT/r20-h140-p1.nern" --distill-steps 600 --eval-every 100 "${real[@]}"
+run r20-h140-p1 "$R20" "${f32[@]}" --hidden 140 --steps 4000 "${real[@]}"
+run r20-h140-p2 "$R20" "${f32[@]}" --resume "$OUT/r20-h140-p1.nern" --distill-steps 600 --eval-every 100 "${real[@]}"
 run r20-h140-p2-f16 "$R20" --resume "$OUT/r20-h140-p2.nern" --predictor-dtype f16 "${real[@]}"
 run r20-h140-p2-int8 "$R20" --resume "$OUT/r20-h140-p2.nern" --predictor-dtype int8 \
     --distill-steps 100 --distill-lr 2e-5 --eval-every 25 "${real[@]}"
 run r20-h140-noise "$R20" --resume "$OUT/r20-h140-p1.nern" --distill-steps 150 --data noise \
-    --device "$DEVICE"
-run r20-h180-p1 "$R20" --hidden 180 --steps 4000 "${real[@]}"
-run r20-h180-p2 "$R20" --resume "$OUT/r20-h180-p1.nern" --distill-steps 300 --eval-every 50 "${real[@]}"
+    "${f32[@]}" --device "$DEVICE"
+run r20-h180-p1 "$R20" "${f32[@]}" --hidden 180 --steps 4000 "${real[@]}"
+run r20-h180-p2 "$R20" "${f32[@]}" --resume "$OUT/r20-h180-p1.nern" --distill-steps 300 --eval-every 50 "${real[@]}"
 if [ -f "$W4" ]; then
-    run r20-h180-w4 "$R20" --resume "$OUT/r20-h180-p2.nern" --distill-steps 100 \
+    run r20-h180-w4 "$R20" "${f32[@]}" --resume "$OUT/r20-h180-p2.nern" --distill-steps 100 \
         --distill-lr 2e-5 --eval-every 20 --teacher "$W4" "${real[@]}"
 fi
-run r20-h160-p1 "$R20" --hidden 160 --steps 4000 "${real[@]}"
+run r20-h160-p1 "$R20" "${f32[@]}" --hidden 160 --steps 4000 "${real[@]}"
 run r20-h160-int8 "$R20" --resume "$OUT/r20-h160-p1.nern" --predictor-dtype int8 --distill-steps 300 \
     --eval-every 50 "${real[@]}"
-run r20-h80-p1 "$R20" --hidden 80 --steps 4000 "${real[@]}"
+run r20-h80-p1 "$R20" "${f32[@]}" --hidden 80 --steps 4000 "${real[@]}"
 run r20-h80-p2-f16 "$R20" --resume "$OUT/r20-h80-p1.nern" --distill-steps 150 --eval-every 50 \
     --predictor-dtype f16 "${real[@]}"
-run r20-h320-r2 "$R20" --hidden 320 --steps 1000 --rounds 2 "${real[@]}"
-run r56-h180-p1 "$R56" --hidden 180 --steps 4000 "${real[@]}"
-run r56-h180-p2 "$R56" --resume "$OUT/r56-h180-p1.nern" --distill-steps 150 --eval-every 50 "${real[@]}"
+run r20-h320-r2 "$R20" "${f32[@]}" --hidden 320 --steps 1000 --rounds 2 "${real[@]}"
+run r56-h180-p1 "$R56" "${f32[@]}" --hidden 180 --steps 4000 "${real[@]}"
+run r56-h180-p2 "$R56" "${f32[@]}" --resume "$OUT/r56-h180-p1.nern" --distill-steps 150 --eval-every 50 "${real[@]}"
+run r56-h180-p3-f16 "$R56" --resume "$OUT/r56-h180-p2.nern" --predictor-dtype f16 --distill-steps 300 \
+    --eval-every 50 "${real[@]}"
 
 # row NAME: one markdown row from the file's own metadata (noise rows are evaluated here).
 row() {
@@ -85,6 +89,6 @@ for r in "$R20" "$R56"; do
     "$N" eval "$r" --data "$DATA" --device "$DEVICE" | sed -n 's/^\(.*\): \([0-9.]*\) % top-1.*/| original \1 | 100 % | - | \2 | - |/p'
 done
 for name in r20-h140-p1 r20-h140-p2 r20-h140-p2-f16 r20-h140-p2-int8 r20-h140-noise \
-    r20-h180-p1 r20-h180-p2 r20-h180-w4 r20-h160-p1 r20-h160-int8 r20-h80-p1 r20-h80-p2-f16 r20-h320-r2 r56-h180-p1 r56-h180-p2; do
+    r20-h180-p1 r20-h180-p2 r20-h180-w4 r20-h160-p1 r20-h160-int8 r20-h80-p1 r20-h80-p2-f16 r20-h320-r2 r56-h180-p1 r56-h180-p2 r56-h180-p3-f16; do
     row "$name"
 done

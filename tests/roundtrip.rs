@@ -141,7 +141,10 @@ fn encoding_is_deterministic_for_a_seed() {
 fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     use nernc::predictor::WeightDtype;
     let path = fixture("fmnist-resnet20.safetensors");
-    let base = small_options(PermutationKind::InFilter, 1);
+    let base = EncodeOptions {
+        predictor_dtype: WeightDtype::F32,
+        ..small_options(PermutationKind::InFilter, 1)
+    };
     let (f32_file, _) = encode(&path, &base, &NoProgress).unwrap();
     let f32c = read_container(&f32_file, &Limits::default()).unwrap();
     assert_eq!(
