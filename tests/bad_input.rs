@@ -203,3 +203,42 @@ fn cuda_without_the_feature_is_an_error_not_a_fallback() {
     assert_clean_failure(&o, "cuda");
     assert!(!out.exists());
 }
+
+#[test]
+fn augmentation_on_noise_or_oversized_shift_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.nern");
+    let src = fixture("fmnist-resnet20.safetensors");
+    let base = [
+        "encode",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--hidden",
+        "8",
+        "--steps",
+        "2",
+        "--batch",
+        "64",
+        "--distill-steps",
+        "2",
+    ];
+    let o = nernc(&[&base[..], &["--data", "noise", "--augment-flip"]].concat());
+    assert_clean_failure(&o, "augment");
+    assert!(!out.exists());
+    let data = std::path::Path::new("/usr/share/datasets/fashion-mnist");
+    if data.is_dir() {
+        let args = [
+            "--data",
+            data.to_str().unwrap(),
+            "--held-out",
+            "10",
+            "--augment-shift",
+            "28",
+        ];
+        let o = nernc(&[&base[..], &args].concat());
+        assert_clean_failure(&o, "28x28");
+        assert!(!out.exists());
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
