@@ -87,6 +87,13 @@ enum Command {
         /// Adam's first-moment decay (0.5 as the reference's Ranger; measured better than 0.9).
         #[arg(long, default_value_t = 0.5)]
         beta1: f32,
+        /// Positional-encoding levels L per coordinate (predictor input width 6 L; the first
+        /// layer holds 6 L x hidden weights).
+        #[arg(long, default_value_t = 40)]
+        pe_levels: u32,
+        /// Positional-encoding base b (level l uses frequency pi * b^l).
+        #[arg(long, default_value_t = 0.76)]
+        pe_base: f64,
         /// Phase 2: distillation steps after reconstruction (0: reconstruction only).
         #[arg(long, default_value_t = 0)]
         distill_steps: usize,
@@ -242,6 +249,8 @@ fn run(cli: Cli) -> Result<()> {
             device,
             lr,
             beta1,
+            pe_levels,
+            pe_base,
             distill_steps,
             data,
             dataset,
@@ -280,6 +289,8 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 lr,
                 beta1,
+                pe_levels,
+                pe_base,
                 // With `--data noise` nothing trains or selects on data; `--test-eval` may still
                 // measure the result on the dataset's default location.
                 data_dir: match data.as_deref() {
