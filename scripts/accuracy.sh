@@ -54,6 +54,10 @@ if [ -f "$W4" ]; then
     run r20-h180-w4 "$R20" "${f32[@]}" --resume "$OUT/r20-h180-p2.nern" --distill-steps 100 \
         --distill-lr 2e-5 --eval-every 20 --teacher "$W4" "${real[@]}"
 fi
+run r20-h180-pe20-p1 "$R20" "${f32[@]}" --hidden 180 --pe-levels 20 --permutation none --steps 3000 \
+    "${real[@]}"
+run r20-h180-pe20-int8 "$R20" --resume "$OUT/r20-h180-pe20-p1.nern" --predictor-dtype int8 \
+    --distill-steps 200 --eval-every 50 "${real[@]}"
 run r20-h160-p1 "$R20" "${f32[@]}" --hidden 160 --steps 4000 "${real[@]}"
 run r20-h160-int8 "$R20" --resume "$OUT/r20-h160-p1.nern" --predictor-dtype int8 --distill-steps 300 \
     --eval-every 50 "${real[@]}"
@@ -89,6 +93,6 @@ for r in "$R20" "$R56"; do
     "$N" eval "$r" --data "$DATA" --device "$DEVICE" | sed -n 's/^\(.*\): \([0-9.]*\) % top-1.*/| original \1 | 100 % | - | \2 | - |/p'
 done
 for name in r20-h140-p1 r20-h140-p2 r20-h140-p2-f16 r20-h140-p2-int8 r20-h140-noise \
-    r20-h180-p1 r20-h180-p2 r20-h180-w4 r20-h160-p1 r20-h160-int8 r20-h80-p1 r20-h80-p2-f16 r20-h320-r2 r56-h180-p1 r56-h180-p2 r56-h180-p3-f16; do
+    r20-h180-p1 r20-h180-p2 r20-h180-w4 r20-h180-pe20-p1 r20-h180-pe20-int8 r20-h160-p1 r20-h160-int8 r20-h80-p1 r20-h80-p2-f16 r20-h320-r2 r56-h180-p1 r56-h180-p2 r56-h180-p3-f16; do
     row "$name"
 done
