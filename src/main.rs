@@ -272,6 +272,7 @@ fn run(cli: Cli) -> Result<()> {
             use nernc::encode::{DistillOptions, DistillSource};
             use nernc::permute::PermutationKind;
             nernc::io::check_output_path(&output)?;
+            let noise = data.as_deref() == Some("noise");
             let opts = EncodeOptions {
                 hidden,
                 steps,
@@ -301,11 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                     Some(d) => Some(PathBuf::from(d)),
                 },
                 dataset: nernc::data::DatasetKind::parse(&dataset)?,
-                held_out: if data.as_deref() == Some("noise") {
-                    0
-                } else {
-                    held_out
-                },
+                held_out: if noise { 0 } else { held_out },
                 test_eval,
                 resume,
                 predictor_dtype: match predictor_dtype {
@@ -316,7 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 distill: (distill_steps > 0).then(|| DistillOptions {
                     steps: distill_steps,
-                    source: if data.as_deref() == Some("noise") {
+                    source: if noise {
                         DistillSource::Noise
                     } else {
                         DistillSource::Data
@@ -324,11 +321,7 @@ fn run(cli: Cli) -> Result<()> {
                     teacher,
                     temperature,
                     recon_weight,
-                    lr: distill_lr.unwrap_or(if data.as_deref() == Some("noise") {
-                        1e-5
-                    } else {
-                        5e-5
-                    }),
+                    lr: distill_lr.unwrap_or(if noise { 1e-5 } else { 5e-5 }),
                     batch: distill_batch,
                     eval_every,
                     augment: nernc::data::Augment {

@@ -83,9 +83,14 @@ fn truncated_bit_flipped_and_foreign_files_are_refused() {
 }
 
 fn encode_fails(dir: &Path, input: &Path, expect: &str) {
+    encode_fails_with(dir, input, &[], expect);
+}
+
+/// `nernc encode` (tiny settings plus `extra`) fails cleanly and leaves `dir` as it was.
+fn encode_fails_with(dir: &Path, input: &Path, extra: &[&str], expect: &str) {
     let before = entries(dir);
     let out = dir.join("out.nern");
-    let o = nernc(&[
+    let args = [
         "encode",
         input.to_str().unwrap(),
         "-o",
@@ -94,7 +99,8 @@ fn encode_fails(dir: &Path, input: &Path, expect: &str) {
         "2",
         "--hidden",
         "8",
-    ]);
+    ];
+    let o = nernc(&[&args[..], extra].concat());
     assert_clean_failure(&o, expect);
     assert_eq!(entries(dir), before, "encode left files behind");
 }
@@ -207,25 +213,10 @@ fn cuda_without_the_feature_is_an_error_not_a_fallback() {
 #[test]
 fn augmentation_on_noise_or_oversized_shift_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("x.nern");
     let src = fixture("fmnist-resnet20.safetensors");
-    let base = [
-        "encode",
-        src.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--hidden",
-        "8",
-        "--steps",
-        "2",
-        "--batch",
-        "64",
-        "--distill-steps",
-        "2",
-    ];
-    let o = nernc(&[&base[..], &["--data", "noise", "--augment-flip"]].concat());
-    assert_clean_failure(&o, "augment");
-    assert!(!out.exists());
+    let phase2 = ["--batch", "64", "--distill-steps", "2"];
+    let noise = [&phase2[..], &["--data", "noise", "--augment-flip"]].concat();
+    encode_fails_with(dir.path(), &src, &noise, "augment");
     let data = std::path::Path::new("/usr/share/datasets/fashion-mnist");
     if data.is_dir() {
         let args = [
@@ -236,9 +227,7 @@ fn augmentation_on_noise_or_oversized_shift_is_refused() {
             "--augment-shift",
             "28",
         ];
-        let o = nernc(&[&base[..], &args].concat());
-        assert_clean_failure(&o, "28x28");
-        assert!(!out.exists());
+        encode_fails_with(dir.path(), &src, &[&phase2[..], &args].concat(), "28x28");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

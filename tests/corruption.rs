@@ -11,11 +11,13 @@ use nernc::Error;
 use nernc::format::{Limits, read_container};
 
 /// A small but complete file: ResNet-20, in-filter permutations, all sections present.
-fn base() -> Vec<u8> {
+/// A small real file: hidden 8, two steps, `dtype` for the predictor.
+fn small_file(dtype: nernc::predictor::WeightDtype) -> Vec<u8> {
     let opts = nernc::encode::EncodeOptions {
         hidden: 8,
         steps: 2,
         batch: 64,
+        predictor_dtype: dtype,
         ..Default::default()
     };
     let (bytes, _) = nernc::encode::encode(
@@ -25,6 +27,21 @@ fn base() -> Vec<u8> {
     )
     .unwrap();
     bytes
+}
+
+fn base() -> Vec<u8> {
+    small_file(nernc::encode::EncodeOptions::default().predictor_dtype)
+}
+
+/// `e` is `Malformed` in `section`, its detail mentioning `needle`.
+fn assert_malformed(e: Error, section: &str, needle: &str) {
+    match e {
+        Error::Malformed { section: s, detail } => {
+            assert_eq!(s, section);
+            assert!(detail.contains(needle), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 fn err(bytes: &[u8]) -> Error {
@@ -332,27 +349,9 @@ fn unknown_predictor_dtype() {
     ));
 }
 
-/// A base file with an int8 predictor (format 1.1).
-fn int8_base() -> Vec<u8> {
-    let opts = nernc::encode::EncodeOptions {
-        hidden: 8,
-        steps: 2,
-        batch: 64,
-        predictor_dtype: nernc::predictor::WeightDtype::Int8,
-        ..Default::default()
-    };
-    let (bytes, _) = nernc::encode::encode(
-        &fixture("fmnist-resnet20.safetensors"),
-        &opts,
-        &nernc::encode::NoProgress,
-    )
-    .unwrap();
-    bytes
-}
-
 #[test]
 fn int8_scales_must_be_finite_and_non_negative() {
-    let b = int8_base();
+    let b = small_file(nernc::predictor::WeightDtype::Int8);
     let c = read_container(&b, &Limits::default()).unwrap();
     assert_eq!(c.minor, 1);
     // PRED header: 24 bytes + 4 (D+1) widths; then layer 0's f32 scales.
@@ -361,13 +360,7 @@ fn int8_scales_must_be_finite_and_non_negative() {
         let mut e = split(&b);
         let pred = &mut find(&mut e, b"PRED").payload;
         pred[scales_at..scales_at + 4].copy_from_slice(&bad.to_le_bytes());
-        match err(&assemble(&e)) {
-            Error::Malformed { section, detail } => {
-                assert_eq!(section, "PRED");
-                assert!(detail.contains("scale"), "{detail}");
-            }
-            other => panic!("{bad}: {other:?}"),
-        }
+        assert_malformed(err(&assemble(&e)), "PRED", "scale");
     }
     // Relabelled f32 (or the reverse), the byte count no longer fits the declared shape.
     let mut e = split(&b);
@@ -389,13 +382,7 @@ fn passthrough_tensor_with_wrong_byte_length() {
     let len_at = p + 2 + name_len + 2 + 8 * ndim + 8;
     let len = u64::from_le_bytes(pass[len_at..len_at + 8].try_into().unwrap());
     pass[len_at..len_at + 8].copy_from_slice(&(len + 4).to_le_bytes());
-    match err(&assemble(&e)) {
-        Error::Malformed { section, detail } => {
-            assert_eq!(section, "PASS");
-            assert!(detail.contains("bytes stored"), "{detail}");
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_malformed(err(&assemble(&e)), "PASS", "bytes stored");
     // DATA shorter than the index declares.
     let mut e = split(&b);
     let data = &mut find(&mut e, b"DATA").payload;

@@ -191,23 +191,21 @@ pub fn distill<B: AutodiffBackend>(
         .with_epsilon(1e-8)
         .init::<B, Mlp<B>>();
 
-    let mut best = start.clone();
-    let mut best_step = 0;
-    let mut held_out_history = Vec::new();
-    let mut best_acc = f64::NEG_INFINITY;
+    // Every candidate is kept as stored, so the outcome's figures are of the stored weights.
     let stored = |mut p: Predictor| -> Result<Predictor> {
         p.store_as(s.storage)?;
         Ok(p)
     };
+    let mut best = stored(start.clone())?;
+    let mut best_step = 0;
+    let mut held_out_history = Vec::new();
+    let mut best_acc = f64::NEG_INFINITY;
     if let Some(h) = &s.held_out {
         // Step 0 is the starting predictor; reuse its figure when the caller measured it on
         // the same storage.
         best_acc = match start_accuracy {
             Some(a) if s.storage == WeightDtype::F32 => a,
-            _ => {
-                let p = stored(start.clone())?;
-                held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?
-            }
+            _ => held_out_accuracy(&best, layers, perms, student, h, s.norm, device)?,
         };
         held_out_history.push((0, best_acc));
     }
@@ -293,7 +291,7 @@ pub fn distill<B: AutodiffBackend>(
     }
     progress.finish();
     if s.held_out.is_none() {
-        best = model.valid().to_predictor(cfg)?;
+        best = stored(model.valid().to_predictor(cfg)?)?;
         best_step = s.steps;
     }
     Ok(DistillOutcome {

@@ -765,9 +765,13 @@ fn encode_on<B: burn::tensor::backend::AutodiffBackend>(
             .map(|(_, a)| *a),
         None => phase1_acc,
     };
-    // Round to the storage dtype; every figure below is of the weights as stored.
+    // Round to the storage dtype; every figure below is of the weights as stored. Phase 2
+    // already selected and measured stored weights; a phase-1 figure was of f32 weights.
     predictor.store_as(opts.predictor_dtype)?;
-    if opts.predictor_dtype != crate::predictor::WeightDtype::F32 && final_held_out.is_some() {
+    if distill_report.is_none()
+        && opts.predictor_dtype != crate::predictor::WeightDtype::F32
+        && final_held_out.is_some()
+    {
         final_held_out = held_acc(&predictor)?;
     }
     let stored_rmse = rmse(

@@ -61,30 +61,32 @@ impl<B: Backend> Mlp<B> {
         Mlp { weights, biases }
     }
 
-    pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let last = self.weights.len() - 1;
-        for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
-            x = x.matmul(w.val()) + b.val().unsqueeze::<2>();
-            if i != last {
-                x = burn::tensor::activation::relu(x);
-            }
-        }
-        x
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward_with(x, |w| w)
     }
 
     /// The forward pass with every weight matrix rounded as int8 storage rounds it (per-output
     /// scale `max |w| / 127`), gradients passing straight through the rounding.
-    pub fn forward_int8_ste(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let last = self.weights.len() - 1;
-        for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
-            let w = w.val();
+    pub fn forward_int8_ste(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward_with(x, |w| {
             let scale = w.clone().detach().abs().max_dim(0).clamp_min(1e-30) / 127.0;
             let q = (w.clone().detach() / scale.clone())
                 .round()
                 .clamp(-127.0, 127.0)
                 * scale;
-            let w = w.clone() + (q - w.detach());
-            x = x.matmul(w) + b.val().unsqueeze::<2>();
+            w.clone() + (q - w.detach())
+        })
+    }
+
+    /// The MLP with `weight` applied to each weight matrix before its matmul.
+    fn forward_with(
+        &self,
+        mut x: Tensor<B, 2>,
+        weight: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let last = self.weights.len() - 1;
+        for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
+            x = x.matmul(weight(w.val())) + b.val().unsqueeze::<2>();
             if i != last {
                 x = burn::tensor::activation::relu(x);
             }

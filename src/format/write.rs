@@ -208,9 +208,10 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
             payload: packed,
         });
     }
-    // The oldest minor version that describes the file, so 1.0 readers keep reading 1.0 files.
+    // The oldest minor version that describes the file, so 1.0 readers keep reading 1.0 files
+    // (int8 is the only feature newer than 1.0).
     let minor = match parts.predictor.config.weight_dtype {
-        WeightDtype::Int8 => 1,
+        WeightDtype::Int8 => MINOR_VERSION,
         _ => 0,
     };
     Ok(assemble(&sections, minor))
