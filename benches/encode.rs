@@ -5,7 +5,9 @@
 //! Phase 2: images per second of distillation steps (predictor over all kernels, student forward
 //! and backward, teacher forward) at 128 images per step, hidden 140 and 180, on noise inputs.
 //!
-//! `cargo bench --bench encode [--features cuda]`; `NERNC_BENCH_STEPS` sets the timed steps.
+//! `cargo bench --bench encode [--features cuda]`; `NERNC_BENCH_STEPS` sets the timed steps,
+//! `NERNC_BENCH_DEVICES` (`cpu`, `cuda` or `cpu,cuda`) the devices, `NERNC_BENCH_MODEL` another
+//! checkpoint (the bench binary then runs away from the source tree, e.g. on a GPU machine).
 
 use std::path::Path;
 
@@ -19,11 +21,11 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fmnist-resnet20.safetensors");
-    let mut devices = vec![DeviceKind::Cpu];
-    if cfg!(feature = "cuda") && std::env::var_os("NERNC_BENCH_CUDA").is_some() {
-        devices.push(DeviceKind::Cuda);
-    }
+    let input = std::env::var_os("NERNC_BENCH_MODEL").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fmnist-resnet20.safetensors"),
+        std::path::PathBuf::from,
+    );
+    let devices = bench_devices();
     println!("| device | hidden | batch | timed steps | kernels/s | ms/step |");
     println!("|---|---|---|---|---|---|");
     for &device in &devices {
@@ -49,6 +51,29 @@ fn main() {
         }
     }
     phase2(&devices, &input, (steps / 4).max(3));
+}
+
+/// The devices to measure: `NERNC_BENCH_DEVICES`, else the CPU (plus CUDA with the older
+/// `NERNC_BENCH_CUDA=1`).
+fn bench_devices() -> Vec<DeviceKind> {
+    if let Ok(list) = std::env::var("NERNC_BENCH_DEVICES") {
+        return list
+            .split(',')
+            .filter_map(|d| match d.trim() {
+                "cpu" => Some(DeviceKind::Cpu),
+                "cuda" => Some(DeviceKind::Cuda),
+                other => {
+                    eprintln!("NERNC_BENCH_DEVICES: unknown device {other:?} (cpu or cuda)");
+                    None
+                }
+            })
+            .collect();
+    }
+    let mut devices = vec![DeviceKind::Cpu];
+    if std::env::var_os("NERNC_BENCH_CUDA").is_some() {
+        devices.push(DeviceKind::Cuda);
+    }
+    devices
 }
 
 /// Phase-2 throughput table.
