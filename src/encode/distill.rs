@@ -179,7 +179,7 @@ pub fn distill<B: AutodiffBackend>(
     let cfg = &start.config;
     let mut rng = SplitMix64::new(seed);
     let kernels = DeviceKernels::<B>::new(cfg, set, device);
-    let all_inputs = kernels.all_inputs();
+    let all_rows = kernels.all_rows();
     let layout = KernelLayout::<B>::new(layers, perms, cfg.kernel_size as usize, device);
     let net = &student.net;
     // The autodiff copy of the fixed parameters; held-out checks use the caller's `student`.
@@ -235,9 +235,9 @@ pub fn distill<B: AutodiffBackend>(
         let teacher_logits = teacher.logits(x_inner.clone());
         let target = softmax(Tensor::<B, 2>::from_inner(teacher_logits) / t, 1);
         let pred = if s.storage == WeightDtype::Int8 {
-            model.forward_int8_ste(all_inputs.clone())
+            model.forward_int8_ste(&kernels, &all_rows)
         } else {
-            model.forward(all_inputs.clone())
+            model.forward(&kernels, &all_rows)
         };
         let convs = layout.convs(pred.clone());
         let logits = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));

@@ -61,14 +61,19 @@ impl<B: Backend> Mlp<B> {
         Mlp { weights, biases }
     }
 
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.forward_with(x, |w| w)
+    /// Predictions for the kernels whose per-coordinate rows are `rows` (see [`KernelRows`]).
+    pub fn forward(&self, kernels: &DeviceKernels<B>, rows: &KernelRows<B>) -> Tensor<B, 2> {
+        self.forward_with(kernels, rows, |w| w)
     }
 
     /// The forward pass with every weight matrix rounded as int8 storage rounds it (per-output
     /// scale `max |w| / 127`), gradients passing straight through the rounding.
-    pub fn forward_int8_ste(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.forward_with(x, |w| {
+    pub fn forward_int8_ste(
+        &self,
+        kernels: &DeviceKernels<B>,
+        rows: &KernelRows<B>,
+    ) -> Tensor<B, 2> {
+        self.forward_with(kernels, rows, |w| {
             let scale = w.clone().detach().abs().max_dim(0).clamp_min(1e-30) / 127.0;
             let q = (w.clone().detach() / scale.clone())
                 .round()
@@ -79,19 +84,46 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// The MLP with `weight` applied to each weight matrix before its matmul.
+    ///
+    /// The first layer is separable: the input is the concatenation of one encoding per
+    /// coordinate, so `concat(pe) W1 = sum_c pe_c W1_c`. Each coordinate's encoding table (tens of
+    /// rows) is multiplied by its block of W1 once, and the products are gathered per kernel: the
+    /// batch x E x H product and its weight gradient become a few gathers and adds.
     fn forward_with(
         &self,
-        mut x: Tensor<B, 2>,
+        kernels: &DeviceKernels<B>,
+        rows: &KernelRows<B>,
         weight: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let last = self.weights.len() - 1;
+        let mut x: Option<Tensor<B, 2>> = None;
         for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
-            x = x.matmul(weight(w.val())) + b.val().unsqueeze::<2>();
-            if i != last {
-                x = burn::tensor::activation::relu(x);
-            }
+            let w = weight(w.val());
+            let y = match x {
+                None => {
+                    let [e, h] = w.dims();
+                    let cw = e / COORDS;
+                    let mut sum: Option<Tensor<B, 2>> = None;
+                    for (c, (table, r)) in kernels.pe_tables.iter().zip(&rows.0).enumerate() {
+                        let block = w.clone().slice([c * cw..(c + 1) * cw, 0..h]);
+                        let g = table.clone().matmul(block).select(0, r.clone());
+                        sum = Some(match sum {
+                            None => g,
+                            Some(s) => s + g,
+                        });
+                    }
+                    sum.expect("COORDS > 0")
+                }
+                Some(x) => x.matmul(w),
+            };
+            let y = y + b.val().unsqueeze::<2>();
+            x = Some(if i != last {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            });
         }
-        x
+        x.expect("an MLP has layers")
     }
 
     /// Copies the parameters to the host in the container's layout.
@@ -156,24 +188,30 @@ impl<B: Backend> DeviceKernels<B> {
         }
     }
 
-    /// Predictor inputs `[rows, E]` for the kernels `idx`.
-    pub fn inputs(&self, idx: &Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        let parts = (0..COORDS)
-            .map(|c| {
-                self.pe_tables[c]
-                    .clone()
-                    .select(0, self.coords[c].clone().select(0, idx.clone()))
-            })
-            .collect();
-        Tensor::cat(parts, 1)
+    /// The per-coordinate rows of every kernel, in position order.
+    pub fn all_rows(&self) -> KernelRows<B> {
+        KernelRows(self.coords.clone())
     }
+}
 
-    /// Predictor inputs for every kernel, in position order.
-    pub fn all_inputs(&self) -> Tensor<B, 2> {
-        let parts = (0..COORDS)
-            .map(|c| self.pe_tables[c].clone().select(0, self.coords[c].clone()))
-            .collect();
-        Tensor::cat(parts, 1)
+/// For a batch of kernels, the row of each coordinate's encoding table (one index tensor per
+/// coordinate).
+pub struct KernelRows<B: Backend>(pub Vec<Tensor<B, 1, Int>>);
+
+impl<B: Backend> KernelRows<B> {
+    /// The rows of the kernels `idx` (positions into `set`), gathered on the host.
+    pub fn of(set: &KernelSet, idx: &[i32], device: &B::Device) -> Self {
+        KernelRows(
+            (0..COORDS)
+                .map(|c| {
+                    let v: Vec<i32> = idx
+                        .iter()
+                        .map(|&i| set.coords[i as usize][c] as i32)
+                        .collect();
+                    Tensor::from_data(TensorData::new(v, [idx.len()]), device)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -223,11 +261,11 @@ pub fn train<B: AutodiffBackend>(
     progress.start(settings.steps as u64);
     for step in 0..settings.steps {
         let idx = sampler.batch(&mut rng, batch);
+        let rows = KernelRows::of(set, &idx, device);
         let idx: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(idx, [batch]), device);
-        let x = kernels.inputs(&idx);
         let y = kernels.targets.clone().select(0, idx.clone());
         let m = kernels.masks.clone().select(0, idx);
-        let loss = masked_rmse(model.forward(x), y, m);
+        let loss = masked_rmse(model.forward(&kernels, &rows), y, m);
         let lr = settings.lr_at(step);
         let want_loss = step % report_every == 0 || step + 1 == settings.steps;
         let loss_value = if want_loss {
@@ -257,4 +295,86 @@ pub fn train<B: AutodiffBackend>(
         predictor: model.valid().to_predictor(cfg)?,
         loss_history: history,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// The separable first layer (per-coordinate table products, gathered) computes the same
+    /// function as the dense `concat(pe) @ W1` of the container's definition.
+    #[test]
+    fn separable_first_layer_equals_the_dense_forward() {
+        type B = Flex;
+        let device = Default::default();
+        let cfg = PredictorConfig::reference(12, 3, 5, 0.76);
+        let cw = cfg.coord_width();
+        let freqs = cfg.frequencies();
+        let extents = [3usize, 7, 5];
+        let tables: Vec<Vec<f32>> = extents
+            .iter()
+            .map(|&rows| {
+                let mut pe = vec![0f32; rows * cw];
+                for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
+                    encode_coordinate(v as u32, &freqs, row);
+                }
+                pe
+            })
+            .collect();
+        let mut rng = SplitMix64::new(7);
+        let kernels: Vec<[usize; COORDS]> = (0..40)
+            .map(|_| extents.map(|e| rng.below(e as u64) as usize))
+            .collect();
+        let device_kernels = DeviceKernels::<B> {
+            pe_tables: tables
+                .iter()
+                .zip(extents)
+                .map(|(t, rows)| Tensor::from_data(TensorData::new(t.clone(), [rows, cw]), &device))
+                .collect(),
+            coords: Vec::new(),
+            targets: Tensor::zeros([1, 9], &device),
+            masks: Tensor::zeros([1, 9], &device),
+        };
+        let rows = KernelRows::<B>(
+            (0..COORDS)
+                .map(|c| {
+                    let v: Vec<i32> = kernels.iter().map(|k| k[c] as i32).collect();
+                    Tensor::from_data(TensorData::new(v, [kernels.len()]), &device)
+                })
+                .collect(),
+        );
+        let mlp = Mlp::<B>::init(&cfg, &mut rng, &device);
+        let got = mlp
+            .forward(&device_kernels, &rows)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+
+        // Dense reference in f64 from the host copy of the weights.
+        let p = mlp.to_predictor(&cfg).unwrap();
+        let mut max_diff = 0f64;
+        for (i, k) in kernels.iter().enumerate() {
+            let mut x: Vec<f64> = (0..COORDS)
+                .flat_map(|c| tables[c][k[c] * cw..(k[c] + 1) * cw].to_vec())
+                .map(f64::from)
+                .collect();
+            for (li, l) in p.layers.iter().enumerate() {
+                let mut y: Vec<f64> = l.bias.iter().map(|&b| f64::from(b)).collect();
+                for (a, xa) in x.iter().enumerate() {
+                    for (o, yo) in y.iter_mut().enumerate() {
+                        *yo += xa * f64::from(l.weight[a * l.outputs + o]);
+                    }
+                }
+                if li + 1 != p.layers.len() {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                x = y;
+            }
+            for (o, want) in x.iter().enumerate() {
+                max_diff = max_diff.max((f64::from(got[i * 9 + o]) - want).abs());
+            }
+        }
+        assert!(max_diff < 1e-5, "separable forward differs by {max_diff}");
+    }
 }
