@@ -164,6 +164,17 @@ impl PredictorConfig {
             .sum()
     }
 
+    /// The encodings of the coordinate values `0..values`, row after row (`values x 2 L`).
+    pub fn pe_table(&self, values: usize) -> Vec<f32> {
+        let cw = self.coord_width();
+        let freqs = self.frequencies();
+        let mut pe = vec![0f32; values * cw];
+        for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
+            encode_coordinate(v as u32, &freqs, row);
+        }
+        pe
+    }
+
     /// Frequencies `pi * b^l`, computed with the pure-Rust `libm` so every platform agrees.
     pub fn frequencies(&self) -> Vec<f64> {
         (0..self.pe_levels)

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use crate::error::Result;
 use crate::format::{Container, LayerEntry};
 use crate::permute::Permutation;
-use crate::predictor::{COORDS, Predictor, encode_coordinate};
+use crate::predictor::{COORDS, Predictor};
 use gemm::PackedMatrix;
 
 /// Rows (kernels) per work item: small enough to stay in L2 with the weights, large enough to
@@ -35,13 +35,9 @@ impl PreparedPredictor {
         let cw = cfg.coord_width();
         let first = &p.layers[0];
         let h = first.outputs;
-        let freqs = cfg.frequencies();
         let tables = std::array::from_fn(|c| {
             let n = extents[c];
-            let mut pe = vec![0f32; n * cw];
-            for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
-                encode_coordinate(v as u32, &freqs, row);
-            }
+            let pe = cfg.pe_table(n);
             let block = &first.weight[c * cw * h..(c + 1) * cw * h];
             let packed = PackedMatrix::new(block, cw, h);
             let mut out = vec![0f32; n * h];

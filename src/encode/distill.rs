@@ -11,7 +11,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::train::{DeviceKernels, Mlp, masked_rmse};
+use super::train::{DeviceKernels, KernelRows, Mlp, masked_rmse};
 use super::{KernelSet, Progress};
 use crate::data::{Augment, Dataset, Normalization, noise_batch};
 use crate::error::{Error, Result};
@@ -179,7 +179,7 @@ pub fn distill<B: AutodiffBackend>(
     let cfg = &start.config;
     let mut rng = SplitMix64::new(seed);
     let kernels = DeviceKernels::<B>::new(cfg, set, device);
-    let all_rows = kernels.all_rows();
+    let all_rows = KernelRows::all(set, device);
     let layout = KernelLayout::<B>::new(layers, perms, cfg.kernel_size as usize, device);
     let net = &student.net;
     // The autodiff copy of the fixed parameters; held-out checks use the caller's `student`.

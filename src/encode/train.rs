@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::{KernelSet, Progress, TrainSettings};
 use crate::error::{Error, Result};
-use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig, encode_coordinate};
+use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
 use crate::rng::SplitMix64;
 
 #[derive(Module, Debug)]
@@ -96,34 +96,17 @@ impl<B: Backend> Mlp<B> {
         weight: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let last = self.weights.len() - 1;
-        let mut x: Option<Tensor<B, 2>> = None;
+        let mut x = first_layer(weight(self.weights[0].val()), kernels, rows);
         for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
-            let w = weight(w.val());
-            let y = match x {
-                None => {
-                    let [e, h] = w.dims();
-                    let cw = e / COORDS;
-                    let mut sum: Option<Tensor<B, 2>> = None;
-                    for (c, (table, r)) in kernels.pe_tables.iter().zip(&rows.0).enumerate() {
-                        let block = w.clone().slice([c * cw..(c + 1) * cw, 0..h]);
-                        let g = table.clone().matmul(block).select(0, r.clone());
-                        sum = Some(match sum {
-                            None => g,
-                            Some(s) => s + g,
-                        });
-                    }
-                    sum.expect("COORDS > 0")
-                }
-                Some(x) => x.matmul(w),
-            };
-            let y = y + b.val().unsqueeze::<2>();
-            x = Some(if i != last {
-                burn::tensor::activation::relu(y)
-            } else {
-                y
-            });
+            if i > 0 {
+                x = x.matmul(weight(w.val()));
+            }
+            x = x + b.val().unsqueeze::<2>();
+            if i != last {
+                x = burn::tensor::activation::relu(x);
+            }
         }
-        x.expect("an MLP has layers")
+        x
     }
 
     /// Copies the parameters to the host in the container's layout.
@@ -150,10 +133,30 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-/// A kernel set on a device: per-coordinate encodings, coordinates, targets and crop masks.
+/// `concat(pe) w1` without the bias, as `sum_c table_c[rows_c] (pe_c w1_c)`.
+fn first_layer<B: Backend>(
+    w1: Tensor<B, 2>,
+    kernels: &DeviceKernels<B>,
+    rows: &KernelRows<B>,
+) -> Tensor<B, 2> {
+    let [e, h] = w1.dims();
+    let cw = e / COORDS;
+    kernels
+        .pe_tables
+        .iter()
+        .zip(&rows.0)
+        .enumerate()
+        .map(|(c, (table, r))| {
+            let block = w1.clone().slice([c * cw..(c + 1) * cw, 0..h]);
+            table.clone().matmul(block).select(0, r.clone())
+        })
+        .reduce(|a, b| a + b)
+        .expect("COORDS > 0")
+}
+
+/// A kernel set on a device: per-coordinate encoding tables, targets and crop masks.
 pub struct DeviceKernels<B: Backend> {
     pub pe_tables: Vec<Tensor<B, 2>>,
-    pub coords: Vec<Tensor<B, 1, Int>>,
     pub targets: Tensor<B, 2>,
     pub masks: Tensor<B, 2>,
 }
@@ -163,52 +166,46 @@ impl<B: Backend> DeviceKernels<B> {
         let n = set.len();
         let kk = set.out_width;
         let cw = cfg.coord_width();
-        let freqs = cfg.frequencies();
         let pe_tables = (0..COORDS)
             .map(|c| {
                 let rows = set.extents[c].max(1);
-                let mut pe = vec![0f32; rows * cw];
-                for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
-                    encode_coordinate(v as u32, &freqs, row);
-                }
-                Tensor::from_data(TensorData::new(pe, [rows, cw]), device)
-            })
-            .collect();
-        let coords = (0..COORDS)
-            .map(|c| {
-                let v: Vec<i32> = set.coords.iter().map(|x| x[c] as i32).collect();
-                Tensor::from_data(TensorData::new(v, [n]), device)
+                Tensor::from_data(TensorData::new(cfg.pe_table(rows), [rows, cw]), device)
             })
             .collect();
         DeviceKernels {
             pe_tables,
-            coords,
             targets: Tensor::from_data(TensorData::new(set.targets.clone(), [n, kk]), device),
             masks: Tensor::from_data(TensorData::new(set.masks.clone(), [n, kk]), device),
         }
     }
-
-    /// The per-coordinate rows of every kernel, in position order.
-    pub fn all_rows(&self) -> KernelRows<B> {
-        KernelRows(self.coords.clone())
-    }
 }
 
 /// For a batch of kernels, the row of each coordinate's encoding table (one index tensor per
-/// coordinate).
-pub struct KernelRows<B: Backend>(pub Vec<Tensor<B, 1, Int>>);
+/// coordinate), gathered on the host from `KernelSet::coords`.
+pub struct KernelRows<B: Backend>(Vec<Tensor<B, 1, Int>>);
 
 impl<B: Backend> KernelRows<B> {
-    /// The rows of the kernels `idx` (positions into `set`), gathered on the host.
+    /// The rows of the kernels at positions `idx` of `set`.
     pub fn of(set: &KernelSet, idx: &[i32], device: &B::Device) -> Self {
+        Self::gather(set, idx.iter().map(|&i| i as usize), device)
+    }
+
+    /// The rows of every kernel of `set`, in position order.
+    pub fn all(set: &KernelSet, device: &B::Device) -> Self {
+        Self::gather(set, 0..set.len(), device)
+    }
+
+    fn gather(
+        set: &KernelSet,
+        positions: impl Iterator<Item = usize> + Clone,
+        device: &B::Device,
+    ) -> Self {
         KernelRows(
             (0..COORDS)
                 .map(|c| {
-                    let v: Vec<i32> = idx
-                        .iter()
-                        .map(|&i| set.coords[i as usize][c] as i32)
-                        .collect();
-                    Tensor::from_data(TensorData::new(v, [idx.len()]), device)
+                    let v: Vec<i32> = positions.clone().map(|p| set.coords[p][c] as i32).collect();
+                    let n = v.len();
+                    Tensor::from_data(TensorData::new(v, [n]), device)
                 })
                 .collect(),
         )
@@ -310,40 +307,21 @@ mod tests {
         let device = Default::default();
         let cfg = PredictorConfig::reference(12, 3, 5, 0.76);
         let cw = cfg.coord_width();
-        let freqs = cfg.frequencies();
         let extents = [3usize, 7, 5];
-        let tables: Vec<Vec<f32>> = extents
-            .iter()
-            .map(|&rows| {
-                let mut pe = vec![0f32; rows * cw];
-                for (v, row) in pe.chunks_exact_mut(cw).enumerate() {
-                    encode_coordinate(v as u32, &freqs, row);
-                }
-                pe
-            })
-            .collect();
         let mut rng = SplitMix64::new(7);
-        let kernels: Vec<[usize; COORDS]> = (0..40)
-            .map(|_| extents.map(|e| rng.below(e as u64) as usize))
-            .collect();
-        let device_kernels = DeviceKernels::<B> {
-            pe_tables: tables
-                .iter()
-                .zip(extents)
-                .map(|(t, rows)| Tensor::from_data(TensorData::new(t.clone(), [rows, cw]), &device))
+        let n = 40;
+        let set = KernelSet {
+            coords: (0..n)
+                .map(|_| extents.map(|e| rng.below(e as u64) as u32))
                 .collect(),
-            coords: Vec::new(),
-            targets: Tensor::zeros([1, 9], &device),
-            masks: Tensor::zeros([1, 9], &device),
+            targets: vec![0.0; n * 9],
+            masks: vec![1.0; n * 9],
+            norms: vec![1.0; n],
+            extents,
+            out_width: 9,
         };
-        let rows = KernelRows::<B>(
-            (0..COORDS)
-                .map(|c| {
-                    let v: Vec<i32> = kernels.iter().map(|k| k[c] as i32).collect();
-                    Tensor::from_data(TensorData::new(v, [kernels.len()]), &device)
-                })
-                .collect(),
-        );
+        let device_kernels = DeviceKernels::<B>::new(&cfg, &set, &device);
+        let rows = KernelRows::<B>::all(&set, &device);
         let mlp = Mlp::<B>::init(&cfg, &mut rng, &device);
         let got = mlp
             .forward(&device_kernels, &rows)
@@ -354,9 +332,13 @@ mod tests {
         // Dense reference in f64 from the host copy of the weights.
         let p = mlp.to_predictor(&cfg).unwrap();
         let mut max_diff = 0f64;
-        for (i, k) in kernels.iter().enumerate() {
+        let tables = extents.map(|e| cfg.pe_table(e));
+        for (i, k) in set.coords.iter().enumerate() {
             let mut x: Vec<f64> = (0..COORDS)
-                .flat_map(|c| tables[c][k[c] * cw..(k[c] + 1) * cw].to_vec())
+                .flat_map(|c| {
+                    let v = k[c] as usize;
+                    tables[c][v * cw..(v + 1) * cw].to_vec()
+                })
                 .map(f64::from)
                 .collect();
             for (li, l) in p.layers.iter().enumerate() {
