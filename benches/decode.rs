@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use nernc::checkpoint::{MappedFile, is_predictable, natural_cmp, parse_safetensors};
+use nernc::checkpoint::{is_predictable, natural_cmp, parse_safetensors};
 use nernc::decode::{decode_layers, default_threads};
 use nernc::format::{LayerEntry, TensorDtype};
+use nernc::io::MappedFile;
 use nernc::permute::{Permutation, PermutationKind};
 use nernc::predictor::{LinearWeights, Predictor, PredictorConfig};
 use nernc::rng::SplitMix64;

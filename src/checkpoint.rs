@@ -1,48 +1,15 @@
-//! Reading source checkpoints (safetensors) and writing decoded ones.
+//! Safetensors checkpoints: parsing a source checkpoint (validated by the safetensors crate) and
+//! writing a decoded one in the byte layout spec §6.4 makes normative.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-
-use memmap2::Mmap;
+use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::TensorDtype;
-
-/// A safetensors file mapped into memory.
-pub struct MappedFile {
-    pub path: PathBuf,
-    map: Mmap,
-}
-
-impl MappedFile {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only; nernc never writes the input and writes outputs by rename,
-        // so a concurrent writer of the same path would have to be another program.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Ok(MappedFile {
-            path: path.to_path_buf(),
-            map,
-        })
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-/// One tensor of a checkpoint.
-pub struct SourceTensor<'a> {
-    pub name: String,
-    pub dtype: TensorDtype,
-    pub shape: Vec<usize>,
-    pub bytes: &'a [u8],
-}
+use crate::format::{RawTensor, TensorDtype};
 
 /// A parsed checkpoint: tensors in the file's order plus its `__metadata__`.
 pub struct Checkpoint<'a> {
-    pub tensors: Vec<SourceTensor<'a>>,
+    pub tensors: Vec<RawTensor<'a>>,
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
@@ -65,10 +32,10 @@ pub fn parse_safetensors<'a>(path: &Path, buf: &'a [u8]) -> Result<Checkpoint<'a
                 dtype: format!("{:?}", view.dtype()),
                 why: "sub-byte dtypes cannot be carried by .nern version 1",
             })?;
-        tensors.push(SourceTensor {
+        tensors.push(RawTensor {
             name: name.to_string(),
             dtype,
-            shape: view.shape().to_vec(),
+            shape: view.shape().iter().map(|&d| d as u64).collect(),
             bytes: view.data(),
         });
     }
@@ -113,7 +80,7 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// Whether a tensor is a convolution weight the predictor covers: 4-D, square odd kernel.
-pub fn is_predictable(t: &SourceTensor<'_>) -> bool {
+pub fn is_predictable(t: &RawTensor<'_>) -> bool {
     t.shape.len() == 4
         && t.shape[2] == t.shape[3]
         && t.shape[2] % 2 == 1
@@ -125,7 +92,7 @@ pub fn is_predictable(t: &SourceTensor<'_>) -> bool {
 }
 
 /// Reads an F32 tensor's values (little-endian), rejecting NaN and infinities.
-pub fn f32_values(t: &SourceTensor<'_>) -> Result<Vec<f32>> {
+pub fn f32_values(t: &RawTensor<'_>) -> Result<Vec<f32>> {
     if t.dtype != TensorDtype::F32 {
         return Err(Error::UnsupportedDtype {
             tensor: t.name.clone(),
@@ -133,17 +100,88 @@ pub fn f32_values(t: &SourceTensor<'_>) -> Result<Vec<f32>> {
             why: "predicted convolution weights must be F32 in format version 1",
         });
     }
-    let v: Vec<f32> = t
-        .bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let v = le_f32s(t.bytes);
     if v.iter().any(|x| !x.is_finite()) {
         return Err(Error::NonFinite {
             tensor: t.name.clone(),
         });
     }
     Ok(v)
+}
+
+/// Little-endian f32 values of `bytes` (a trailing partial value is ignored).
+pub fn le_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// A tensor of a decoded checkpoint, ready to write.
+pub struct OutTensor<'a> {
+    pub dtype: TensorDtype,
+    pub shape: Vec<usize>,
+    pub bytes: OutBytes<'a>,
+}
+
+/// Predicted weights stay `f32` (no byte copy); passthrough bytes borrow from the input map.
+pub enum OutBytes<'a> {
+    F32(Vec<f32>),
+    Raw(&'a [u8]),
+}
+
+impl safetensors::View for &OutTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype.to_safetensors()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.bytes {
+            OutBytes::F32(v) => f32_le_bytes(v),
+            OutBytes::Raw(b) => std::borrow::Cow::Borrowed(b),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match &self.bytes {
+            OutBytes::F32(v) => v.len() * 4,
+            OutBytes::Raw(b) => b.len(),
+        }
+    }
+}
+
+/// Little-endian bytes of `data`: a view on little-endian machines, a copy elsewhere.
+fn f32_le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: f32 has no padding, u8 has alignment 1 and every byte is a valid u8; the view
+        // covers exactly the slice's memory and borrows it.
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+        })
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        std::borrow::Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// Writes a safetensors checkpoint to `path` atomically, in the safetensors crate's layout
+/// (spec §6.4 describes it byte for byte).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, OutTensor<'_>)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    let metadata = metadata.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    crate::io::write_atomic_with(path, |_, tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), metadata, tmp)
+            .map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::arch::Network;
 use crate::data::{Dataset, Normalization};
-use crate::encode::DeviceKind;
+use crate::device::{BackendJob, DeviceKind, run_on};
 use crate::error::{Error, Result};
 use crate::network::{FixedParams, HostModel, forward, host_convs};
 
@@ -42,6 +42,42 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
+impl EvalReport {
+    /// The human summary `nernc eval` prints.
+    pub fn render(&self) -> String {
+        let fgsm = |a: Option<f64>| {
+            a.map(|a| format!(", FGSM eps {}: {a:.2} %", self.fgsm_epsilon.unwrap_or(0.0)))
+                .unwrap_or_default()
+        };
+        let m = &self.model;
+        let mut s = format!(
+            "{}: {:.2} % top-1 ({}/{} {} {} images){}\n",
+            m.path.display(),
+            m.accuracy,
+            m.correct,
+            self.images,
+            self.dataset,
+            self.split,
+            fgsm(m.fgsm_accuracy)
+        );
+        if let Some(r) = &self.reference {
+            let r_fgsm = r.fgsm_accuracy.map(|a| format!(", FGSM: {a:.2} %"));
+            s += &format!(
+                "{}: {:.2} % top-1{}\n",
+                r.path.display(),
+                r.accuracy,
+                r_fgsm.unwrap_or_default()
+            );
+            s += &format!(
+                "difference {:+.2} points, predictions agree on {:.2} %\n",
+                self.difference.unwrap_or(0.0),
+                self.agreement.unwrap_or(0.0)
+            );
+        }
+        s
+    }
+}
+
 /// A network ready to run: architecture, fixed parameters and conv weights on a device.
 pub struct LoadedNet<B: Backend> {
     pub net: Network,
@@ -50,12 +86,17 @@ pub struct LoadedNet<B: Backend> {
 }
 
 impl<B: Backend> LoadedNet<B> {
+    /// Loads a `.safetensors` or `.nern` file.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
-        let host = HostModel::load(path)?;
+        Self::from_host(&HostModel::load(path)?, device)
+    }
+
+    /// The network of an already loaded model, with its own conv weights.
+    pub fn from_host(host: &HostModel, device: &B::Device) -> Result<Self> {
         let net = host.network()?;
         Ok(LoadedNet {
-            fixed: FixedParams::new(&net, &host, device)?,
-            convs: host_convs(&net, &host, device)?,
+            fixed: FixedParams::new(&net, host, device)?,
+            convs: host_convs(&net, host, device)?,
             net,
         })
     }
@@ -152,12 +193,7 @@ fn fgsm_accuracy<B: burn::tensor::backend::AutodiffBackend>(
 ) -> Result<f64> {
     let m = LoadedNet::<B>::load(path, device)?;
     let c = data.shape[0];
-    let std: Vec<f32> = (0..c)
-        .map(|i| norm.std[i.min(norm.std.len() - 1)])
-        .collect();
-    let mean: Vec<f32> = (0..c)
-        .map(|i| norm.mean[i.min(norm.mean.len() - 1)])
-        .collect();
+    let (mean, std): (Vec<f32>, Vec<f32>) = norm.per_channel(c).into_iter().unzip();
     let per_channel = |v: Vec<f32>| -> Tensor<B::InnerBackend, 4> {
         Tensor::from_data(TensorData::new(v, [1, c, 1, 1]), device)
     };
@@ -264,6 +300,32 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(
     })
 }
 
+/// `run` as a job for [`run_on`].
+struct EvalJob<'a> {
+    model: &'a Path,
+    reference: Option<&'a Path>,
+    data: &'a Dataset,
+    split: &'a str,
+    opts: &'a EvalOptions,
+}
+
+impl BackendJob for EvalJob<'_> {
+    type Output = EvalReport;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: &B::Device,
+    ) -> Result<EvalReport> {
+        run::<B>(
+            self.model,
+            self.reference,
+            self.data,
+            self.split,
+            self.opts,
+            device,
+        )
+    }
+}
+
 /// Evaluates `model` (and `reference`) on `data`.
 pub fn evaluate(
     model: &Path,
@@ -273,17 +335,12 @@ pub fn evaluate(
     opts: &EvalOptions,
 ) -> Result<EvalReport> {
     opts.norm.validate(data.shape[0])?;
-    match opts.device {
-        DeviceKind::Cpu => {
-            type B = burn::backend::Autodiff<burn::backend::Flex>;
-            run::<B>(model, reference, data, split, opts, &Default::default())
-        }
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            let device = crate::encode::cuda_device()?;
-            run::<crate::encode::CudaAutodiff>(model, reference, data, split, opts, &device)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => Err(crate::encode::cuda_not_built()),
-    }
+    let job = EvalJob {
+        model,
+        reference,
+        data,
+        split,
+        opts,
+    };
+    run_on(opts.device, job)
 }

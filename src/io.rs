@@ -1,8 +1,11 @@
-//! Atomic output: write a temporary file beside the target, then rename it into place, so a
-//! failure (or a reader holding a memory map of the old file) never sees a partial file.
+//! Files in and out: inputs are memory-mapped read-only; outputs are written to a temporary file
+//! beside the target and renamed into place, so a failure (or a reader holding a memory map of
+//! the old file) never sees a partial file.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
@@ -64,4 +67,27 @@ pub fn write_atomic_with(
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// An input file (a source checkpoint or a `.nern`) mapped read-only into memory.
+pub struct MappedFile {
+    pub path: PathBuf,
+    map: Mmap,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; nernc never writes the input and writes outputs by rename,
+        // so a concurrent writer of the same path would have to be another program.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
 }

@@ -1,15 +1,21 @@
 //! nernc: learned compression of CNN checkpoints (NeRN with decoupled training) and the `.nern`
 //! container.
 //!
-//! - [`format`]: the container (spec/nern-format.md), framework-free.
-//! - [`decode`]: regenerates weights from a container, framework-free and deterministic.
-//! - `encode` (feature `train`): trains the predictor with burn.
+//! The core (always built, no ML framework): [`format`] (the container, spec/nern-format.md),
+//! [`decode`] (regenerates the weights, deterministic), [`inspect`], [`checkpoint`] (safetensors
+//! in and out), [`permute`] (permutation tables), [`predictor`], [`io`], [`rng`], [`error`].
+//!
+//! With the `train` feature (burn): `encode` (the encoder), `eval`, and what they need: `arch`
+//! (ResNet recognition), `network` (the forward pass), `data` (datasets), `device` (backends).
 
+#[cfg(feature = "train")]
 pub mod arch;
 pub mod checkpoint;
 #[cfg(feature = "train")]
 pub mod data;
 pub mod decode;
+#[cfg(feature = "train")]
+pub mod device;
 #[cfg(feature = "train")]
 pub mod encode;
 pub mod error;

@@ -11,9 +11,10 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::arch::{BN_EPS, Conv, Network, Norm, Shortcut, recognize};
-use crate::checkpoint::{MappedFile, parse_safetensors};
+use crate::checkpoint::parse_safetensors;
 use crate::error::{Error, Result};
-use crate::format::{Limits, TensorDtype, read_container};
+use crate::format::{Limits, RawTensor, TensorDtype, read_container};
+use crate::io::MappedFile;
 
 /// All tensors of a checkpoint as f32 (integer tensors such as `num_batches_tracked` are only
 /// kept as shapes), from a `.safetensors` or a decoded `.nern`.
@@ -22,17 +23,11 @@ pub struct HostModel {
     pub values: HashMap<String, Vec<f32>>,
 }
 
-fn le_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 impl HostModel {
     fn insert(&mut self, name: &str, dtype: TensorDtype, shape: Vec<usize>, bytes: &[u8]) {
         if dtype == TensorDtype::F32 {
-            self.values.insert(name.to_string(), le_f32(bytes));
+            self.values
+                .insert(name.to_string(), crate::checkpoint::le_f32s(bytes));
         }
         self.shapes.insert(name.to_string(), shape);
     }
@@ -60,12 +55,22 @@ impl HostModel {
                 }
             }
         } else {
-            let ck = parse_safetensors(path, file.bytes())?;
-            for t in &ck.tensors {
-                m.insert(&t.name, t.dtype, t.shape.clone(), t.bytes);
-            }
+            m = Self::from_tensors(&parse_safetensors(path, file.bytes())?.tensors);
         }
         Ok(m)
+    }
+
+    /// The model of already parsed safetensors tensors.
+    pub fn from_tensors(tensors: &[RawTensor<'_>]) -> Self {
+        let mut m = HostModel {
+            shapes: BTreeMap::new(),
+            values: HashMap::new(),
+        };
+        for t in tensors {
+            let shape = t.shape.iter().map(|&d| d as usize).collect();
+            m.insert(&t.name, t.dtype, shape, t.bytes);
+        }
+        m
     }
 
     pub fn network(&self) -> Result<Network> {

@@ -37,4 +37,24 @@ impl SplitMix64 {
             }
         }
     }
+
+    /// Uniform in `[-1, 1)` with 24 bits (test and benchmark data).
+    pub fn symmetric_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// Roughly standard normal: an Irwin-Hall sum of four uniforms (test data only).
+    pub fn rough_gaussian(&mut self) -> f32 {
+        (0..4).map(|_| self.symmetric_f32()).sum::<f32>() * 0.866
+    }
+
+    /// Partial Fisher-Yates: moves a uniformly chosen `k`-subset of `items`, in random order,
+    /// to the front (`k <= items.len()`), drawing `k` numbers.
+    pub fn partial_shuffle<T>(&mut self, items: &mut [T], k: usize) {
+        let n = items.len();
+        for i in 0..k {
+            let j = i + self.below((n - i) as u64) as usize;
+            items.swap(i, j);
+        }
+    }
 }

@@ -583,36 +583,30 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// Deterministic test data from the crate's SplitMix64.
-    struct Rng(crate::rng::SplitMix64);
+    use crate::rng::SplitMix64 as Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0.next_u64()
-        }
-
-        /// Uniform in [-1, 1); with `special`, ~6% are NaN, +-0, +-inf, subnormal or huge.
-        fn value(&mut self, special: bool) -> f32 {
-            let r = self.next();
-            if special && r.is_multiple_of(16) {
-                const S: [f32; 8] = [
-                    f32::NAN,
-                    -0.0,
-                    0.0,
-                    f32::INFINITY,
-                    f32::NEG_INFINITY,
-                    1e-40,
-                    -3e38,
-                    3e38,
-                ];
-                return S[(r >> 8) as usize % S.len()];
-            }
-            ((r >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        }
-
-        fn vec(&mut self, len: usize, special: bool) -> Vec<f32> {
-            (0..len).map(|_| self.value(special)).collect()
-        }
+    /// `n` values uniform in [-1, 1); with `special`, ~6% are NaN, +-0, +-inf, subnormal or huge.
+    fn values(rng: &mut Rng, n: usize, special: bool) -> Vec<f32> {
+        const S: [f32; 8] = [
+            f32::NAN,
+            -0.0,
+            0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            -3e38,
+            3e38,
+        ];
+        (0..n)
+            .map(|_| {
+                let r = rng.next_u64();
+                if special && r.is_multiple_of(16) {
+                    S[(r >> 8) as usize % S.len()]
+                } else {
+                    ((r >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+                }
+            })
+            .collect()
     }
 
     const SENTINEL: f32 = 12345.678;
@@ -642,9 +636,9 @@ mod tests {
         let (lda, ldc) = (k + pad_a, n + pad_c);
         // Minimal slice lengths: the last row has no stride padding.
         let (alen, clen) = ((m - 1) * lda + k, (m - 1) * ldc + n);
-        let a = rng.vec(alen, special);
-        let wraw = rng.vec(k * n, special);
-        let bias = rng.vec(n, special);
+        let a = values(rng, alen, special);
+        let wraw = values(rng, k * n, special);
+        let bias = values(rng, n, special);
         let w = PackedMatrix::new(&wraw, k, n);
         for relu in [false, true] {
             // Extra trailing sentinels catch any store past the end of c.
@@ -670,7 +664,7 @@ mod tests {
 
     #[test]
     fn all_paths_match_reference() {
-        let mut rng = Rng(crate::rng::SplitMix64::new(1));
+        let mut rng = Rng::new(1);
         let ks = [1, 2, 7, 80, 180];
         let ns = [1, 5, 9, 16, 17, 31, 33, 49, 180, 181];
         let ms: Vec<usize> = (1..=20).chain([100, 257]).collect();
@@ -689,7 +683,7 @@ mod tests {
 
     #[test]
     fn special_values_everywhere() {
-        let mut rng = Rng(crate::rng::SplitMix64::new(2));
+        let mut rng = Rng::new(2);
         for m in [1, 5, 12, 13, 25] {
             for (k, n) in [(1, 1), (2, 17), (7, 33), (3, 49), (5, 64)] {
                 check(&mut rng, m, k, n, 1, 2, true);
@@ -752,11 +746,11 @@ mod tests {
 
     #[test]
     fn reference_matches_unpacked_definition() {
-        let mut rng = Rng(crate::rng::SplitMix64::new(3));
+        let mut rng = Rng::new(3);
         for (m, k, n) in [(3, 5, 1), (4, 9, 17), (2, 33, 49), (5, 3, 70)] {
-            let a = rng.vec(m * k, false);
-            let wraw = rng.vec(k * n, false);
-            let bias = rng.vec(n, false);
+            let a = values(&mut rng, m * k, false);
+            let wraw = values(&mut rng, k * n, false);
+            let bias = values(&mut rng, n, false);
             let w = PackedMatrix::new(&wraw, k, n);
             assert_eq!((w.k(), w.n()), (k, n));
             let mut c = vec![0.0; m * n];
@@ -777,11 +771,11 @@ mod tests {
     #[test]
     fn row_split_is_deterministic() {
         // The caller splits rows across threads; any split must give the same bits.
-        let mut rng = Rng(crate::rng::SplitMix64::new(4));
+        let mut rng = Rng::new(4);
         let (m, k, n) = (77, 80, 49);
-        let a = rng.vec(m * k, false);
-        let w = PackedMatrix::new(&rng.vec(k * n, false), k, n);
-        let bias = rng.vec(n, false);
+        let a = values(&mut rng, m * k, false);
+        let w = PackedMatrix::new(&values(&mut rng, k * n, false), k, n);
+        let bias = values(&mut rng, n, false);
         let mut whole = vec![0.0; m * n];
         gemm_bias(&a, k, m, &w, &bias, &mut whole, n, true);
         let mut parts = vec![0.0; m * n];

@@ -7,6 +7,7 @@ pub mod gemm;
 
 use std::sync::Mutex;
 
+use crate::checkpoint::{OutBytes, OutTensor, write_safetensors};
 use crate::error::Result;
 use crate::format::{Container, LayerEntry};
 use crate::permute::Permutation;
@@ -175,10 +176,8 @@ pub fn decode_layers(
                 return pos;
             }
             let kk = l.kernel() * l.kernel();
-            let cin = l.cin();
             let mut out = vec![0f32; l.elements()];
-            for (p, kernel) in pos.chunks_exact(kk).enumerate() {
-                let orig = perm.original_kernel(cin, p / cin, p % cin);
+            for (orig, kernel) in perm.originals(l.cout(), l.cin()).zip(pos.chunks_exact(kk)) {
                 out[orig * kk..(orig + 1) * kk].copy_from_slice(kernel);
             }
             out
@@ -230,55 +229,6 @@ pub struct DecodeSummary {
     pub seconds: f64,
 }
 
-struct OutView<'a> {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    bytes: OutBytes<'a>,
-}
-
-/// Predicted weights stay `f32` (no byte copy); passthrough bytes borrow from the input map.
-enum OutBytes<'a> {
-    Predicted(Vec<f32>),
-    Passthrough(&'a [u8]),
-}
-
-impl safetensors::View for &OutView<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        match &self.bytes {
-            OutBytes::Predicted(v) => f32_le_bytes(v),
-            OutBytes::Passthrough(b) => std::borrow::Cow::Borrowed(b),
-        }
-    }
-    fn data_len(&self) -> usize {
-        match &self.bytes {
-            OutBytes::Predicted(v) => v.len() * 4,
-            OutBytes::Passthrough(b) => b.len(),
-        }
-    }
-}
-
-/// Little-endian bytes of `data`: a view on little-endian machines, a copy elsewhere.
-fn f32_le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
-    #[cfg(target_endian = "little")]
-    {
-        // SAFETY: f32 has no padding, u8 has alignment 1 and every byte is a valid u8; the view
-        // covers exactly the slice's memory and borrows it.
-        std::borrow::Cow::Borrowed(unsafe {
-            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
-        })
-    }
-    #[cfg(not(target_endian = "little"))]
-    {
-        std::borrow::Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-}
-
 /// Reads, verifies and decodes `input`, writing a safetensors checkpoint to `output` atomically.
 pub fn decode_file(
     input: &std::path::Path,
@@ -288,40 +238,30 @@ pub fn decode_file(
 ) -> Result<DecodeSummary> {
     let started = std::time::Instant::now();
     crate::io::check_output_path(output)?;
-    let file = crate::checkpoint::MappedFile::open(input)?;
+    let file = crate::io::MappedFile::open(input)?;
     let container = crate::format::read_container(file.bytes(), limits)?;
     let tensors = decode_container(&container, threads)?;
-    let views: Vec<(String, OutView<'_>)> = tensors
+    let out: Vec<(String, OutTensor<'_>)> = tensors
         .into_iter()
         .map(|(name, t)| {
-            let view = match t {
-                DecodedTensor::Predicted { shape, data } => OutView {
-                    dtype: safetensors::Dtype::F32,
+            let tensor = match t {
+                DecodedTensor::Predicted { shape, data } => OutTensor {
+                    dtype: crate::format::TensorDtype::F32,
                     shape,
-                    bytes: OutBytes::Predicted(data),
+                    bytes: OutBytes::F32(data),
                 },
-                DecodedTensor::Passthrough(entry, bytes) => OutView {
-                    dtype: entry.dtype.to_safetensors(),
+                DecodedTensor::Passthrough(entry, bytes) => OutTensor {
+                    dtype: entry.dtype,
                     shape: entry.shape.iter().map(|&d| d as usize).collect(),
-                    bytes: OutBytes::Passthrough(bytes),
+                    bytes: OutBytes::Raw(bytes),
                 },
             };
-            (name, view)
+            (name, tensor)
         })
         .collect();
-    let metadata = container
-        .source_metadata
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    crate::io::write_atomic_with(output, |_, tmp| {
-        safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), metadata, tmp)
-            .map_err(|e| crate::error::Error::Safetensors {
-                path: output.to_path_buf(),
-                detail: e.to_string(),
-            })
-    })?;
+    write_safetensors(output, &out, container.source_metadata.as_ref())?;
     Ok(DecodeSummary {
-        tensors: views.len(),
+        tensors: out.len(),
         predicted_tensors: container.layers.len(),
         output_bytes: container.output_bytes(),
         seconds: started.elapsed().as_secs_f64(),

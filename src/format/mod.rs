@@ -12,7 +12,7 @@ mod write;
 pub use bitpack::{bit_width, permutation_bytes};
 pub use dtype::TensorDtype;
 pub use read::{Container, Limits, read_container};
-pub use write::{ContainerParts, PassTensor, write_container};
+pub use write::{ContainerParts, RawTensor, write_container};
 
 use crate::permute::PermutationKind;
 

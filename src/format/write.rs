@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_int8, int8_codes};
 
-/// A tensor to store verbatim.
-pub struct PassTensor<'a> {
+/// A tensor as safetensors and `PASS` hold it: name, dtype, shape and little-endian bytes
+/// (borrowed from the source map). Source checkpoints parse into these; passthrough tensors are
+/// stored from them verbatim.
+#[derive(Clone, Debug)]
+pub struct RawTensor<'a> {
     pub name: String,
     pub dtype: TensorDtype,
     pub shape: Vec<u64>,
@@ -22,7 +25,7 @@ pub struct ContainerParts<'a> {
     pub predictor: &'a Predictor,
     pub layers: &'a [LayerEntry],
     pub permutations: &'a [Permutation],
-    pub passthrough: Vec<PassTensor<'a>>,
+    pub passthrough: Vec<RawTensor<'a>>,
     /// The source checkpoint's safetensors `__metadata__`.
     pub source_metadata: Option<BTreeMap<String, String>>,
     /// Free-form provenance, stored zstd-compressed in `META`.

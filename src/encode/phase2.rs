@@ -1,4 +1,4 @@
-//! Phase 2: fine-tune the phase-1 predictor with logit distillation only (optionally plus a small
+//! Phase 2: distillation. Fine-tune the phase-1 predictor with logit distillation only (optionally plus a small
 //! reconstruction term). Gradients flow from the student's logits through the functional
 //! convolutions into the predictor; the teacher is the original or any network with the same
 //! classes. Selection uses a held-out part of the training split, never the test split.
@@ -11,11 +11,16 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::train::{DeviceKernels, KernelRows, Mlp, masked_rmse};
-use super::{KernelSet, Progress};
-use crate::data::{Augment, Dataset, Normalization, noise_batch};
+use super::kernels::KernelSet;
+use super::mlp::{DeviceKernels, KernelRows, Mlp, masked_rmse, read_scalar};
+use super::options::{DistillOptions, DistillSource};
+use super::progress::Progress;
+use super::schedule::{PHASE2_FLOOR, cosine};
+use super::selection::DataPlan;
+use super::selection::{HeldOut, held_out_accuracy};
+use crate::data::{Augment, Dataset, DatasetKind, Normalization, noise_batch};
 use crate::error::{Error, Result};
-use crate::eval::{LoadedNet, accuracy, input_tensor, predict};
+use crate::eval::{LoadedNet, input_tensor};
 use crate::format::LayerEntry;
 use crate::network::{FixedParams, HostModel, forward};
 use crate::permute::Permutation;
@@ -33,10 +38,42 @@ pub enum DistillInput<'a> {
     Noise { shape: [usize; 3] },
 }
 
-/// A held-out set for selection.
-pub struct HeldOut<'a> {
-    pub data: &'a Dataset,
-    pub indices: &'a [usize],
+impl<'a> DistillInput<'a> {
+    /// The inputs `d` asks for: the training images phase 2 may use (held-out ones excluded),
+    /// or noise shaped like `dataset`'s images with the network's `in_channels`.
+    pub fn for_options(
+        d: &DistillOptions,
+        plan: Option<&'a DataPlan>,
+        dataset: DatasetKind,
+        in_channels: usize,
+    ) -> Result<Self> {
+        match (d.source, plan) {
+            (DistillSource::Data, Some(p)) => {
+                let [_, h, w] = p.train.shape;
+                if d.augment.shift >= h.min(w) {
+                    return Err(Error::InvalidArgument(format!(
+                        "--augment-shift {} does not fit {h}x{w} images",
+                        d.augment.shift
+                    )));
+                }
+                Ok(DistillInput::Real {
+                    data: &p.train,
+                    indices: &p.train_idx,
+                })
+            }
+            (DistillSource::Data, None) => Err(Error::InvalidArgument(
+                "distillation on real data needs --data DIR".into(),
+            )),
+            (DistillSource::Noise, _) if !d.augment.is_none() => Err(Error::InvalidArgument(
+                "--augment-shift/--augment-flip apply to real data, not noise".into(),
+            )),
+            (DistillSource::Noise, _) => {
+                let mut shape = dataset.image_shape();
+                shape[0] = in_channels;
+                Ok(DistillInput::Noise { shape })
+            }
+        }
+    }
 }
 
 pub struct DistillSettings<'a> {
@@ -66,46 +103,6 @@ pub struct DistillOutcome {
     pub best_step: usize,
 }
 
-/// Decoded (exact decoder) conv weights of a predictor, on `device`.
-pub fn decoded_convs<B: Backend>(
-    p: &Predictor,
-    layers: &[LayerEntry],
-    perms: &[Permutation],
-    device: &B::Device,
-) -> HashMap<String, Tensor<B, 4>> {
-    let weights = crate::decode::decode_layers(p, layers, perms, crate::decode::default_threads());
-    layers
-        .iter()
-        .zip(weights)
-        .map(|(l, w)| {
-            let s = l.shape.map(|d| d as usize);
-            (
-                l.name.clone(),
-                Tensor::from_data(TensorData::new(w, s), device),
-            )
-        })
-        .collect()
-}
-
-/// Held-out accuracy of the network with the predictor's decoded conv weights.
-pub fn held_out_accuracy<B: Backend>(
-    p: &Predictor,
-    layers: &[LayerEntry],
-    perms: &[Permutation],
-    student: &LoadedNet<B>,
-    held: &HeldOut<'_>,
-    norm: &Normalization,
-    device: &B::Device,
-) -> Result<f64> {
-    let m = LoadedNet {
-        net: student.net.clone(),
-        fixed: student.fixed.clone(),
-        convs: decoded_convs(p, layers, perms, device),
-    };
-    let pred = predict(&m, held.data, held.indices, norm, device)?;
-    Ok(accuracy(&pred, held.data, held.indices).1)
-}
-
 /// Maps position-ordered predictions `[N, K*K]` to every layer's conv weight, original order.
 struct KernelLayout<B: Backend> {
     /// Row (position order) of each kernel in original order, all layers concatenated.
@@ -122,9 +119,7 @@ impl<B: Backend> KernelLayout<B> {
         let mut out = Vec::new();
         let mut start = 0;
         for (l, p) in layers.iter().zip(perms) {
-            let cin = l.cin();
-            for pos in 0..l.kernels() {
-                let orig = p.original_kernel(cin, pos / cin, pos % cin);
+            for (pos, orig) in p.originals(l.cout(), l.cin()).enumerate() {
                 gather[start + orig] = (start + pos) as i32;
             }
             out.push((l.name.clone(), start, l.shape.map(|d| d as usize)));
@@ -252,17 +247,12 @@ pub fn distill<B: AutodiffBackend>(
         };
         let want = step % report_every == 0 || step + 1 == s.steps;
         let value = if want {
-            loss.clone()
-                .into_data()
-                .into_vec::<f32>()
-                .map_err(|e| Error::Training(format!("{e:?}")))?
-                .first()
-                .copied()
+            Some(read_scalar(loss.clone())?)
         } else {
             None
         };
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = cosine(s.lr, step, s.steps);
+        let lr = cosine(s.lr, PHASE2_FLOOR, step, s.steps);
         model = optim.step(lr, model, grads);
         if let Some(v) = value {
             if !v.is_finite() {
@@ -302,9 +292,50 @@ pub fn distill<B: AutodiffBackend>(
     })
 }
 
-fn cosine(lr: f64, step: usize, steps: usize) -> f64 {
-    let min = 1e-7f64.min(lr);
-    min + 0.5
-        * (lr - min)
-        * (1.0 + (std::f64::consts::PI * step as f64 / steps.max(1) as f64).cos())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::TensorDtype;
+    use crate::permute::PermutationKind;
+
+    /// The student's conv weights come from position-ordered predictions: each kernel goes back
+    /// to its original place, and a 1x1 layer takes the centre of the K x K prediction.
+    #[test]
+    fn predictions_return_to_original_order_and_are_cropped() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let layers = [
+            LayerEntry {
+                name: "a".into(),
+                dtype: TensorDtype::F32,
+                permutation: PermutationKind::CrossFilter,
+                shape: [2, 1, 3, 3],
+            },
+            LayerEntry {
+                name: "b".into(),
+                dtype: TensorDtype::F32,
+                permutation: PermutationKind::None,
+                shape: [1, 2, 1, 1],
+            },
+        ];
+        let perms = [
+            Permutation::CrossFilter {
+                kernels: vec![1, 0],
+            },
+            Permutation::Identity,
+        ];
+        let layout = KernelLayout::<B>::new(&layers, &perms, 3, &device);
+        // Row r predicts 9 values 10 r + 0..9.
+        let pred: Vec<f32> = (0..4)
+            .flat_map(|r| (0..9).map(move |i| (10 * r + i) as f32))
+            .collect();
+        let convs = layout.convs(Tensor::from_data(TensorData::new(pred, [4, 9]), &device));
+        let a = convs["a"].clone().into_data().into_vec::<f32>().unwrap();
+        // Position 0 holds original kernel 1, position 1 original kernel 0.
+        let row = |r: usize| (0..9).map(move |i| (10 * r + i) as f32);
+        assert_eq!(a, row(1).chain(row(0)).collect::<Vec<_>>());
+        let b = convs["b"].clone().into_data().into_vec::<f32>().unwrap();
+        assert_eq!(b, [24.0, 34.0]);
+        assert_eq!(convs["b"].dims(), [1, 2, 1, 1]);
+    }
 }

@@ -1,12 +1,10 @@
-//! Phase 1 training with burn: a functional MLP whose parameters are plain tensors, trained on
-//! batches of kernels to minimise the global RMSE of the (centre-cropped) predictions.
+//! The predictor as a burn module: a functional MLP whose parameters are plain tensors, the
+//! kernel set on a device, and the separable first layer both training phases share.
 
-use burn::module::{AutodiffModule, Module, Param};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
-use super::{KernelSet, Progress, TrainSettings};
+use super::kernels::KernelSet;
 use crate::error::{Error, Result};
 use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
 use crate::rng::SplitMix64;
@@ -36,7 +34,7 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// PyTorch's default `Linear` initialisation, U(-1/sqrt(in), 1/sqrt(in)), from our RNG.
-    fn init(cfg: &PredictorConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
+    pub fn init(cfg: &PredictorConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
         let mut weights = Vec::new();
         let mut biases = Vec::new();
         for dims in cfg.widths.windows(2) {
@@ -222,76 +220,15 @@ pub fn masked_rmse<B: Backend>(
     (diff.powi_scalar(2).sum() / m.sum()).sqrt()
 }
 
-/// Summary of one training run.
-pub struct TrainOutcome {
-    pub predictor: Predictor,
-    /// (step, batch RMSE) at evenly spaced steps.
-    pub loss_history: Vec<(usize, f32)>,
-}
-
-/// Trains a fresh predictor to reproduce `set.targets`.
-pub fn train<B: AutodiffBackend>(
-    device: &B::Device,
-    cfg: &PredictorConfig,
-    set: &KernelSet,
-    settings: &TrainSettings,
-    round_seed: u64,
-    progress: &dyn Progress,
-) -> Result<TrainOutcome> {
-    let mut rng = SplitMix64::new(round_seed);
-    let n = set.len();
-
-    let kernels = DeviceKernels::<B>::new(cfg, set, device);
-
-    let mut model = Mlp::<B>::init(cfg, &mut rng, device);
-    let mut optim = AdamConfig::new()
-        .with_beta_1(settings.beta1)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .init::<B, Mlp<B>>();
-
-    let batch = settings.batch.min(n);
-    let sampler = super::Sampler::new(&set.norms);
-    let mut history = Vec::new();
-    let report_every = (settings.steps / 200).clamp(1, 50);
-    let history_every = (settings.steps / 20).max(1);
-    progress.start(settings.steps as u64);
-    for step in 0..settings.steps {
-        let idx = sampler.batch(&mut rng, batch);
-        let rows = KernelRows::of(set, &idx, device);
-        let idx: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(idx, [batch]), device);
-        let y = kernels.targets.clone().select(0, idx.clone());
-        let m = kernels.masks.clone().select(0, idx);
-        let loss = masked_rmse(model.forward(&kernels, &rows), y, m);
-        let lr = settings.lr_at(step);
-        let want_loss = step % report_every == 0 || step + 1 == settings.steps;
-        let loss_value = if want_loss {
-            let v = loss
-                .clone()
-                .into_data()
-                .into_vec::<f32>()
-                .map_err(|e| Error::Training(format!("{e:?}")))?;
-            v.first().copied()
-        } else {
-            None
-        };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
-        if let Some(v) = loss_value {
-            if !v.is_finite() {
-                return Err(Error::Training(format!("loss became {v} at step {step}")));
-            }
-            if step % history_every == 0 || step + 1 == settings.steps {
-                history.push((step, v));
-            }
-            progress.update(step as u64 + 1, v);
-        }
-    }
-    progress.finish();
-    Ok(TrainOutcome {
-        predictor: model.valid().to_predictor(cfg)?,
-        loss_history: history,
-    })
+/// The value of a one-element tensor on the host (a loss read back for the progress bar and the
+/// history; it synchronises the device, so callers do it every few steps only).
+pub fn read_scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f32> {
+    t.into_data()
+        .into_vec::<f32>()
+        .map_err(|e| Error::Training(format!("{e:?}")))?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Training("empty loss tensor".into()))
 }
 
 #[cfg(test)]

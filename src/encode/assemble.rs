@@ -1,0 +1,111 @@
+//! Assembling the container: the trained predictor, the tables, every other tensor verbatim,
+//! and the provenance (`META`) with the recipe and the measured figures.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::options::EncodeOptions;
+use super::report::{AccuracyReport, DistillReport, EncodeReport, RoundReport};
+use super::source::Source;
+use crate::error::Result;
+use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
+use crate::permute::Permutation;
+use crate::predictor::Predictor;
+
+/// What the phases produced.
+pub struct Encoded {
+    /// The predictor as stored (already rounded to its storage dtype).
+    pub predictor: Predictor,
+    /// The layer table with each layer's permutation kind.
+    pub layers: Vec<LayerEntry>,
+    pub permutations: Vec<Permutation>,
+    pub rounds: Vec<RoundReport>,
+    pub distill: Option<DistillReport>,
+    pub accuracy: AccuracyReport,
+    pub permutation_seconds: f64,
+}
+
+/// The `.nern` bytes and the report; `started` is when the encode began.
+pub fn assemble(
+    source: &Source<'_>,
+    opts: &EncodeOptions,
+    r: Encoded,
+    started: Instant,
+) -> Result<(Vec<u8>, EncodeReport)> {
+    let passthrough: Vec<RawTensor<'_>> = source.passthrough().cloned().collect();
+    let predicted_parameters: u64 = r.layers.iter().map(|l| l.elements() as u64).sum();
+    let mut report = EncodeReport {
+        source_bytes: source.bytes.len() as u64,
+        nern_bytes: 0,
+        predicted_tensors: r.layers.len(),
+        passthrough_tensors: passthrough.len(),
+        predicted_parameters,
+        predictor_parameters: r.predictor.config.parameter_count(),
+        permutation_seconds: r.permutation_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        rounds: r.rounds,
+        distill: r.distill,
+        accuracy: r.accuracy,
+        device: opts.device.describe(),
+    };
+    let source_name = source
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let metadata = json!({
+        "encoder": format!("nernc {}", env!("CARGO_PKG_VERSION")),
+        "source": {
+            "name": source_name,
+            "bytes": report.source_bytes,
+            "blake3": blake3::hash(source.bytes).to_hex().to_string(),
+        },
+        "recipe": {
+            "phase1": {
+                "hidden": opts.hidden,
+                "steps": opts.steps,
+                "rounds": opts.rounds,
+                "batch": opts.batch,
+                "permutation": format!("{:?}", opts.permutation),
+                "optimizer": "adam",
+                "lr": opts.lr,
+                "beta1": opts.beta1,
+                "lr_schedule": "cosine per step to 1e-6",
+                "pe_levels": opts.pe_levels,
+                "pe_base": opts.pe_base,
+                "sampling": "0.8 uniform subset / 0.2 L2-norm weighted",
+                "loss": "global RMSE after centre crop",
+            },
+            "phase2": report.distill.as_ref().map(|d| json!({
+                "steps": d.steps, "batch": d.batch, "lr": d.lr, "temperature": d.temperature,
+                "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
+                "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
+                "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
+            })),
+            "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),
+            "seed": opts.seed,
+            "device": opts.device.name(),
+            "dataset": opts.data_dir.as_ref().map(|_| opts.dataset.name()),
+            "held_out_images": report.accuracy.held_out_images,
+        },
+        "rounds": report.rounds,
+        "distillation": report.distill,
+        "accuracy": report.accuracy,
+        "timings": {
+            "permutation_seconds": report.permutation_seconds,
+            "total_seconds": report.total_seconds,
+        },
+        "device": report.device,
+    });
+    let bytes = write_container(&ContainerParts {
+        predictor: &r.predictor,
+        layers: &r.layers,
+        permutations: &r.permutations,
+        passthrough,
+        source_metadata: source.checkpoint.metadata.clone(),
+        metadata: Some(metadata),
+    })?;
+    report.nern_bytes = bytes.len() as u64;
+    Ok((bytes, report))
+}
