@@ -275,13 +275,137 @@ fn gemm_scalar(
     }
 }
 
+/// The SIMD paths. Both ISAs share one kernel, written once in [`simd_kernel!`]: a module
+/// defines its vector type, lane count, tile height and eight small primitives, then expands the
+/// macro. Every output element is one lane: bias, then one FMA per `kk` ascending, then ReLU.
 #[cfg(target_arch = "x86_64")]
-/// Dispatches a row tail of `$rows` (< MR) rows to the matching const-generic tile.
-macro_rules! tail_dispatch {
-    ($rows:expr, $tile:ident, $nv:ident, $args:tt, [$($r:literal),*]) => {
-        match $rows {
-            $($r => $tile::<$r, $nv> $args,)*
-            _ => unreachable!(),
+macro_rules! simd_kernel {
+    ($features:literal, tails: [$($r:literal),*]) => {
+        /// Safety: the CPU has the module's features, and `check_args` passed.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn gemm(
+            a: &[f32],
+            lda: usize,
+            m: usize,
+            w: &PackedMatrix,
+            bias: &[f32],
+            c: &mut [f32],
+            ldc: usize,
+            relu: bool,
+        ) {
+            let (k, n) = (w.k, w.n);
+            let mut col0 = 0;
+            while col0 < n {
+                let (width, pw) = w.panel(col0);
+                // Strips of up to two vectors; every strip has >= 1 valid column.
+                let mut s = 0;
+                while s < width && col0 + s < n {
+                    let strip_width = (width - s).min(2 * V);
+                    let cols = (n - col0 - s).min(strip_width);
+                    let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(V))];
+                    let (ap, cp) = (a.as_ptr(), c.as_mut_ptr().wrapping_add(col0 + s));
+                    let (bp, wp) = (
+                        bias.as_ptr().wrapping_add(col0 + s),
+                        pw.as_ptr().wrapping_add(s),
+                    );
+                    // SAFETY: check_args guarantees rows < m of a (k wide) and c (n wide) and
+                    // bias[..n] are in bounds; the masks keep loads/stores to valid columns.
+                    unsafe {
+                        if strip_width == 2 * V {
+                            strip::<2>(ap, lda, m, k, wp, width, bp, masks, cp, ldc, relu);
+                        } else {
+                            strip::<1>(ap, lda, m, k, wp, width, bp, masks, cp, ldc, relu);
+                        }
+                    }
+                    s += strip_width;
+                }
+                col0 += width;
+            }
+        }
+
+        /// All `m` rows of one strip of `NV` vectors. Safety: `a`/`c` valid for `m` rows of
+        /// `k`/`masks` columns, `w` for `k` rows of stride `wstride` holding `NV * V` floats,
+        /// `bias` for the masked columns.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn strip<const NV: usize>(
+            a: *const f32,
+            lda: usize,
+            m: usize,
+            k: usize,
+            w: *const f32,
+            wstride: usize,
+            bias: *const f32,
+            masks: [Mask; 2],
+            c: *mut f32,
+            ldc: usize,
+            relu: bool,
+        ) {
+            let mut i = 0;
+            // SAFETY (whole block): rows i..i+rows stay below m, as the caller requires.
+            unsafe {
+                while i + MR <= m {
+                    let (ai, ci) = (a.add(i * lda), c.add(i * ldc));
+                    tile::<MR, NV>(ai, lda, k, w, wstride, bias, masks, ci, ldc, relu);
+                    i += MR;
+                }
+                if i < m {
+                    let (a, c) = (a.add(i * lda), c.add(i * ldc));
+                    match m - i {
+                        $($r => tile::<$r, NV>(a, lda, k, w, wstride, bias, masks, c, ldc, relu),)*
+                        _ => unreachable!(),
+                    }
+                }
+            }
+        }
+
+        /// R x (NV * V) register tile: accumulators start at bias, one FMA per kk ascending.
+        /// Safety: as for `strip`, with `R` rows.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        unsafe fn tile<const R: usize, const NV: usize>(
+            a: *const f32,
+            lda: usize,
+            k: usize,
+            w: *const f32,
+            wstride: usize,
+            bias: *const f32,
+            masks: [Mask; 2],
+            c: *mut f32,
+            ldc: usize,
+            relu: bool,
+        ) {
+            let mut acc = [[zero(); NV]; R];
+            for v in 0..NV {
+                // SAFETY: the mask only enables lanes of valid columns of bias.
+                let b = unsafe { load_masked(bias.wrapping_add(v * V), masks[v]) };
+                for row in acc.iter_mut() {
+                    row[v] = b;
+                }
+            }
+            for kk in 0..k {
+                let mut wv = [zero(); NV];
+                for (v, x) in wv.iter_mut().enumerate() {
+                    // SAFETY: the strip lies within a panel of k rows of wstride floats.
+                    *x = unsafe { load(w.add(kk * wstride + v * V)) };
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: row r < R rows of a, kk < k <= lda.
+                    let x = splat(unsafe { *a.add(r * lda + kk) });
+                    for v in 0..NV {
+                        row[v] = fma(x, wv[v], row[v]);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for v in 0..NV {
+                    let out = if relu { relu0_vec(row[v]) } else { row[v] };
+                    // SAFETY: the mask only enables valid columns of row r of c.
+                    unsafe { store_masked(c.wrapping_add(r * ldc + v * V), masks[v], out) };
+                }
+            }
         }
     };
 }
@@ -290,293 +414,114 @@ macro_rules! tail_dispatch {
 mod avx512 {
     use super::*;
 
+    type Mask = __mmask16;
+    /// Floats per zmm register.
+    const V: usize = LANES;
     /// Rows per microkernel tile: MR x 2 zmm accumulators = 24 of the 32 registers.
     const MR: usize = 12;
 
-    /// Safety: the CPU supports AVX-512F and FMA, and `check_args` passed.
-    #[target_feature(enable = "avx512f,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm(
-        a: &[f32],
-        lda: usize,
-        m: usize,
-        w: &PackedMatrix,
-        bias: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        relu: bool,
-    ) {
-        let (k, n) = (w.k, w.n);
-        let mut col0 = 0;
-        while col0 < n {
-            let (width, pw) = w.panel(col0);
-            let cols = width.min(n - col0);
-            let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))];
-            let (ap, cp) = (a.as_ptr(), c.as_mut_ptr().wrapping_add(col0));
-            let bp = bias.as_ptr().wrapping_add(col0);
-            // SAFETY: check_args guarantees rows < m of a (k wide) and c (n wide) and bias[..n]
-            // are in bounds; the masks keep loads/stores within the valid columns.
-            unsafe {
-                if width == NR {
-                    panel::<2>(ap, lda, m, k, pw.as_ptr(), bp, masks, cp, ldc, relu);
-                } else {
-                    panel::<1>(ap, lda, m, k, pw.as_ptr(), bp, masks, cp, ldc, relu);
-                }
-            }
-            col0 += width;
-        }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn zero() -> __m512 {
+        _mm512_setzero_ps()
     }
-
-    fn lane_mask(valid: usize) -> __mmask16 {
-        if valid >= LANES {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn splat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    /// Zero as the second operand: vmaxps returns it for NaN and for +-0.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn relu0_vec(x: __m512) -> __m512 {
+        _mm512_max_ps(x, _mm512_setzero_ps())
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_masked(p: *const f32, m: Mask) -> __m512 {
+        unsafe { _mm512_maskz_loadu_ps(m, p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_masked(p: *mut f32, m: Mask, v: __m512) {
+        unsafe { _mm512_mask_storeu_ps(p, m, v) }
+    }
+    #[inline]
+    fn lane_mask(valid: usize) -> Mask {
+        if valid >= V {
             0xFFFF
         } else {
             (1u16 << valid) - 1
         }
     }
 
-    /// All `m` rows of one panel. Safety: `a`/`c` valid for `m` rows of `k`/`masks` columns,
-    /// `w` for `k` rows of `NV * 16` floats, `bias` for the masked columns.
-    #[target_feature(enable = "avx512f,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn panel<const NV: usize>(
-        a: *const f32,
-        lda: usize,
-        m: usize,
-        k: usize,
-        w: *const f32,
-        bias: *const f32,
-        masks: [__mmask16; 2],
-        c: *mut f32,
-        ldc: usize,
-        relu: bool,
-    ) {
-        let mut i = 0;
-        // SAFETY (whole block): rows i..i+rows stay below m, as the caller requires.
-        unsafe {
-            while i + MR <= m {
-                tile::<MR, NV>(
-                    a.add(i * lda),
-                    lda,
-                    k,
-                    w,
-                    bias,
-                    masks,
-                    c.add(i * ldc),
-                    ldc,
-                    relu,
-                );
-                i += MR;
-            }
-            if i < m {
-                let (a, c) = (a.add(i * lda), c.add(i * ldc));
-                tail_dispatch!(
-                    m - i,
-                    tile,
-                    NV,
-                    (a, lda, k, w, bias, masks, c, ldc, relu),
-                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
-                );
-            }
-        }
-    }
-
-    /// R x (NV*16) register tile: accumulators start at bias, one FMA per kk ascending.
-    /// Safety: as for `panel`, with `R` rows.
-    #[target_feature(enable = "avx512f,fma")]
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    unsafe fn tile<const R: usize, const NV: usize>(
-        a: *const f32,
-        lda: usize,
-        k: usize,
-        w: *const f32,
-        bias: *const f32,
-        masks: [__mmask16; 2],
-        c: *mut f32,
-        ldc: usize,
-        relu: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        for v in 0..NV {
-            // SAFETY: the mask only enables lanes of valid columns of bias.
-            let b = unsafe { _mm512_maskz_loadu_ps(masks[v], bias.wrapping_add(v * LANES)) };
-            for row in acc.iter_mut() {
-                row[v] = b;
-            }
-        }
-        for kk in 0..k {
-            let mut wv = [_mm512_setzero_ps(); NV];
-            for (v, x) in wv.iter_mut().enumerate() {
-                // SAFETY: the panel holds k rows of NV*16 floats.
-                *x = unsafe { _mm512_loadu_ps(w.add(kk * NV * LANES + v * LANES)) };
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                // SAFETY: row r < R rows of a, kk < k <= lda.
-                let x = _mm512_set1_ps(unsafe { *a.add(r * lda + kk) });
-                for v in 0..NV {
-                    row[v] = _mm512_fmadd_ps(x, wv[v], row[v]);
-                }
-            }
-        }
-        let zero = _mm512_setzero_ps();
-        for (r, row) in acc.iter().enumerate() {
-            for v in 0..NV {
-                // Zero as the second operand: vmaxps returns it for NaN and for +-0.
-                let out = if relu {
-                    _mm512_max_ps(row[v], zero)
-                } else {
-                    row[v]
-                };
-                // SAFETY: the mask only enables valid columns of row r of c.
-                unsafe {
-                    _mm512_mask_storeu_ps(c.wrapping_add(r * ldc + v * LANES), masks[v], out)
-                };
-            }
-        }
-    }
+    simd_kernel!("avx512f,fma", tails: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
 
+    type Mask = __m256i;
+    /// Floats per ymm register.
+    const V: usize = LANES / 2;
     /// Rows per tile: 6 x 2 ymm accumulators + 2 W registers + a broadcast = 15 of 16.
     const MR: usize = 6;
-    const HALF: usize = LANES / 2;
 
-    /// Safety: the CPU supports AVX2 and FMA, and `check_args` passed.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm(
-        a: &[f32],
-        lda: usize,
-        m: usize,
-        w: &PackedMatrix,
-        bias: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        relu: bool,
-    ) {
-        let (k, n) = (w.k, w.n);
-        let mut col0 = 0;
-        while col0 < n {
-            let (width, pw) = w.panel(col0);
-            // Each panel is processed as 16-column strips; every strip has >= 1 valid column.
-            let mut s = 0;
-            while s < width && col0 + s < n {
-                let cols = (n - col0 - s).min(LANES);
-                let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(HALF))];
-                let (ap, cp) = (a.as_ptr(), c.as_mut_ptr().wrapping_add(col0 + s));
-                let (bp, wp) = (
-                    bias.as_ptr().wrapping_add(col0 + s),
-                    pw.as_ptr().wrapping_add(s),
-                );
-                // SAFETY: as for AVX-512: rows < m are in bounds, masks limit to valid columns.
-                unsafe { strip(ap, lda, m, k, wp, width, bp, masks, cp, ldc, relu) };
-                s += LANES;
-            }
-            col0 += width;
-        }
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn lane_mask(valid: usize) -> __m256i {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.min(HALF) as i32), idx)
-    }
-
-    /// All `m` rows of one 16-column strip. Safety: `a`/`c` valid for `m` rows of `k`/`masks`
-    /// columns, `w` for `k` rows of stride `wstride` holding 16 floats, `bias` for the masks.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn strip(
-        a: *const f32,
-        lda: usize,
-        m: usize,
-        k: usize,
-        w: *const f32,
-        wstride: usize,
-        bias: *const f32,
-        masks: [__m256i; 2],
-        c: *mut f32,
-        ldc: usize,
-        relu: bool,
-    ) {
-        let mut i = 0;
-        // SAFETY (whole block): rows i..i+rows stay below m, as the caller requires.
-        unsafe {
-            while i + MR <= m {
-                let (ai, ci) = (a.add(i * lda), c.add(i * ldc));
-                tile::<MR, 2>(ai, lda, k, w, wstride, bias, masks, ci, ldc, relu);
-                i += MR;
-            }
-            if i < m {
-                let (a, c) = (a.add(i * lda), c.add(i * ldc));
-                const NV: usize = 2;
-                tail_dispatch!(
-                    m - i,
-                    tile,
-                    NV,
-                    (a, lda, k, w, wstride, bias, masks, c, ldc, relu),
-                    [1, 2, 3, 4, 5]
-                );
-            }
-        }
-    }
-
-    /// R x 16 register tile, same order as the AVX-512 tile. Safety: as for `strip`, R rows.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    unsafe fn tile<const R: usize, const NV: usize>(
-        a: *const f32,
-        lda: usize,
-        k: usize,
-        w: *const f32,
-        wstride: usize,
-        bias: *const f32,
-        masks: [__m256i; 2],
-        c: *mut f32,
-        ldc: usize,
-        relu: bool,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; R];
-        for v in 0..NV {
-            // SAFETY: the mask only enables lanes of valid columns of bias.
-            let b = unsafe { _mm256_maskload_ps(bias.wrapping_add(v * HALF), masks[v]) };
-            for row in acc.iter_mut() {
-                row[v] = b;
-            }
-        }
-        for kk in 0..k {
-            let mut wv = [_mm256_setzero_ps(); NV];
-            for (v, x) in wv.iter_mut().enumerate() {
-                // SAFETY: the strip lies within a panel of k rows of wstride floats.
-                *x = unsafe { _mm256_loadu_ps(w.add(kk * wstride + v * HALF)) };
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                // SAFETY: row r < R rows of a, kk < k <= lda.
-                let x = _mm256_set1_ps(unsafe { *a.add(r * lda + kk) });
-                for v in 0..NV {
-                    row[v] = _mm256_fmadd_ps(x, wv[v], row[v]);
-                }
-            }
-        }
-        let zero = _mm256_setzero_ps();
-        for (r, row) in acc.iter().enumerate() {
-            for v in 0..NV {
-                // Zero as the second operand: vmaxps returns it for NaN and for +-0.
-                let out = if relu {
-                    _mm256_max_ps(row[v], zero)
-                } else {
-                    row[v]
-                };
-                // SAFETY: the mask only enables valid columns of row r of c.
-                unsafe { _mm256_maskstore_ps(c.wrapping_add(r * ldc + v * HALF), masks[v], out) };
-            }
-        }
+    #[target_feature(enable = "avx2")]
+    fn zero() -> __m256 {
+        _mm256_setzero_ps()
     }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    /// Zero as the second operand: vmaxps returns it for NaN and for +-0.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn relu0_vec(x: __m256) -> __m256 {
+        _mm256_max_ps(x, _mm256_setzero_ps())
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_masked(p: *const f32, m: Mask) -> __m256 {
+        unsafe { _mm256_maskload_ps(p, m) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_masked(p: *mut f32, m: Mask, v: __m256) {
+        unsafe { _mm256_maskstore_ps(p, m, v) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lane_mask(valid: usize) -> Mask {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.min(V) as i32), idx)
+    }
+
+    simd_kernel!("avx2,fma", tails: [1, 2, 3, 4, 5]);
 }
 
 #[cfg(test)]
