@@ -175,6 +175,7 @@ pub fn run_rounds<B: AutodiffBackend>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::progress::NoProgress;
     use super::*;
     use crate::format::TensorDtype;
     use crate::permute::PermutationKind;
@@ -230,14 +231,7 @@ mod tests {
         let no_data = |_: &Predictor| -> Result<Option<f64>> { Ok(None) };
         let run = || {
             let mut seeds = SplitMix64::new(1);
-            run_rounds::<B>(
-                &device,
-                &rounds,
-                &mut seeds,
-                &no_data,
-                &super::super::NoProgress,
-            )
-            .unwrap()
+            run_rounds::<B>(&device, &rounds, &mut seeds, &no_data, &NoProgress).unwrap()
         };
         let a = run();
         let b = run();
@@ -288,7 +282,7 @@ mod tests {
             &rounds,
             &mut seeds,
             &scores,
-            &super::super::NoProgress,
+            &NoProgress,
         )
         .unwrap();
         assert_eq!(out.kept_round, 2);
