@@ -12,5 +12,7 @@ if cargo tree --no-default-features -e normal 2>/dev/null | grep -q '^.*burn'; t
   exit 1
 fi
 cargo test --release
+# The core's tests (format, decoder, spec conformance) also pass without the encoder.
+cargo test --release --no-default-features
 # Every fuzz target briefly (the long runs are done by hand: scripts/fuzz.sh 600).
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

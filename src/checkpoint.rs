@@ -100,21 +100,13 @@ pub fn f32_values(t: &RawTensor<'_>) -> Result<Vec<f32>> {
             why: "predicted convolution weights must be F32 in format version 1",
         });
     }
-    let v = le_f32s(t.bytes);
+    let v = crate::format::le_f32s(t.bytes);
     if v.iter().any(|x| !x.is_finite()) {
         return Err(Error::NonFinite {
             tensor: t.name.clone(),
         });
     }
     Ok(v)
-}
-
-/// Little-endian f32 values of `bytes` (a trailing partial value is ignored).
-pub fn le_f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// A tensor of a decoded checkpoint, ready to write.
@@ -130,23 +122,12 @@ pub enum OutBytes<'a> {
     Raw(&'a [u8]),
 }
 
-impl safetensors::View for &OutTensor<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype.to_safetensors()
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+impl OutTensor<'_> {
+    /// The little-endian bytes of the tensor's data.
+    fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         match &self.bytes {
             OutBytes::F32(v) => f32_le_bytes(v),
             OutBytes::Raw(b) => std::borrow::Cow::Borrowed(b),
-        }
-    }
-    fn data_len(&self) -> usize {
-        match &self.bytes {
-            OutBytes::F32(v) => v.len() * 4,
-            OutBytes::Raw(b) => b.len(),
         }
     }
 }
@@ -167,20 +148,96 @@ fn f32_le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
-/// Writes a safetensors checkpoint to `path` atomically, in the safetensors crate's layout
-/// (spec §6.4 describes it byte for byte).
+/// Rank of a dtype in the output's tensor order (spec §6.4: the safetensors crate's order).
+fn dtype_rank(d: TensorDtype) -> u8 {
+    use TensorDtype as T;
+    match d {
+        T::U64 => 0,
+        T::I64 => 1,
+        T::F64 => 2,
+        T::F32 => 3,
+        T::U32 => 4,
+        T::I32 => 5,
+        T::Bf16 => 6,
+        T::F16 => 7,
+        T::U16 => 8,
+        T::I16 => 9,
+        T::F8E4M3 => 10,
+        T::F8E5M2 => 11,
+        T::I8 => 12,
+        T::U8 => 13,
+        T::Bool => 14,
+    }
+}
+
+/// The header of spec §6.4 (compact JSON, metadata keys ascending, padded with spaces to a
+/// multiple of 8) for `tensors` in output order.
+fn safetensors_header(
+    tensors: &[&(String, OutTensor<'_>)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut h = String::from("{");
+    let mut first = true;
+    if let Some(m) = metadata {
+        // A BTreeMap serialises in ascending key order; serde_json escapes as §6.4 specifies.
+        h += "\"__metadata__\":";
+        h += &json(m)?;
+        first = false;
+    }
+    let mut offset = 0u64;
+    for (name, t) in tensors {
+        if !first {
+            h.push(',');
+        }
+        first = false;
+        let len = t.bytes().len() as u64;
+        let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        h += &format!(
+            "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            json(name)?,
+            t.dtype.name(),
+            shape.join(","),
+            offset,
+            offset + len
+        );
+        offset += len;
+    }
+    h.push('}');
+    let mut bytes = h.into_bytes();
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    Ok(bytes)
+}
+
+/// Compact JSON of `v` (serde_json's escapes are the ones §6.4 specifies).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Writes a safetensors checkpoint to `path` atomically, byte for byte as spec §6.4 specifies
+/// (tensors by dtype rank then name, metadata keys ascending, header padded to 8).
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, OutTensor<'_>)],
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<()> {
-    let metadata = metadata.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    crate::io::write_atomic_with(path, |_, tmp| {
-        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), metadata, tmp)
-            .map_err(|e| Error::Safetensors {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })
+    let mut order: Vec<&(String, OutTensor<'_>)> = tensors.iter().collect();
+    order.sort_by(|(na, a), (nb, b)| {
+        dtype_rank(a.dtype)
+            .cmp(&dtype_rank(b.dtype))
+            .then_with(|| na.as_bytes().cmp(nb.as_bytes()))
+    });
+    let header = safetensors_header(&order, metadata)?;
+    crate::io::write_atomic_with(path, |file, _| {
+        use std::io::Write;
+        let io_err = |e| Error::io(path, e);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io_err)?;
+        out.write_all(&header).map_err(io_err)?;
+        for (_, t) in &order {
+            out.write_all(&t.bytes()).map_err(io_err)?;
+        }
+        out.flush().map_err(io_err)
     })
 }
 

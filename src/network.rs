@@ -27,7 +27,7 @@ impl HostModel {
     fn insert(&mut self, name: &str, dtype: TensorDtype, shape: Vec<usize>, bytes: &[u8]) {
         if dtype == TensorDtype::F32 {
             self.values
-                .insert(name.to_string(), crate::checkpoint::le_f32s(bytes));
+                .insert(name.to_string(), crate::format::le_f32s(bytes));
         }
         self.shapes.insert(name.to_string(), shape);
     }

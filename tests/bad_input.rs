@@ -1,4 +1,5 @@
 //! Bad input gets a clear error and a non-zero exit, never a panic, and leaves no output file.
+#![cfg(feature = "train")]
 
 mod common;
 use common::*;

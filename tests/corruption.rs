@@ -1,5 +1,6 @@
 //! The corruption corpus: one crafted file per failure mode, each refused with its own error
 //! variant, and a sweep showing every single-byte flip of a real file is detected.
+#![cfg(feature = "train")]
 
 mod common;
 #[path = "common/craft.rs"]

@@ -1,5 +1,6 @@
 //! Phase 2 end to end on real data: resumes a phase-1 file, keeps the best state by held-out
 //! accuracy (never the test split) and records the figures in the file.
+#![cfg(feature = "train")]
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! `nernc eval` and the phase-2 inputs: accuracy figures, and clear errors for a teacher with
 //! other classes, data that does not fit the model and checkpoints that are not ResNets.
+#![cfg(feature = "train")]
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! The forward pass agrees with PyTorch (fixtures/expected-logits.json) on the first 16 test
 //! images, for the original checkpoints and for them loaded back from a `.nern`-decoded file.
+#![cfg(feature = "train")]
 
 mod common;
 use common::*;

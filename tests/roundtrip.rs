@@ -1,5 +1,6 @@
 //! Encode -> decode on the real fixtures: the decoded checkpoint has the source's names, dtypes,
 //! shapes and metadata, passthrough tensors byte-identical, and decoding is deterministic.
+#![cfg(feature = "train")]
 
 mod common;
 use common::*;

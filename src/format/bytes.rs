@@ -91,11 +91,7 @@ impl<'a> Reader<'a> {
         let len = n
             .checked_mul(4)
             .ok_or(Error::Overflow("predictor weight bytes"))?;
-        let raw = self.bytes(len)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(le_f32s(self.bytes(len)?))
     }
 
     pub fn finish(&self) -> Result<()> {
@@ -104,6 +100,14 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// Little-endian f32 values of `bytes` (a trailing partial value is ignored).
+pub fn le_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[derive(Default)]

@@ -1,4 +1,4 @@
-//! Tensor dtype codes stored in `.nern` (spec §5.1). Only whole-byte dtypes are supported.
+//! Tensor dtype codes stored in `.nern` (spec §5.4). Only whole-byte dtypes are supported.
 
 use crate::error::{Error, Result};
 

@@ -10,6 +10,7 @@ mod read;
 mod write;
 
 pub use bitpack::{bit_width, permutation_bytes};
+pub use bytes::le_f32s;
 pub use dtype::TensorDtype;
 pub use read::{Container, Limits, read_container};
 pub use write::{ContainerParts, RawTensor, write_container};

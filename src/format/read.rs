@@ -55,7 +55,8 @@ pub struct Container<'a> {
     pub source_metadata: Option<BTreeMap<String, String>>,
     /// The `DATA` section.
     pub data: &'a [u8],
-    meta: Option<(&'a [u8], u8, u64)>,
+    /// `META`, decoded and validated as a JSON object at read time (spec §5.5).
+    meta: Option<serde_json::Value>,
 }
 
 impl<'a> Container<'a> {
@@ -71,33 +72,60 @@ impl<'a> Container<'a> {
         predicted + self.passthrough.iter().map(|p| p.len).sum::<u64>()
     }
 
-    /// The provenance metadata (`META`), decompressed within `limits`.
-    pub fn metadata(&self, limits: &Limits) -> Result<Option<serde_json::Value>> {
-        let Some((stored, encoding, decoded_len)) = self.meta else {
-            return Ok(None);
-        };
-        if decoded_len > limits.max_metadata_bytes {
-            return Err(Error::LimitExceeded {
-                what: "META decoded bytes",
-                value: decoded_len,
-                limit: limits.max_metadata_bytes,
-                hint: "",
-            });
-        }
-        let json = if encoding == ENCODING_ZSTD {
-            let out = zstd::bulk::decompress(stored, decoded_len as usize)
-                .map_err(|e| Error::malformed("META", format!("zstd: {e}")))?;
-            if out.len() as u64 != decoded_len {
-                return Err(Error::malformed("META", "decoded length mismatch"));
-            }
-            out
-        } else {
-            stored.to_vec()
-        };
-        serde_json::from_slice(&json)
-            .map(Some)
-            .map_err(|e| Error::malformed("META", format!("JSON: {e}")))
+    /// The provenance metadata (`META`): a JSON object, already decoded and validated by
+    /// [`read_container`] within the limits given there (so `_limits` is no longer used).
+    pub fn metadata(&self, _limits: &Limits) -> Result<Option<serde_json::Value>> {
+        Ok(self.meta.clone())
     }
+}
+
+/// Decodes and validates `META` (spec §5.5): at most the declared length decompressed, exactly
+/// that length produced, and a JSON object. It is covered by the hashes, so a broken one means a
+/// broken writer and the file is refused.
+fn parse_metadata(stored: &[u8], info: &SectionInfo, limits: &Limits) -> Result<serde_json::Value> {
+    at_most(
+        "META decoded bytes",
+        info.decoded_len,
+        limits.max_metadata_bytes,
+        "",
+    )?;
+    let decoded;
+    let json = if info.encoding == ENCODING_ZSTD {
+        decoded = zstd::bulk::decompress(stored, info.decoded_len as usize)
+            .map_err(|e| Error::malformed("META", format!("zstd: {e}")))?;
+        if decoded.len() as u64 != info.decoded_len {
+            return Err(Error::malformed(
+                "META",
+                format!(
+                    "decoded to {} bytes, the table declares {}",
+                    decoded.len(),
+                    info.decoded_len
+                ),
+            ));
+        }
+        &decoded[..]
+    } else {
+        stored
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| Error::malformed("META", format!("JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::malformed("META", "not a JSON object"));
+    }
+    Ok(value)
+}
+
+/// `value <= limit`, else [`Error::LimitExceeded`] naming `what` (with `hint` appended).
+fn at_most(what: &'static str, value: u64, limit: u64, hint: &'static str) -> Result<()> {
+    if value > limit {
+        return Err(Error::LimitExceeded {
+            what,
+            value,
+            limit,
+            hint,
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn permutation_code(kind: PermutationKind) -> u8 {
@@ -219,10 +247,29 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
             decoded_len: t.u64()?,
             hash: t.array()?,
         };
+        // Tags are four ASCII capital letters or digits (spec §3).
+        if !tag
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            return Err(Error::SectionLayout(format!(
+                "section tag \"{}\" is not four ASCII capital letters or digits",
+                tag.escape_ascii()
+            )));
+        }
         let name = info.tag_str();
         if flags & !FLAG_REQUIRED != 0 {
             return Err(Error::SectionLayout(format!(
                 "{name}: unknown flags {flags:#x}"
+            )));
+        }
+        // A known section carries exactly the required flag version 1 assigns it (spec §5).
+        let required = flags & FLAG_REQUIRED != 0;
+        if known_tag(&tag).is_some() && required != (tag != TAG_METADATA) {
+            return Err(Error::SectionLayout(format!(
+                "{name}: required flag {}, version 1 assigns {}",
+                u8::from(required),
+                u8::from(!required)
             )));
         }
         if !seen.insert(tag) {
@@ -322,24 +369,20 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
             .checked_add(p.len)
             .ok_or(Error::Overflow("output bytes"))?;
     }
-    if output > limits.max_output_bytes {
-        return Err(Error::LimitExceeded {
-            what: "decoded checkpoint bytes",
-            value: output,
-            limit: limits.max_output_bytes,
-            hint: " (raise it with --max-output-bytes if the file is trusted)",
-        });
-    }
+    const RAISE: &str = " (raise it with --max-output-bytes if the file is trusted)";
+    at_most(
+        "decoded checkpoint bytes",
+        output,
+        limits.max_output_bytes,
+        RAISE,
+    )?;
     check_data(&passthrough, data)?;
     let permutations = parse_permutations(find(TAG_PERMUTATIONS, "PERM")?, &layers)?;
 
-    let meta = sections.iter().find(|s| s.tag == TAG_METADATA).map(|s| {
-        (
-            &buf[s.offset as usize..(s.offset + s.stored_len) as usize],
-            s.encoding,
-            s.decoded_len,
-        )
-    });
+    let meta = match sections.iter().find(|s| s.tag == TAG_METADATA) {
+        Some(s) => Some(parse_metadata(find(TAG_METADATA, "META")?, s, limits)?),
+        None => None,
+    };
     Ok(Container {
         major,
         minor,
@@ -481,14 +524,7 @@ fn parse_layers(bytes: &[u8], cfg: &PredictorConfig, limits: &Limits) -> Result<
     if count == 0 {
         return Err(r.err("no layers"));
     }
-    if u64::from(count) > limits.max_tensors {
-        return Err(Error::LimitExceeded {
-            what: "layer count",
-            value: u64::from(count),
-            limit: limits.max_tensors,
-            hint: "",
-        });
-    }
+    at_most("layer count", u64::from(count), limits.max_tensors, "")?;
     // Each entry takes at least 20 bytes: no allocation beyond what the bytes can hold.
     let mut layers = Vec::with_capacity((count as usize).min(r.remaining() / 20));
     for i in 0..count {
@@ -538,14 +574,12 @@ fn parse_passthrough(bytes: &[u8], limits: &Limits, layer_count: usize) -> Resul
     if has_meta > 1 || (has_meta == 0 && meta_count != 0) {
         return Err(r.err("bad metadata flag"));
     }
-    if u64::from(count) + layer_count as u64 > limits.max_tensors {
-        return Err(Error::LimitExceeded {
-            what: "tensor count",
-            value: u64::from(count) + layer_count as u64,
-            limit: limits.max_tensors,
-            hint: "",
-        });
-    }
+    at_most(
+        "tensor count",
+        u64::from(count) + layer_count as u64,
+        limits.max_tensors,
+        "",
+    )?;
     let mut meta = BTreeMap::new();
     for _ in 0..meta_count {
         let k = r.string(true, MAX_META_STRING)?;

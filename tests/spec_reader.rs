@@ -1,0 +1,558 @@
+//! Spec §2-§5 and §7: one test per reader duty and per layout rule the spec states, on files
+//! crafted from the golden files (valid hashes, so only the named defect is wrong).
+
+mod common;
+#[path = "common/craft.rs"]
+#[allow(dead_code)]
+mod craft;
+use common::*;
+use craft::*;
+
+use nernc::Error;
+use nernc::format::{
+    ContainerParts, Limits, RawTensor, TensorDtype, read_container, write_container,
+};
+use nernc::permute::Permutation;
+
+const GOLDEN: [&str; 4] = [
+    "resnet20-h16-infilter",
+    "resnet20-h16-crossfilter",
+    "resnet20-h16-f16",
+    "resnet20-h16-int8",
+];
+
+fn golden(name: &str) -> Vec<u8> {
+    std::fs::read(fixture("golden").join(format!("{name}.nern"))).unwrap()
+}
+
+fn infilter() -> Vec<u8> {
+    golden("resnet20-h16-infilter")
+}
+
+fn err(bytes: &[u8]) -> Error {
+    read_container(bytes, &Limits::default()).expect_err("invalid file was accepted")
+}
+
+fn ok(bytes: &[u8]) -> nernc::format::Container<'_> {
+    read_container(bytes, &Limits::default()).unwrap()
+}
+
+fn layout_err(bytes: &[u8], needle: &str) {
+    match err(bytes) {
+        Error::SectionLayout(m) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected SectionLayout({needle}), got {other:?}"),
+    }
+}
+
+fn malformed(e: Error, section: &str, needle: &str) {
+    match e {
+        Error::Malformed { section: s, detail } => {
+            assert_eq!(s, section, "{detail}");
+            assert!(detail.contains(needle), "{detail}");
+        }
+        other => panic!("expected Malformed({section}: {needle}), got {other:?}"),
+    }
+}
+
+/// Writes the parsed container back through `write_container`.
+fn rewrite(c: &nernc::format::Container<'_>) -> Vec<u8> {
+    let passthrough = c
+        .passthrough
+        .iter()
+        .map(|p| RawTensor {
+            name: p.name.clone(),
+            dtype: p.dtype,
+            shape: p.shape.clone(),
+            bytes: c.tensor_bytes(p),
+        })
+        .collect();
+    write_container(&ContainerParts {
+        predictor: &c.predictor,
+        layers: &c.layers,
+        permutations: &c.permutations,
+        passthrough,
+        source_metadata: c.source_metadata.clone(),
+        metadata: c.metadata(&Limits::default()).unwrap(),
+    })
+    .unwrap()
+}
+
+fn minor(bytes: &[u8]) -> u16 {
+    u16::from_le_bytes([bytes[10], bytes[11]])
+}
+
+// ---- §2 header -----------------------------------------------------------------------------
+
+/// §2: any minor version of major 1 is read; writers write the lowest minor the file needs
+/// (1 only for an int8 predictor); an int8 predictor in a file marked 1.0 is not an error.
+#[test]
+fn s2_minor_versions() {
+    for m in [0u16, 1, 2, 0xffff] {
+        let mut b = infilter();
+        b[10..12].copy_from_slice(&m.to_le_bytes());
+        rehash_header(&mut b);
+        assert_eq!(ok(&b).minor, m);
+    }
+    for name in GOLDEN {
+        let b = golden(name);
+        let c = ok(&b);
+        let int8 = c.predictor.config.weight_dtype == nernc::predictor::WeightDtype::Int8;
+        assert_eq!(minor(&b), u16::from(int8), "{name}");
+        assert_eq!(minor(&rewrite(&c)), u16::from(int8), "{name} rewritten");
+    }
+    // The int8 golden relabelled 1.0 reads exactly as before.
+    let b = golden("resnet20-h16-int8");
+    let mut old = b.clone();
+    old[10..12].copy_from_slice(&0u16.to_le_bytes());
+    rehash_header(&mut old);
+    let (c, c_old) = (ok(&b), ok(&old));
+    assert_eq!(c_old.minor, 0);
+    assert_eq!(c_old.predictor, c.predictor);
+}
+
+// ---- §3 section table ----------------------------------------------------------------------
+
+fn with_extra(tag: [u8; 4], flags: u16, encoding: u8, decoded_len: u64, payload: &[u8]) -> Vec<u8> {
+    let mut e = split(&infilter());
+    e.push(Entry {
+        tag,
+        flags,
+        encoding,
+        decoded_len,
+        payload: payload.to_vec(),
+    });
+    assemble(&e)
+}
+
+/// §3: a tag is four bytes `A-Z` / `0-9`; any other byte makes the file invalid (it is not an
+/// unknown optional section).
+#[test]
+fn s3_tags_are_ascii_capitals_or_digits() {
+    for name in GOLDEN {
+        for s in ok(&golden(name)).sections {
+            assert!(
+                s.tag
+                    .iter()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            );
+        }
+    }
+    for good in [*b"ZZZZ", *b"X9Y0", *b"0000"] {
+        assert_eq!(ok(&with_extra(good, 0, 0, 2, b"hi")).sections.len(), 7);
+    }
+    for bad in [
+        *b"zzzz",
+        *b"Zzzz",
+        *b"ZZ Z",
+        *b"AB-C",
+        [b'A', b'B', b'C', 0],
+        [0xC9, b'A', b'B', b'C'],
+        [b'E', 0xC3, 0x89, b'T'],
+    ] {
+        layout_err(
+            &with_extra(bad, 0, 0, 2, b"hi"),
+            "capital letters or digits",
+        );
+    }
+}
+
+/// §3/§5: a known section whose required flag differs from what version 1 assigns is invalid.
+#[test]
+fn s3_known_sections_with_the_wrong_required_flag_are_refused() {
+    let b = infilter();
+    for tag in [*b"PRED", *b"LAYR", *b"PERM", *b"PASS", *b"DATA", *b"META"] {
+        let mut e = split(&b);
+        let s = find(&mut e, &tag);
+        assert_eq!(s.flags, u16::from(&tag != b"META"));
+        s.flags ^= 1;
+        layout_err(&assemble(&e), "required flag");
+    }
+}
+
+/// §3: an unknown optional section is skipped without decoding whatever its encoding (0 or 1),
+/// its hash still checked; another encoding, or the required flag, is refused.
+#[test]
+fn s3_unknown_sections() {
+    // Not zstd at all, absurd decoded length: never decoded, so accepted.
+    let x = with_extra(*b"ZZZZ", 0, 1, u64::MAX, b"not a zstd frame");
+    assert_eq!(ok(&x).sections.len(), 7);
+    assert_eq!(
+        ok(&with_extra(*b"ZZZZ", 0, 0, 5, b"hello")).sections.len(),
+        7
+    );
+    // Hash still checked.
+    let mut y = x.clone();
+    let last = y.len() - 1;
+    y[last] ^= 1;
+    assert!(matches!(err(&y), Error::SectionHashMismatch { tag } if tag == "ZZZZ"));
+    // Encodings other than 0 and 1.
+    for enc in [2u8, 0xff] {
+        layout_err(&with_extra(*b"ZZZZ", 0, enc, 5, b"hello"), "encoding");
+    }
+    // Unknown required sections, raw or zstd.
+    for enc in [0u8, 1] {
+        match err(&with_extra(*b"ZZZZ", 1, enc, 5, b"hello")) {
+            Error::UnknownRequiredSection { tag } => assert_eq!(tag, "ZZZZ"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A raw section's decoded length is its stored length, known or not.
+    let x = assemble_with(
+        &{
+            let mut e = split(&infilter());
+            e.push(Entry {
+                tag: *b"ZZZZ",
+                flags: 0,
+                encoding: 0,
+                decoded_len: 0,
+                payload: b"hello".to_vec(),
+            });
+            e
+        },
+        |i, row| {
+            if i == 6 {
+                row[24..32].copy_from_slice(&6u64.to_le_bytes());
+            }
+        },
+    );
+    layout_err(&x, "decoded length");
+}
+
+// ---- §4 validation order -------------------------------------------------------------------
+
+/// §4: a file of 8-31 bytes starting with the magic is a truncated header; shorter prefixes of
+/// the magic too; anything else without the magic is not a .nern file.
+#[test]
+fn s4_short_files() {
+    let b = infilter();
+    for len in 0..32 {
+        match err(&b[..len]) {
+            Error::Truncated {
+                what: "header",
+                needed: 32,
+                available,
+            } => assert_eq!(available, len as u64),
+            other => panic!("{len} bytes: {other:?}"),
+        }
+    }
+    let mut junk = b[..20].to_vec();
+    junk[0] = b'P';
+    assert!(matches!(err(&junk), Error::BadMagic));
+    assert!(matches!(err(b"\x89NERX"), Error::BadMagic));
+}
+
+// ---- §5.1 PRED -----------------------------------------------------------------------------
+
+/// Offsets of layer `i`'s scales, codes and biases in an int8 `PRED` payload.
+fn int8_layout(widths: &[u32], i: usize) -> (usize, usize, usize) {
+    let mut at = 24 + 4 * widths.len();
+    for d in widths.windows(2).take(i) {
+        at += (d[0] * d[1] + 8 * d[1]) as usize;
+    }
+    let (n_in, n_out) = (widths[i] as usize, widths[i + 1] as usize);
+    (at, at + 4 * n_out, at + 4 * n_out + n_in * n_out)
+}
+
+/// §5.1: every int8 weight is the binary32 product `f32(Q) * s` rounded to nearest even, and
+/// most of those products are not exact (the spec no longer says they are).
+#[test]
+fn s5_1_int8_weight_is_one_rounded_binary32_product() {
+    let b = golden("resnet20-h16-int8");
+    let c = ok(&b);
+    let pred = &split(&b)[0].payload;
+    let widths = &c.predictor.config.widths;
+    let (mut products, mut rounded) = (0, 0);
+    for (i, layer) in c.predictor.layers.iter().enumerate() {
+        let (s_at, q_at, _) = int8_layout(widths, i);
+        for k in 0..layer.inputs {
+            for j in 0..layer.outputs {
+                let q = pred[q_at + k * layer.outputs + j] as i8;
+                let at = s_at + 4 * j;
+                let s = f32::from_le_bytes(pred[at..at + 4].try_into().unwrap());
+                let w = layer.weight[k * layer.outputs + j];
+                assert_eq!(w.to_bits(), (f32::from(q) * s).to_bits());
+                products += 1;
+                rounded += usize::from(f64::from(q) * f64::from(s) != f64::from(w));
+            }
+        }
+    }
+    println!("{rounded} of {products} int8 products rounded");
+    assert_eq!((rounded, products), (4147, 4752));
+}
+
+/// §5.1: a product `Q * s` that overflows to infinity is a non-finite weight: invalid.
+#[test]
+fn s5_1_int8_product_overflowing_is_refused() {
+    let b = golden("resnet20-h16-int8");
+    let widths = ok(&b).predictor.config.widths.clone();
+    let (s_at, q_at, _) = int8_layout(&widths, 0);
+    let (n_in, n_out) = (widths[0] as usize, widths[1] as usize);
+    // Output unit 0 of layer 0: scale s, code q for input 0, codes 0 elsewhere.
+    let with = |q: i8, s: f32| {
+        let mut e = split(&b);
+        let pred = &mut find(&mut e, b"PRED").payload;
+        pred[s_at..s_at + 4].copy_from_slice(&s.to_le_bytes());
+        for k in 0..n_in {
+            pred[q_at + k * n_out] = 0;
+        }
+        pred[q_at] = q as u8;
+        assemble(&e)
+    };
+    // f32::MAX * 1 is finite: valid.
+    ok(&with(1, f32::MAX));
+    for q in [2, -2, 127, -128] {
+        assert!(
+            matches!(err(&with(q, f32::MAX)), Error::NonFinite { .. }),
+            "q = {q}"
+        );
+    }
+}
+
+// ---- §5.3 PERM -----------------------------------------------------------------------------
+
+/// §5.3's worked example: a block of five 3-bit entries `[3, 0, 4, 1, 2]` is the two bytes
+/// `03 23` (LSB first); written so by the writer and read so by the reader.
+#[test]
+fn s5_3_permutation_bits_are_lsb_first() {
+    const EXAMPLE: [u8; 2] = [0x03, 0x23];
+    let b = infilter();
+    let c = ok(&b);
+    assert_eq!(c.layers[0].shape, [16, 1, 3, 3]);
+    // The golden's own first block: 16 entries of 4 bits, entry 2i in the low nibble of byte i.
+    let perm = split(&b)[2].payload.clone();
+    let Permutation::InFilter { filters, .. } = &c.permutations[0] else {
+        panic!("in-filter expected");
+    };
+    for (i, byte) in perm[..8].iter().enumerate() {
+        assert_eq!(
+            (filters[2 * i], filters[2 * i + 1]),
+            (u32::from(byte & 0xf), u32::from(byte >> 4))
+        );
+    }
+    // conv1 re-declared [5, 1, 3, 3]: its PERM blocks become the example (channel blocks of
+    // cin = 1 take zero bits).
+    let mut e = split(&b);
+    let layr = &mut find(&mut e, b"LAYR").payload;
+    let shape_at = 4 + 2 + "conv1.weight".len() + 2;
+    layr[shape_at..shape_at + 4].copy_from_slice(&5u32.to_le_bytes());
+    let perm = &mut find(&mut e, b"PERM").payload;
+    perm.splice(0..8, EXAMPLE);
+    let x = assemble(&e);
+    let c = ok(&x);
+    assert_eq!(
+        c.permutations[0],
+        Permutation::InFilter {
+            filters: vec![3, 0, 4, 1, 2],
+            channels: vec![0; 5],
+        }
+    );
+    let written = rewrite(&c);
+    assert_eq!(split(&written)[2].payload[..2], EXAMPLE);
+    assert_eq!(split(&written)[2].payload, split(&x)[2].payload);
+    // Its padding bit (bit 15) set: refused.
+    let mut e = split(&x);
+    find(&mut e, b"PERM").payload[1] |= 0x80;
+    malformed(err(&assemble(&e)), "PERM", "padding");
+}
+
+// ---- §5.4 PASS and DATA --------------------------------------------------------------------
+
+/// §5.4: `PASS` ends after its last entry.
+#[test]
+fn s5_4_pass_trailing_bytes_are_refused() {
+    for extra in [&[0u8][..], &[0; 8], b"\x01\x00x"] {
+        let mut e = split(&infilter());
+        find(&mut e, b"PASS").payload.extend_from_slice(extra);
+        malformed(err(&assemble(&e)), "PASS", "trailing");
+    }
+}
+
+/// §5.4: the dtype code table (code, name, element bytes) in the spec is the one nernc uses,
+/// and codes outside it are refused.
+#[test]
+fn s5_4_dtype_table_matches_the_spec_text() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/spec/nern-format.md"))
+        .unwrap();
+    let start = spec.find("| dtype code |").expect("dtype table in §5.4");
+    let rows: Vec<(u8, String, usize)> = spec[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').map(|c| c.trim().trim_matches('`')).collect();
+            (
+                f[1].parse().unwrap(),
+                f[2].to_string(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 15);
+    for (code, name, size) in rows {
+        let d = TensorDtype::from_code(code).unwrap();
+        assert_eq!((d.name(), d.size()), (name.as_str(), size), "code {code}");
+    }
+    for code in std::iter::once(0).chain(16..=255) {
+        assert!(matches!(
+            TensorDtype::from_code(code),
+            Err(Error::UnknownDtypeCode(c)) if c == code
+        ));
+    }
+}
+
+/// §5.4: zero passthrough tensors are valid; `DATA` is then present and empty.
+#[test]
+fn s5_4_zero_passthrough_tensors() {
+    let mut pass = 0u32.to_le_bytes().to_vec();
+    pass.extend_from_slice(&[0; 8]);
+    let mut e = split(&infilter());
+    find(&mut e, b"PASS").payload = pass;
+    find(&mut e, b"DATA").payload.clear();
+    let x = assemble(&e);
+    let c = ok(&x);
+    assert!(c.passthrough.is_empty() && c.data.is_empty() && c.source_metadata.is_none());
+    // A non-empty DATA without tensors is not canonical.
+    find(&mut e, b"DATA").payload = vec![0; 8];
+    malformed(err(&assemble(&e)), "DATA", "declares 0");
+    // DATA cannot be left out.
+    e.retain(|s| &s.tag != b"DATA");
+    assert!(matches!(err(&assemble(&e)), Error::MissingSection("DATA")));
+}
+
+// ---- §5.5 META -----------------------------------------------------------------------------
+
+fn with_meta(encoding: u8, decoded_len: u64, payload: Vec<u8>) -> Vec<u8> {
+    let mut e = split(&infilter());
+    let m = find(&mut e, b"META");
+    m.encoding = encoding;
+    m.decoded_len = decoded_len;
+    m.payload = payload;
+    assemble(&e)
+}
+
+/// A broken META is refused by `nernc decode` and `nernc inspect` too (it is checked while the
+/// file is read, not when the metadata is used).
+fn cli_refuses(bytes: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.nern");
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    let out = dir.path().join("out.safetensors");
+    assert_clean_failure(&nernc(&["inspect", p]), "META");
+    assert_clean_failure(&nernc(&["decode", p, "-o", out.to_str().unwrap()]), "META");
+    assert!(!out.exists());
+}
+
+#[test]
+fn s5_5_golden_meta_is_a_json_object() {
+    for name in GOLDEN {
+        let b = golden(name);
+        let meta = ok(&b).metadata(&Limits::default()).unwrap().unwrap();
+        assert!(meta.is_object(), "{name}");
+    }
+}
+
+#[test]
+fn s5_5_meta_that_is_not_zstd_is_refused() {
+    let x = with_meta(1, 20, b"{\"not\": \"zstd\"}".to_vec());
+    malformed(err(&x), "META", "zstd");
+    cli_refuses(&x);
+}
+
+#[test]
+fn s5_5_meta_decoding_to_another_length_is_refused() {
+    let json = br#"{"encoder":"test"}"#;
+    let packed = zstd::bulk::compress(json, 3).unwrap();
+    ok(&with_meta(1, json.len() as u64, packed.clone()));
+    for declared in [json.len() as u64 - 1, json.len() as u64 + 1, 0] {
+        let x = with_meta(1, declared, packed.clone());
+        match err(&x) {
+            Error::Malformed {
+                section: "META", ..
+            } => {}
+            other => panic!("declared {declared}: {other:?}"),
+        }
+    }
+    cli_refuses(&with_meta(1, json.len() as u64 + 1, packed));
+    // Beyond the configured limit: refused at read time, before decompressing.
+    let limits = Limits {
+        max_metadata_bytes: json.len() as u64 - 1,
+        ..Limits::default()
+    };
+    let x = with_meta(1, json.len() as u64, zstd::bulk::compress(json, 3).unwrap());
+    assert!(matches!(
+        read_container(&x, &limits),
+        Err(Error::LimitExceeded { .. })
+    ));
+}
+
+#[test]
+fn s5_5_meta_that_is_not_a_json_object_is_refused() {
+    for (text, needle) in [
+        (&b"[1, 2]"[..], "not a JSON object"),
+        (b"\"text\"", "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b"{\"a\": ", "JSON"),
+        (b"{\"a\": \"\xff\"}", "JSON"),
+        (b"", "JSON"),
+    ] {
+        // zstd (as written) and raw.
+        let packed = zstd::bulk::compress(text, 3).unwrap();
+        malformed(
+            err(&with_meta(1, text.len() as u64, packed)),
+            "META",
+            needle,
+        );
+        malformed(
+            err(&with_meta(0, text.len() as u64, text.to_vec())),
+            "META",
+            needle,
+        );
+    }
+    let text = b"[\"not an object\"]";
+    cli_refuses(&with_meta(0, text.len() as u64, text.to_vec()));
+    // A valid raw JSON object is fine; so is a file without META.
+    ok(&with_meta(0, 2, b"{}".to_vec()));
+    let mut e = split(&infilter());
+    e.retain(|s| &s.tag != b"META");
+    assert!(
+        ok(&assemble(&e))
+            .metadata(&Limits::default())
+            .unwrap()
+            .is_none()
+    );
+}
+
+// ---- §7 limits -----------------------------------------------------------------------------
+
+/// §7: the tensor bound applies to `LAYR` and `PASS` together.
+#[test]
+fn s7_tensor_limit_counts_layr_and_pass_together() {
+    let b = infilter();
+    let c = ok(&b);
+    let (l, p) = (c.layers.len() as u64, c.passthrough.len() as u64);
+    let at = |max_tensors| {
+        read_container(
+            &b,
+            &Limits {
+                max_tensors,
+                ..Limits::default()
+            },
+        )
+    };
+    assert!(at(l + p).is_ok());
+    assert!(l.max(p) < l + p - 1);
+    for max in [l + p - 1, l.max(p)] {
+        assert!(
+            matches!(
+                at(max),
+                Err(Error::LimitExceeded {
+                    what: "tensor count",
+                    ..
+                })
+            ),
+            "{max}"
+        );
+    }
+    assert_eq!(Limits::default().max_tensors, 1 << 20);
+}
