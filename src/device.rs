@@ -1,9 +1,20 @@
 //! Where training and evaluation run: the device kinds, their burn backends, and the one place
 //! that turns a [`DeviceKind`] into a backend type ([`run_on`]); `encode`, `eval` and the
-//! benchmarks all go through it.
+//! benchmarks all go through it. [`ConvBackend`] says how each backend runs the networks'
+//! convolutions: on the CPU through [`crate::conv`] (forward, and a custom autodiff step for
+//! both gradients), on CUDA with burn's own.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
+use crate::conv::ConvGeometry;
 use crate::error::{Error, Result};
 
 /// Where training runs.
@@ -51,7 +62,183 @@ pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
 /// Work generic over the backend: [`run_on`] picks the backend and device for a [`DeviceKind`].
 pub trait BackendJob {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Self::Output>;
+    fn run<B: TrainBackend>(self, device: &B::Device) -> Result<Self::Output>;
+}
+
+/// A training backend: autodiff, and convolutions through [`ConvBackend`] with and without it.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend {}
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + ConvBackend,
+    B::InnerBackend: ConvBackend,
+{
+}
+
+/// How a backend runs a network convolution: NCHW input, `[cout, cin, k, k]` weights, a bias,
+/// equal stride and zero padding on both axes, no groups or dilation.
+pub trait ConvBackend: Backend {
+    fn conv2d_biased(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+        stride: usize,
+        pad: usize,
+    ) -> Tensor<Self, 4> {
+        let options = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
+        burn::tensor::module::conv2d(x, weight, Some(bias), options)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl ConvBackend for burn::backend::Cuda {}
+#[cfg(feature = "cuda")]
+impl ConvBackend for CudaAutodiff {}
+
+fn geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> ConvGeometry {
+    assert_eq!(x[1], w[1], "conv: input channels differ from the weight's");
+    assert_eq!(w[2], w[3], "conv: square kernels only");
+    ConvGeometry {
+        batch: x[0],
+        cin: x[1],
+        h: x[2],
+        w: x[3],
+        cout: w[0],
+        k: w[2],
+        stride,
+        pad,
+    }
+}
+
+/// A contiguous f32 copy-free view of a Flex tensor (copied only if it is a strided view).
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("conv: contiguous f32 tensors (the networks run in f32)")
+}
+
+fn flex(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let d = t.layout().shape();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// The forward pass on host tensors; also returns the contiguous inputs for the backward.
+fn host_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    stride: usize,
+    pad: usize,
+) -> (FlexTensor, FlexTensor, ConvGeometry, FlexTensor) {
+    let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+    let g = geometry(dims4(&x), dims4(&weight), stride, pad);
+    let threads = crate::decode::default_threads();
+    let y = crate::conv::forward(f32s(&x), f32s(&weight), Some(f32s(&bias)), &g, threads);
+    let y = flex(y, [g.batch, g.cout, g.out_h(), g.out_w()]);
+    (x, weight, g, y)
+}
+
+impl ConvBackend for Flex {
+    fn conv2d_biased(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+        stride: usize,
+        pad: usize,
+    ) -> Tensor<Self, 4> {
+        let (x, w, b) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let (_, _, _, y) = host_forward(&x, &w, &b, stride, pad);
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+}
+
+/// The backward step of a host convolution: input (when it needs a gradient), weight and bias
+/// gradients from [`crate::conv::backward`].
+#[derive(Debug)]
+struct HostConvBackward;
+
+#[derive(Clone, Debug)]
+struct HostConvState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    geometry: ConvGeometry,
+}
+
+impl Backward<Flex, 3> for HostConvBackward {
+    type State = HostConvState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let HostConvState {
+            x,
+            weight,
+            geometry: g,
+        } = ops.state;
+        let threads = crate::decode::default_threads();
+        let (dx, dw, db) = crate::conv::backward(
+            f32s(&x),
+            f32s(&weight),
+            f32s(&dy),
+            &g,
+            node_x.is_some(),
+            threads,
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, flex(dx, [g.batch, g.cin, g.h, g.w]));
+        }
+        if let Some(node) = node_weight {
+            grads.register::<Flex>(node.id, flex(dw, [g.cout, g.cin, g.k, g.k]));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, flex(db, [g.cout]));
+        }
+    }
+}
+
+impl ConvBackend for CpuAutodiff {
+    fn conv2d_biased(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+        stride: usize,
+        pad: usize,
+    ) -> Tensor<Self, 4> {
+        let (x, w, b) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let (xc, wc, geometry, y) =
+            host_forward(&x.primitive, &w.primitive, &b.primitive, stride, pad);
+        let nodes = [x.node.clone(), w.node.clone(), b.node.clone()];
+        let out = match HostConvBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                HostConvState {
+                    x: xc,
+                    weight: wc,
+                    geometry,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
 }
 
 /// Runs `job` on the backend of `kind`.

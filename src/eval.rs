@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::arch::Network;
 use crate::data::{Dataset, Normalization};
-use crate::device::{BackendJob, DeviceKind, run_on};
+use crate::device::{BackendJob, ConvBackend, DeviceKind, TrainBackend, run_on};
 use crate::error::{Error, Result};
 use crate::network::{FixedParams, HostModel, forward, host_convs};
 
@@ -100,7 +100,9 @@ impl<B: Backend> LoadedNet<B> {
             net,
         })
     }
+}
 
+impl<B: ConvBackend> LoadedNet<B> {
     pub fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         forward(&self.net, &self.fixed, &self.convs, x)
     }
@@ -149,7 +151,7 @@ fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>> {
 }
 
 /// Predicted classes of every image in `indices`.
-pub fn predict<B: Backend>(
+pub fn predict<B: ConvBackend>(
     m: &LoadedNet<B>,
     data: &Dataset,
     indices: &[usize],
@@ -183,7 +185,7 @@ pub fn accuracy(pred: &[u32], data: &Dataset, indices: &[usize]) -> (usize, f64)
 }
 
 /// FGSM accuracy: one signed-gradient step of size `eps` (in pixel units, images in [0, 1]).
-fn fgsm_accuracy<B: burn::tensor::backend::AutodiffBackend>(
+fn fgsm_accuracy<B: TrainBackend>(
     path: &Path,
     data: &Dataset,
     indices: &[usize],
@@ -233,7 +235,7 @@ pub struct EvalOptions {
     pub device: DeviceKind,
 }
 
-fn score<B: burn::tensor::backend::AutodiffBackend>(
+fn score<B: TrainBackend>(
     path: &Path,
     data: &Dataset,
     indices: &[usize],
@@ -262,7 +264,7 @@ fn score<B: burn::tensor::backend::AutodiffBackend>(
     ))
 }
 
-fn run<B: burn::tensor::backend::AutodiffBackend>(
+fn run<B: TrainBackend>(
     model: &Path,
     reference: Option<&Path>,
     data: &Dataset,
@@ -311,10 +313,7 @@ struct EvalJob<'a> {
 
 impl BackendJob for EvalJob<'_> {
     type Output = EvalReport;
-    fn run<B: burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: &B::Device,
-    ) -> Result<EvalReport> {
+    fn run<B: TrainBackend>(self, device: &B::Device) -> Result<EvalReport> {
         run::<B>(
             self.model,
             self.reference,

@@ -6,11 +6,14 @@
 //! in and out), [`permute`] (permutation tables), [`predictor`], [`io`], [`rng`], [`error`].
 //!
 //! With the `train` feature (burn): `encode` (the encoder), `eval`, and what they need: `arch`
-//! (ResNet recognition), `network` (the forward pass), `data` (datasets), `device` (backends).
+//! (ResNet recognition), `network` (the forward pass), `conv` (CPU convolution for training),
+//! `data` (datasets), `device` (backends).
 
 #[cfg(feature = "train")]
 pub mod arch;
 pub mod checkpoint;
+#[cfg(feature = "train")]
+pub mod conv;
 #[cfg(feature = "train")]
 pub mod data;
 pub mod decode;

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, max_pool2d};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::max_pool2d;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::arch::{BN_EPS, Conv, Network, Norm, Shortcut, recognize};
 use crate::checkpoint::parse_safetensors;
+use crate::device::ConvBackend;
 use crate::error::{Error, Result};
 use crate::format::{Limits, RawTensor, TensorDtype, read_container};
 use crate::io::MappedFile;
@@ -181,7 +181,7 @@ pub fn host_convs<B: Backend>(
 }
 
 /// `BN(conv(x))` with BN folded into the conv (see [`FixedParams`]).
-fn conv_norm<B: Backend>(
+fn conv_norm<B: ConvBackend>(
     x: Tensor<B, 4>,
     c: &Conv,
     convs: &HashMap<String, Tensor<B, 4>>,
@@ -189,17 +189,12 @@ fn conv_norm<B: Backend>(
 ) -> Tensor<B, 4> {
     let (scale, bias) = &fixed.folded[&c.weight];
     let w = convs[&c.weight].clone() * scale.clone();
-    conv2d(
-        x,
-        w,
-        Some(bias.clone()),
-        ConvOptions::new([c.stride; 2], [c.padding; 2], [1, 1], 1),
-    )
+    B::conv2d_biased(x, w, bias.clone(), c.stride, c.padding)
 }
 
 /// Logits `[batch, classes]` for NCHW input `x`. `convs` maps every conv weight name
 /// (`Network::conv_weights`) to its tensor.
-pub fn forward<B: Backend>(
+pub fn forward<B: ConvBackend>(
     net: &Network,
     fixed: &FixedParams<B>,
     convs: &HashMap<String, Tensor<B, 4>>,

@@ -55,6 +55,35 @@ impl PackedMatrix {
         Self { data, k, n }
     }
 
+    /// Packs a `[k, n]` matrix given row by row: `fill(kk, row)` writes row `kk` (`n` values).
+    /// Lets callers generate rows (e.g. image patches) straight into the packed layout.
+    pub fn from_rows(k: usize, n: usize, mut fill: impl FnMut(usize, &mut [f32])) -> Self {
+        let mut offsets = Vec::new();
+        let mut col0 = 0;
+        let mut total = 0;
+        while col0 < n {
+            let width = panel_width(n, col0);
+            offsets.push((col0, width, total));
+            total += width * k;
+            col0 += width;
+        }
+        let mut data = vec![Line([0.0; LANES]); total / LANES];
+        // SAFETY: as in `floats`: `Line` is `repr(C)` around `[f32; LANES]` without padding, so
+        // the buffer is `total` initialised, contiguous f32 values, borrowed mutably here only.
+        let flat =
+            unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), total) };
+        let mut row = vec![0f32; n];
+        for kk in 0..k {
+            fill(kk, &mut row);
+            for &(col0, width, start) in &offsets {
+                let cols = width.min(n - col0);
+                let at = start + kk * width;
+                flat[at..at + cols].copy_from_slice(&row[col0..col0 + cols]);
+            }
+        }
+        Self { data, k, n }
+    }
+
     /// Rows of `W` (the inner dimension).
     pub fn k(&self) -> usize {
         self.k
@@ -741,6 +770,19 @@ mod tests {
             whole.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
             parts.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn packing_row_by_row_equals_packing_a_matrix() {
+        let mut rng = Rng::new(6);
+        for (k, n) in [(1, 1), (3, 16), (5, 17), (7, 33), (4, 64), (2, 70)] {
+            let w = values(&mut rng, k * n, false);
+            let a = PackedMatrix::new(&w, k, n);
+            let b = PackedMatrix::from_rows(k, n, |kk, row| {
+                row.copy_from_slice(&w[kk * n..(kk + 1) * n])
+            });
+            assert_eq!(a.floats(), b.floats(), "k {k} n {n}");
+        }
     }
 
     #[test]

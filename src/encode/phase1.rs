@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::kernels::{KernelSet, Sampler};
@@ -15,6 +14,7 @@ use super::progress::Progress;
 use super::report::{RoundReport, rmse};
 use super::schedule::{PHASE1_FLOOR, cosine};
 use crate::decode::decode_layers;
+use crate::device::TrainBackend;
 use crate::error::{Error, Result};
 use crate::format::LayerEntry;
 use crate::permute::Permutation;
@@ -43,7 +43,7 @@ pub struct TrainOutcome {
 }
 
 /// Trains a fresh predictor to reproduce `set.targets`.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     device: &B::Device,
     cfg: &PredictorConfig,
     set: &KernelSet,
@@ -127,7 +127,7 @@ pub struct RoundsOutcome {
 /// Runs the rounds; round `r + 1` reconstructs round `r`'s decoded weights. Each round takes
 /// its seed from `seeds`. With `held_out_accuracy` giving figures, the best round is kept,
 /// otherwise the last.
-pub fn run_rounds<B: AutodiffBackend>(
+pub fn run_rounds<B: TrainBackend>(
     device: &B::Device,
     r: &Rounds<'_>,
     seeds: &mut SplitMix64,

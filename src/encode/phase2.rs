@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::kernels::KernelSet;
@@ -19,6 +19,7 @@ use super::schedule::{PHASE2_FLOOR, cosine};
 use super::selection::DataPlan;
 use super::selection::{HeldOut, held_out_accuracy};
 use crate::data::{Augment, Dataset, DatasetKind, Normalization, noise_batch};
+use crate::device::TrainBackend;
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, input_tensor};
 use crate::format::LayerEntry;
@@ -157,7 +158,7 @@ impl<B: Backend> KernelLayout<B> {
 
 /// Runs phase 2 from `start` (the phase-1 predictor).
 #[allow(clippy::too_many_arguments)]
-pub fn distill<B: AutodiffBackend>(
+pub fn distill<B: TrainBackend>(
     device: &B::Device,
     start: &Predictor,
     set: &KernelSet,

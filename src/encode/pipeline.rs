@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
-
 use super::assemble::{Encoded, assemble};
 use super::kernels::KernelSet;
 use super::options::{DistillSource, EncodeOptions};
@@ -18,7 +16,7 @@ use super::search::search;
 use super::selection::{DataPlan, HeldOut, held_out_accuracy, load_data};
 use super::source::Source;
 use crate::decode::decode_layers;
-use crate::device::BackendJob;
+use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, check_fit};
 use crate::format::{LayerEntry, Limits, read_container};
@@ -37,12 +35,12 @@ pub struct EncodeJob<'a> {
 
 impl BackendJob for EncodeJob<'_> {
     type Output = (Vec<u8>, EncodeReport);
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Self::Output> {
+    fn run<B: TrainBackend>(self, device: &B::Device) -> Result<Self::Output> {
         encode_on::<B>(device, self.input, self.opts, self.progress)
     }
 }
 
-fn encode_on<B: AutodiffBackend>(
+fn encode_on<B: TrainBackend>(
     device: &B::Device,
     input: &Path,
     opts: &EncodeOptions,
@@ -351,7 +349,7 @@ pub struct ThroughputJob<'a> {
 
 impl BackendJob for ThroughputJob<'_> {
     type Output = f64;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<f64> {
+    fn run<B: TrainBackend>(self, device: &B::Device) -> Result<f64> {
         let opts = self.opts;
         let file = MappedFile::open(self.input)?;
         let source = Source::parse(self.input, file.bytes(), PermutationKind::None)?;

@@ -9,6 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::options::EncodeOptions;
 use crate::data::{Dataset, Normalization, Split, load};
+use crate::device::ConvBackend;
 use crate::error::Result;
 use crate::eval::{LoadedNet, accuracy, predict};
 use crate::format::LayerEntry;
@@ -88,7 +89,7 @@ pub fn decoded_convs<B: Backend>(
 }
 
 /// Held-out accuracy of the network with the predictor's decoded conv weights.
-pub fn held_out_accuracy<B: Backend>(
+pub fn held_out_accuracy<B: ConvBackend>(
     p: &Predictor,
     layers: &[LayerEntry],
     perms: &[Permutation],

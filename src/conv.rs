@@ -1,0 +1,471 @@
+//! 2-D convolution for training on the CPU: forward and both gradients as im2col + the
+//! decoder's GEMM ([`crate::decode::gemm`]), images split across threads.
+//!
+//! burn Flex's own conv2d and the generic backward it inherits (a transposed convolution for the
+//! input gradient, a batch-as-channels convolution for the weight gradient) ran at 3-15 GFLOP/s
+//! on the phase-2 shapes (batch 128, 16-64 channels, 7x7-28x28 maps), which made phase 2 three
+//! times slower than PyTorch. Every product here is a GEMM with one long dimension, which the
+//! decoder's kernel runs near the machine's FMA peak.
+//!
+//! Layouts are NCHW (inputs, outputs, gradients) and `[cout, cin, k, k]` (weights), as burn and
+//! PyTorch use. Results are deterministic for a given thread count: each thread owns a fixed
+//! range of images, and per-thread weight-gradient partials are summed in thread order.
+
+use crate::decode::gemm::{PackedMatrix, gemm_bias};
+
+/// One convolution's sizes: square kernels, equal stride and padding on both axes, no groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeometry {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    fn out_len(&self) -> usize {
+        self.cout * self.out_pixels()
+    }
+    /// Length of one patch: `cin * k * k`.
+    fn patch(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    /// Whether the geometry describes a convolution at all (non-empty output, kernel fits).
+    pub fn is_valid(&self) -> bool {
+        self.k > 0
+            && self.stride > 0
+            && self.h + 2 * self.pad >= self.k
+            && self.w + 2 * self.pad >= self.k
+    }
+}
+
+/// Input row (or column) of output position `o` and kernel offset `t`, if inside the image.
+#[inline]
+fn source(o: usize, t: usize, g: &ConvGeometry, len: usize) -> Option<usize> {
+    (o * g.stride + t).checked_sub(g.pad).filter(|&i| i < len)
+}
+
+/// Output columns `lo..hi` whose input column for kernel offset `kx` lies inside the image.
+fn valid_columns(kx: usize, g: &ConvGeometry) -> (usize, usize) {
+    let ow = g.out_w();
+    let lo = g.pad.saturating_sub(kx).div_ceil(g.stride).min(ow);
+    let hi = if g.w + g.pad > kx {
+        ((g.w + g.pad - kx - 1) / g.stride + 1).min(ow)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// One patch row of one image: `out[p] = x[ci, iy(p), ix(p)]` (zero outside) for the patch
+/// element `(ci, ky, kx)` at every output pixel `p`.
+fn patch_row(x: &[f32], g: &ConvGeometry, (ci, ky, kx): (usize, usize, usize), out: &mut [f32]) {
+    let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+    let ow = g.out_w();
+    let (lo, hi) = valid_columns(kx, g);
+    for (oy, d) in out.chunks_exact_mut(ow).enumerate() {
+        let Some(iy) = source(oy, ky, g, g.h) else {
+            d.fill(0.0);
+            continue;
+        };
+        d[..lo].fill(0.0);
+        d[hi..].fill(0.0);
+        if lo == hi {
+            continue;
+        }
+        let ix0 = lo * g.stride + kx - g.pad;
+        let src = &plane[iy * g.w..(iy + 1) * g.w];
+        if g.stride == 1 {
+            d[lo..hi].copy_from_slice(&src[ix0..ix0 + hi - lo]);
+        } else {
+            for (t, v) in d[lo..hi].iter_mut().enumerate() {
+                *v = src[ix0 + t * g.stride];
+            }
+        }
+    }
+}
+
+/// Adds one patch row's gradient back onto the image (the transpose of [`patch_row`]).
+fn add_patch_row(d: &[f32], g: &ConvGeometry, (ci, ky, kx): (usize, usize, usize), dx: &mut [f32]) {
+    let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+    let ow = g.out_w();
+    let (lo, hi) = valid_columns(kx, g);
+    if lo == hi {
+        return;
+    }
+    for (oy, src) in d.chunks_exact(ow).enumerate() {
+        let Some(iy) = source(oy, ky, g, g.h) else {
+            continue;
+        };
+        let ix0 = lo * g.stride + kx - g.pad;
+        let row = &mut plane[iy * g.w..(iy + 1) * g.w];
+        if g.stride == 1 {
+            row[ix0..ix0 + hi - lo]
+                .iter_mut()
+                .zip(&src[lo..hi])
+                .for_each(|(r, v)| *r += v);
+        } else {
+            for (t, v) in src[lo..hi].iter().enumerate() {
+                row[ix0 + t * g.stride] += v;
+            }
+        }
+    }
+}
+
+/// `(ci, ky, kx)` of patch element `j`.
+fn patch_element(g: &ConvGeometry, j: usize) -> (usize, usize, usize) {
+    (j / (g.k * g.k), j / g.k % g.k, j % g.k)
+}
+
+/// Patches of one image as columns: `cols[j * pixels + p]`, `j = (ci * k + ky) * k + kx`.
+fn im2col_cols(x: &[f32], g: &ConvGeometry, cols: &mut [f32]) {
+    for (j, row) in cols.chunks_exact_mut(g.out_pixels()).enumerate() {
+        patch_row(x, g, patch_element(g, j), row);
+    }
+}
+
+/// Adds column-layout patch gradients back onto the image they were taken from.
+fn col2im_cols(cols: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
+    for (j, row) in cols.chunks_exact(g.out_pixels()).enumerate() {
+        add_patch_row(row, g, patch_element(g, j), dx);
+    }
+}
+
+/// `rows x cols` row-major `src` transposed into `dst`.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// Runs `work(first_image, images)` on `threads` contiguous ranges of the batch.
+fn split_images<R: Send>(
+    batch: usize,
+    threads: usize,
+    work: impl Fn(usize, usize) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, batch.max(1));
+    let per = batch.div_ceil(threads);
+    let ranges: Vec<(usize, usize)> = (0..threads)
+        .map(|t| (t * per, (batch.min((t + 1) * per)).saturating_sub(t * per)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    if ranges.len() <= 1 {
+        return ranges.iter().map(|&(s, n)| work(s, n)).collect();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranges[1..]
+            .iter()
+            .map(|&(start, n)| {
+                let work = &work;
+                s.spawn(move || work(start, n))
+            })
+            .collect();
+        let mut out = vec![work(ranges[0].0, ranges[0].1)];
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("conv worker panicked")),
+        );
+        out
+    })
+}
+
+/// A raw pointer to an output buffer whose disjoint image ranges the workers fill.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: each worker writes only its own images' range (split_images gives disjoint ranges).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Images `start..start + n` of length `len` each.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no other live slice overlaps it.
+    unsafe fn images(self, start: usize, n: usize, len: usize) -> &'static mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start * len), n * len) }
+    }
+}
+
+/// `y = conv(x, weight) + bias` (bias per output channel, zero when `None`).
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    threads: usize,
+) -> Vec<f32> {
+    let (patch, pixels) = (g.patch(), g.out_pixels());
+    assert_eq!(x.len(), g.batch * g.in_len(), "x");
+    assert_eq!(weight.len(), g.cout * patch, "weight");
+    assert!(bias.is_none_or(|b| b.len() == g.cout), "bias");
+    let zeros = vec![0f32; g.out_pixels()];
+    let bias = bias.unwrap_or(&[]);
+    let mut y = vec![0f32; g.batch * g.out_len()];
+    let out = Shared(y.as_mut_ptr());
+    split_images(g.batch, threads, |start, n| {
+        // SAFETY: split_images hands out disjoint image ranges inside `y`.
+        let y = unsafe { out.images(start, n, g.out_len()) };
+        for (i, y_img) in y.chunks_exact_mut(g.out_len()).enumerate() {
+            let img = start + i;
+            let x_img = &x[img * g.in_len()..(img + 1) * g.in_len()];
+            // y [cout, pixels] = W [cout, patch] . cols [patch, pixels], patches packed directly.
+            let cols = PackedMatrix::from_rows(patch, pixels, |j, row| {
+                patch_row(x_img, g, patch_element(g, j), row)
+            });
+            gemm_bias(weight, patch, g.cout, &cols, &zeros, y_img, pixels, false);
+            for (plane, b) in y_img.chunks_exact_mut(pixels).zip(bias) {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    });
+    y
+}
+
+/// Gradients of a convolution: `(dx, dweight, dbias)` for the output gradient `dy`; `dx` only
+/// when `want_dx` (the first layer's input needs none).
+pub fn backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    want_dx: bool,
+    threads: usize,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (patch, pixels) = (g.patch(), g.out_pixels());
+    assert_eq!(x.len(), g.batch * g.in_len(), "x");
+    assert_eq!(weight.len(), g.cout * patch, "weight");
+    assert_eq!(dy.len(), g.batch * g.out_len(), "dy");
+    let mut wt = vec![0f32; patch * g.cout];
+    transpose(weight, g.cout, patch, &mut wt);
+    let zero_patch = vec![0f32; pixels.max(patch)];
+    let zero_out = vec![0f32; g.cout];
+    let mut dx = want_dx.then(|| vec![0f32; g.batch * g.in_len()]);
+    let dx_out = dx.as_mut().map(|v| Shared(v.as_mut_ptr()));
+    let partials = split_images(g.batch, threads, |start, n| {
+        let mut cols = vec![0f32; patch * pixels];
+        let mut dw_img = vec![0f32; patch * g.cout];
+        let mut dwt = vec![0f32; patch * g.cout];
+        let mut db = vec![0f32; g.cout];
+        // SAFETY: split_images hands out disjoint image ranges inside `dx`.
+        let mut dx = dx_out.map(|o| unsafe { o.images(start, n, g.in_len()) });
+        for i in 0..n {
+            let img = start + i;
+            let x_img = &x[img * g.in_len()..(img + 1) * g.in_len()];
+            let dy_img = &dy[img * g.out_len()..(img + 1) * g.out_len()];
+            // dW^T [patch, cout] += cols [patch, pixels] . dy^T [pixels, cout]
+            im2col_cols(x_img, g, &mut cols);
+            let dyt_packed = PackedMatrix::from_rows(pixels, g.cout, |p, row| {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = dy_img[c * pixels + p];
+                }
+            });
+            gemm_bias(
+                &cols,
+                pixels,
+                patch,
+                &dyt_packed,
+                &zero_out,
+                &mut dw_img,
+                g.cout,
+                false,
+            );
+            dwt.iter_mut().zip(&dw_img).for_each(|(a, v)| *a += v);
+            for (c, plane) in dy_img.chunks_exact(pixels).enumerate() {
+                db[c] += plane.iter().sum::<f32>();
+            }
+            // dcols [patch, pixels] = W^T [patch, cout] . dy [cout, pixels]
+            if let Some(dx) = dx.as_mut() {
+                let dy_packed = PackedMatrix::new(dy_img, g.cout, pixels);
+                gemm_bias(
+                    &wt,
+                    g.cout,
+                    patch,
+                    &dy_packed,
+                    &zero_patch,
+                    &mut cols,
+                    pixels,
+                    false,
+                );
+                let dx_img = &mut dx[i * g.in_len()..(i + 1) * g.in_len()];
+                col2im_cols(&cols, g, dx_img);
+            }
+        }
+        (dwt, db)
+    });
+    let mut dwt = vec![0f32; patch * g.cout];
+    let mut db = vec![0f32; g.cout];
+    for (p_dwt, p_db) in &partials {
+        dwt.iter_mut().zip(p_dwt).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(p_db).for_each(|(a, v)| *a += v);
+    }
+    let mut dw = vec![0f32; g.cout * patch];
+    transpose(&dwt, patch, g.cout, &mut dw);
+    (dx, dw, db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// The definition, in f64.
+    fn naive_forward(x: &[f32], w: &[f32], b: &[f32], g: &ConvGeometry) -> Vec<f64> {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut y = vec![0f64; g.batch * g.cout * oh * ow];
+        for n in 0..g.batch {
+            for co in 0..g.cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = f64::from(b[co]);
+                        for ci in 0..g.cin {
+                            for ky in 0..g.k {
+                                for kx in 0..g.k {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.cin + ci) * g.h + iy as usize) * g.w
+                                        + ix as usize];
+                                    let wv = w[((co * g.cin + ci) * g.k + ky) * g.k + kx];
+                                    acc += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                        y[((n * g.cout + co) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.symmetric_f32()).collect()
+    }
+
+    fn geometries() -> Vec<ConvGeometry> {
+        let g = |batch, cin, h, w, cout, k, stride, pad| ConvGeometry {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+        };
+        vec![
+            g(3, 2, 7, 6, 5, 3, 1, 1),
+            g(4, 3, 8, 8, 4, 3, 2, 1),
+            g(2, 4, 6, 6, 3, 1, 2, 0),
+            g(5, 1, 5, 7, 2, 3, 1, 0),
+            g(1, 17, 9, 9, 33, 3, 1, 1),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        let mut rng = SplitMix64::new(1);
+        for g in geometries() {
+            let x = values(&mut rng, g.batch * g.in_len());
+            let w = values(&mut rng, g.cout * g.patch());
+            let b = values(&mut rng, g.cout);
+            let want = naive_forward(&x, &w, &b, &g);
+            for threads in [1, 2, 3] {
+                let got = forward(&x, &w, Some(&b), &g, threads);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (f64::from(*a) - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(err < 1e-4, "{g:?}: forward off by {err}");
+            }
+        }
+    }
+
+    /// Gradients against the definition: `<dy, conv(x, w)>` is linear in each of x, w, b, so its
+    /// derivative along a random direction equals a central difference of the f64 forward.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut rng = SplitMix64::new(2);
+        for g in geometries() {
+            let x = values(&mut rng, g.batch * g.in_len());
+            let w = values(&mut rng, g.cout * g.patch());
+            let b = values(&mut rng, g.cout);
+            let dy = values(&mut rng, g.batch * g.out_len());
+            let objective = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+                naive_forward(x, w, b, &g)
+                    .iter()
+                    .zip(&dy)
+                    .map(|(y, d)| y * f64::from(*d))
+                    .sum()
+            };
+            let (dx, dw, db) = backward(&x, &w, &dy, &g, true, 2);
+            let dx = dx.unwrap();
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                    .sum()
+            };
+            // The objective is bilinear, so the difference along a direction is exact up to
+            // rounding with any step; 1.0 keeps it well conditioned.
+            let dir_x = values(&mut rng, x.len());
+            let plus: Vec<f32> = x.iter().zip(&dir_x).map(|(a, d)| a + d).collect();
+            let want = objective(&plus, &w, &b) - objective(&x, &w, &b);
+            assert!(
+                (dot(&dx, &dir_x) - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "{g:?} dx"
+            );
+            let dir_w = values(&mut rng, w.len());
+            let plus: Vec<f32> = w.iter().zip(&dir_w).map(|(a, d)| a + d).collect();
+            let want = objective(&x, &plus, &b) - objective(&x, &w, &b);
+            assert!(
+                (dot(&dw, &dir_w) - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "{g:?} dw"
+            );
+            let want_db: Vec<f64> = (0..g.cout)
+                .map(|c| {
+                    (0..g.batch)
+                        .flat_map(|n| {
+                            let s = (n * g.cout + c) * g.out_pixels();
+                            dy[s..s + g.out_pixels()].iter().map(|v| f64::from(*v))
+                        })
+                        .sum()
+                })
+                .collect();
+            for (a, b) in db.iter().zip(&want_db) {
+                assert!(
+                    (f64::from(*a) - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "{g:?} db"
+                );
+            }
+            // Same thread count, same result; no input gradient when not asked.
+            let (none, dw2, _) = backward(&x, &w, &dy, &g, false, 2);
+            assert!(none.is_none());
+            assert_eq!(dw, dw2);
+        }
+    }
+}
