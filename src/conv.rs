@@ -1,5 +1,6 @@
 //! 2-D convolution for training on the CPU: forward and both gradients as im2col + the
-//! decoder's GEMM ([`crate::decode::gemm`]), images split across threads.
+//! decoder's GEMM ([`crate::decode::gemm::gemm_bias_rows`], operands read in place, unpacked),
+//! images split across threads.
 //!
 //! burn Flex's own conv2d and the generic backward it inherits (a transposed convolution for the
 //! input gradient, a batch-as-channels convolution for the weight gradient) ran at 3-15 GFLOP/s
@@ -11,7 +12,7 @@
 //! PyTorch use. Results are deterministic for a given thread count: each thread owns a fixed
 //! range of images, and per-thread weight-gradient partials are summed in thread order.
 
-use crate::decode::gemm::{PackedMatrix, gemm_bias};
+use crate::decode::gemm::gemm_bias_rows;
 
 /// One convolution's sizes: square kernels, equal stride and padding on both axes, no groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +79,9 @@ fn valid_columns(kx: usize, g: &ConvGeometry) -> (usize, usize) {
 fn patch_row(x: &[f32], g: &ConvGeometry, (ci, ky, kx): (usize, usize, usize), out: &mut [f32]) {
     let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
     let ow = g.out_w();
+    if g.stride == 1 && ow == g.w && g.out_h() == g.h {
+        return shifted_plane(plane, g, ky, kx, out);
+    }
     let (lo, hi) = valid_columns(kx, g);
     for (oy, d) in out.chunks_exact_mut(ow).enumerate() {
         let Some(iy) = source(oy, ky, g, g.h) else {
@@ -98,6 +102,37 @@ fn patch_row(x: &[f32], g: &ConvGeometry, (ci, ky, kx): (usize, usize, usize), o
                 *v = src[ix0 + t * g.stride];
             }
         }
+    }
+}
+
+/// [`patch_row`] for "same" stride-1 convolutions: the patch row is the plane shifted by
+/// `(ky - pad, kx - pad)`, so valid rows are one block copy (a row-by-row copy costs a call per
+/// image row) and only the wrapped border columns need zeroing.
+fn shifted_plane(plane: &[f32], g: &ConvGeometry, ky: usize, kx: usize, out: &mut [f32]) {
+    let (h, w) = (g.h, g.w);
+    // Output rows whose input row iy = oy + ky - pad is inside the image.
+    let oy_lo = g.pad.saturating_sub(ky).min(h);
+    let oy_hi = (h + g.pad).saturating_sub(ky).min(h).max(oy_lo);
+    out[..oy_lo * w].fill(0.0);
+    out[oy_hi * w..].fill(0.0);
+    if oy_lo == oy_hi {
+        return;
+    }
+    // out[p] = plane[p + delta] over the valid rows, delta = (ky - pad) * w + (kx - pad).
+    let delta = (ky * w + kx) as isize - (g.pad * w + g.pad) as isize;
+    let (p_lo, p_hi) = (oy_lo * w, oy_hi * w);
+    let src_lo = (p_lo as isize + delta).clamp(0, (h * w) as isize) as usize;
+    let src_hi = (p_hi as isize + delta).clamp(0, (h * w) as isize) as usize;
+    let dst_lo = (src_lo as isize - delta) as usize;
+    out[p_lo..dst_lo].fill(0.0);
+    out[dst_lo..dst_lo + src_hi - src_lo].copy_from_slice(&plane[src_lo..src_hi]);
+    out[dst_lo + src_hi - src_lo..p_hi].fill(0.0);
+    // Columns whose input column ix = ox + kx - pad falls off the left or right edge took
+    // values from the neighbouring row: zero them.
+    let (lo, hi) = valid_columns(kx, g);
+    for row in out[p_lo..p_hi].chunks_exact_mut(w) {
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
     }
 }
 
@@ -134,9 +169,10 @@ fn patch_element(g: &ConvGeometry, j: usize) -> (usize, usize, usize) {
 }
 
 /// Patches of one image as columns: `cols[j * pixels + p]`, `j = (ci * k + ky) * k + kx`.
-fn im2col_cols(x: &[f32], g: &ConvGeometry, cols: &mut [f32]) {
-    for (j, row) in cols.chunks_exact_mut(g.out_pixels()).enumerate() {
-        patch_row(x, g, patch_element(g, j), row);
+/// Rows are `ld >= pixels` floats apart; the padding is left as it is.
+fn im2col_cols(x: &[f32], g: &ConvGeometry, cols: &mut [f32], ld: usize) {
+    for (j, row) in cols.chunks_exact_mut(ld).enumerate() {
+        patch_row(x, g, patch_element(g, j), &mut row[..g.out_pixels()]);
     }
 }
 
@@ -222,17 +258,21 @@ pub fn forward(
     let bias = bias.unwrap_or(&[]);
     let mut y = vec![0f32; g.batch * g.out_len()];
     let out = Shared(y.as_mut_ptr());
+    // Patch rows padded to whole 16-float groups: the GEMM reads them in place, unpacked.
+    let ld = pixels.next_multiple_of(16);
     split_images(g.batch, threads, |start, n| {
         // SAFETY: split_images hands out disjoint image ranges inside `y`.
         let y = unsafe { out.images(start, n, g.out_len()) };
+        let mut cols = vec![0f32; patch * ld];
         for (i, y_img) in y.chunks_exact_mut(g.out_len()).enumerate() {
             let img = start + i;
             let x_img = &x[img * g.in_len()..(img + 1) * g.in_len()];
-            // y [cout, pixels] = W [cout, patch] . cols [patch, pixels], patches packed directly.
-            let cols = PackedMatrix::from_rows(patch, pixels, |j, row| {
-                patch_row(x_img, g, patch_element(g, j), row)
-            });
-            gemm_bias(weight, patch, g.cout, &cols, &zeros, y_img, pixels, false);
+            // y [cout, pixels] = W [cout, patch] . cols [patch, pixels]
+            im2col_cols(x_img, g, &mut cols, ld);
+            let dims = (patch, pixels);
+            gemm_bias_rows(
+                weight, patch, g.cout, &cols, ld, dims, &zeros, y_img, pixels, false,
+            );
             for (plane, b) in y_img.chunks_exact_mut(pixels).zip(bias) {
                 plane.iter_mut().for_each(|v| *v += b);
             }
@@ -259,10 +299,14 @@ pub fn backward(
     transpose(weight, g.cout, patch, &mut wt);
     let zero_patch = vec![0f32; pixels.max(patch)];
     let zero_out = vec![0f32; g.cout];
+    // Row strides in whole 16-float groups, so the GEMM reads these operands unpacked.
+    let (ld_out, ld_pix) = (g.cout.next_multiple_of(16), pixels.next_multiple_of(16));
     let mut dx = want_dx.then(|| vec![0f32; g.batch * g.in_len()]);
     let dx_out = dx.as_mut().map(|v| Shared(v.as_mut_ptr()));
     let partials = split_images(g.batch, threads, |start, n| {
         let mut cols = vec![0f32; patch * pixels];
+        let mut dyt = vec![0f32; pixels * ld_out];
+        let mut dyp = vec![0f32; g.cout * ld_pix];
         let mut dw_img = vec![0f32; patch * g.cout];
         let mut dwt = vec![0f32; patch * g.cout];
         let mut db = vec![0f32; g.cout];
@@ -273,21 +317,16 @@ pub fn backward(
             let x_img = &x[img * g.in_len()..(img + 1) * g.in_len()];
             let dy_img = &dy[img * g.out_len()..(img + 1) * g.out_len()];
             // dW^T [patch, cout] += cols [patch, pixels] . dy^T [pixels, cout]
-            im2col_cols(x_img, g, &mut cols);
-            let dyt_packed = PackedMatrix::from_rows(pixels, g.cout, |p, row| {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = dy_img[c * pixels + p];
+            im2col_cols(x_img, g, &mut cols, pixels);
+            for (c, plane) in dy_img.chunks_exact(pixels).enumerate() {
+                for (p, &v) in plane.iter().enumerate() {
+                    dyt[p * ld_out + c] = v;
                 }
-            });
-            gemm_bias(
-                &cols,
-                pixels,
-                patch,
-                &dyt_packed,
-                &zero_out,
-                &mut dw_img,
-                g.cout,
-                false,
+            }
+            let dims = (pixels, g.cout);
+            let dw = &mut dw_img;
+            gemm_bias_rows(
+                &cols, pixels, patch, &dyt, ld_out, dims, &zero_out, dw, g.cout, false,
             );
             dwt.iter_mut().zip(&dw_img).for_each(|(a, v)| *a += v);
             for (c, plane) in dy_img.chunks_exact(pixels).enumerate() {
@@ -295,16 +334,22 @@ pub fn backward(
             }
             // dcols [patch, pixels] = W^T [patch, cout] . dy [cout, pixels]
             if let Some(dx) = dx.as_mut() {
-                let dy_packed = PackedMatrix::new(dy_img, g.cout, pixels);
-                gemm_bias(
-                    &wt,
-                    g.cout,
-                    patch,
-                    &dy_packed,
-                    &zero_patch,
-                    &mut cols,
-                    pixels,
-                    false,
+                // The GEMM reads dy's rows in place when they are whole 16-float groups.
+                let dy_rows = if ld_pix == pixels {
+                    dy_img
+                } else {
+                    for (dst, src) in dyp
+                        .chunks_exact_mut(ld_pix)
+                        .zip(dy_img.chunks_exact(pixels))
+                    {
+                        dst[..pixels].copy_from_slice(src);
+                    }
+                    &dyp[..]
+                };
+                let dims = (g.cout, pixels);
+                let (zp, c) = (&zero_patch, &mut cols);
+                gemm_bias_rows(
+                    &wt, g.cout, patch, dy_rows, ld_pix, dims, zp, c, pixels, false,
                 );
                 let dx_img = &mut dx[i * g.in_len()..(i + 1) * g.in_len()];
                 col2im_cols(&cols, g, dx_img);
@@ -382,6 +427,12 @@ mod tests {
             g(2, 4, 6, 6, 3, 1, 2, 0),
             g(5, 1, 5, 7, 2, 3, 1, 0),
             g(1, 17, 9, 9, 33, 3, 1, 1),
+            // "Same" stride-1 convolutions take the shifted-plane path: 5x5 and 1x1 kernels too.
+            g(2, 3, 6, 5, 4, 5, 1, 2),
+            g(2, 3, 4, 4, 2, 1, 1, 0),
+            // Padding larger than the kernel needs, and a kernel as large as the image.
+            g(2, 2, 3, 3, 3, 3, 1, 2),
+            g(1, 2, 3, 3, 2, 3, 1, 0),
         ]
     }
 

@@ -55,35 +55,6 @@ impl PackedMatrix {
         Self { data, k, n }
     }
 
-    /// Packs a `[k, n]` matrix given row by row: `fill(kk, row)` writes row `kk` (`n` values).
-    /// Lets callers generate rows (e.g. image patches) straight into the packed layout.
-    pub fn from_rows(k: usize, n: usize, mut fill: impl FnMut(usize, &mut [f32])) -> Self {
-        let mut offsets = Vec::new();
-        let mut col0 = 0;
-        let mut total = 0;
-        while col0 < n {
-            let width = panel_width(n, col0);
-            offsets.push((col0, width, total));
-            total += width * k;
-            col0 += width;
-        }
-        let mut data = vec![Line([0.0; LANES]); total / LANES];
-        // SAFETY: as in `floats`: `Line` is `repr(C)` around `[f32; LANES]` without padding, so
-        // the buffer is `total` initialised, contiguous f32 values, borrowed mutably here only.
-        let flat =
-            unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), total) };
-        let mut row = vec![0f32; n];
-        for kk in 0..k {
-            fill(kk, &mut row);
-            for &(col0, width, start) in &offsets {
-                let cols = width.min(n - col0);
-                let at = start + kk * width;
-                flat[at..at + cols].copy_from_slice(&row[col0..col0 + cols]);
-            }
-        }
-        Self { data, k, n }
-    }
-
     /// Rows of `W` (the inner dimension).
     pub fn k(&self) -> usize {
         self.k
@@ -126,6 +97,46 @@ fn relu0(x: f32) -> f32 {
 impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PackedMatrix {{ k: {}, n: {} }}", self.k, self.n)
+    }
+}
+
+/// The right-hand side as the kernels read it: column panels of [`panel_width`] columns, each
+/// row of a panel contiguous, rows `stride` floats apart.
+#[derive(Clone, Copy)]
+enum WRef<'a> {
+    Packed(&'a PackedMatrix),
+    /// Row-major `[k, n]` with rows `ld >= round_up(n, 16)` floats apart: every panel row can be
+    /// read whole (columns past `n` are read but never stored).
+    Rows {
+        data: &'a [f32],
+        ld: usize,
+        k: usize,
+        n: usize,
+    },
+}
+
+impl<'a> WRef<'a> {
+    fn k(&self) -> usize {
+        match self {
+            WRef::Packed(w) => w.k,
+            WRef::Rows { k, .. } => *k,
+        }
+    }
+    fn n(&self) -> usize {
+        match self {
+            WRef::Packed(w) => w.n,
+            WRef::Rows { n, .. } => *n,
+        }
+    }
+    /// Panel at column `col0`: (width, data from its row 0, row stride).
+    fn panel(&self, col0: usize) -> (usize, &'a [f32], usize) {
+        match *self {
+            WRef::Packed(w) => {
+                let (width, p) = w.panel(col0);
+                (width, p, width)
+            }
+            WRef::Rows { data, ld, n, .. } => (panel_width(n, col0), &data[col0..], ld),
+        }
     }
 }
 
@@ -186,6 +197,42 @@ pub fn gemm_bias(
     ldc: usize,
     relu: bool,
 ) {
+    gemm_path(best_path(), a, lda, m, WRef::Packed(w), bias, c, ldc, relu);
+}
+
+/// [`gemm_bias`] with a row-major right-hand side `w` (`[k, n]`, rows `ldw` floats apart, no
+/// packing). `ldw` must be at least `n` rounded up to a multiple of 16, and `w` hold
+/// `(k - 1) * ldw + ldw` floats: the kernels read whole 16-float groups of every row (values
+/// past column `n` are read and discarded). Same arithmetic as [`gemm_bias`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bias_rows(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &[f32],
+    ldw: usize,
+    (k, n): (usize, usize),
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    relu: bool,
+) {
+    assert!(
+        ldw >= n.next_multiple_of(LANES),
+        "ldw {ldw} < n {n} rounded up to 16"
+    );
+    assert!(
+        k == 0 || w.len() >= k * ldw,
+        "w has {} < k * ldw = {}",
+        w.len(),
+        k * ldw
+    );
+    let w = WRef::Rows {
+        data: w,
+        ld: ldw,
+        k,
+        n,
+    };
     gemm_path(best_path(), a, lda, m, w, bias, c, ldc, relu);
 }
 
@@ -201,7 +248,7 @@ pub fn gemm_bias_reference(
     ldc: usize,
     relu: bool,
 ) {
-    check_args(a, lda, m, w, bias, c, ldc);
+    check_args(a, lda, m, WRef::Packed(w), bias, c, ldc);
     for i in 0..m {
         for j in 0..w.n {
             let mut acc = bias[j];
@@ -214,23 +261,21 @@ pub fn gemm_bias_reference(
 }
 
 /// Panics unless every access the kernels make is in bounds; the SIMD paths rely on this.
-fn check_args(
-    a: &[f32],
-    lda: usize,
-    m: usize,
-    w: &PackedMatrix,
-    bias: &[f32],
-    c: &[f32],
-    ldc: usize,
-) {
-    assert!(lda >= w.k, "lda {lda} < k {}", w.k);
-    assert!(ldc >= w.n, "ldc {ldc} < n {}", w.n);
-    assert!(bias.len() >= w.n, "bias has {} < n {}", bias.len(), w.n);
+fn check_args(a: &[f32], lda: usize, m: usize, w: WRef<'_>, bias: &[f32], c: &[f32], ldc: usize) {
+    assert!(lda >= w.k(), "lda {lda} < k {}", w.k());
+    assert!(ldc >= w.n(), "ldc {ldc} < n {}", w.n());
+    assert!(bias.len() >= w.n(), "bias has {} < n {}", bias.len(), w.n());
     if m > 0 {
         // Checked arithmetic: a wrapped length must not pass for a valid one.
         let need = |ld: usize, width: usize| (m - 1).checked_mul(ld)?.checked_add(width);
-        assert!(need(lda, w.k).is_some_and(|l| a.len() >= l), "a too short");
-        assert!(need(ldc, w.n).is_some_and(|l| c.len() >= l), "c too short");
+        assert!(
+            need(lda, w.k()).is_some_and(|l| a.len() >= l),
+            "a too short"
+        );
+        assert!(
+            need(ldc, w.n()).is_some_and(|l| c.len() >= l),
+            "c too short"
+        );
     }
 }
 
@@ -240,7 +285,7 @@ fn gemm_path(
     a: &[f32],
     lda: usize,
     m: usize,
-    w: &PackedMatrix,
+    w: WRef<'_>,
     bias: &[f32],
     c: &mut [f32],
     ldc: usize,
@@ -248,7 +293,7 @@ fn gemm_path(
 ) {
     check_args(a, lda, m, w, bias, c, ldc);
     assert!(path_supported(path), "{path:?} not supported by this CPU");
-    if m == 0 || w.n == 0 {
+    if m == 0 || w.n() == 0 {
         return;
     }
     // Row blocks keep the A block L2-resident while every W panel streams past it.
@@ -275,22 +320,23 @@ fn gemm_scalar(
     a: &[f32],
     lda: usize,
     m: usize,
-    w: &PackedMatrix,
+    w: WRef<'_>,
     bias: &[f32],
     c: &mut [f32],
     ldc: usize,
     relu: bool,
 ) {
-    let (k, n) = (w.k, w.n);
+    let (k, n) = (w.k(), w.n());
     let mut col0 = 0;
     while col0 < n {
-        let (width, pw) = w.panel(col0);
+        let (width, pw, stride) = w.panel(col0);
         let cols = width.min(n - col0);
         for i in 0..m {
             let mut acc = [0.0f32; NR];
             acc[..cols].copy_from_slice(&bias[col0..col0 + cols]);
             let row = &a[i * lda..i * lda + k];
-            for (&x, wrow) in row.iter().zip(pw.chunks_exact(width)) {
+            for (kk, &x) in row.iter().enumerate() {
+                let wrow = &pw[kk * stride..kk * stride + cols];
                 for (acc, &wv) in acc.iter_mut().zip(wrow) {
                     *acc = x.mul_add(wv, *acc);
                 }
@@ -317,16 +363,16 @@ macro_rules! simd_kernel {
             a: &[f32],
             lda: usize,
             m: usize,
-            w: &PackedMatrix,
+            w: WRef<'_>,
             bias: &[f32],
             c: &mut [f32],
             ldc: usize,
             relu: bool,
         ) {
-            let (k, n) = (w.k, w.n);
+            let (k, n) = (w.k(), w.n());
             let mut col0 = 0;
             while col0 < n {
-                let (width, pw) = w.panel(col0);
+                let (width, pw, stride) = w.panel(col0);
                 // Strips of up to two vectors; every strip has >= 1 valid column.
                 let mut s = 0;
                 while s < width && col0 + s < n {
@@ -342,9 +388,9 @@ macro_rules! simd_kernel {
                     // bias[..n] are in bounds; the masks keep loads/stores to valid columns.
                     unsafe {
                         if strip_width == 2 * V {
-                            strip::<2>(ap, lda, m, k, wp, width, bp, masks, cp, ldc, relu);
+                            strip::<2>(ap, lda, m, k, wp, stride, bp, masks, cp, ldc, relu);
                         } else {
-                            strip::<1>(ap, lda, m, k, wp, width, bp, masks, cp, ldc, relu);
+                            strip::<1>(ap, lda, m, k, wp, stride, bp, masks, cp, ldc, relu);
                         }
                     }
                     s += strip_width;
@@ -620,7 +666,17 @@ mod tests {
             gemm_bias_reference(&a, lda, m, &w, &bias, &mut want[..clen], ldc, relu);
             for path in paths() {
                 let mut got = vec![SENTINEL; clen + LANES];
-                gemm_path(path, &a, lda, m, &w, &bias, &mut got[..clen], ldc, relu);
+                gemm_path(
+                    path,
+                    &a,
+                    lda,
+                    m,
+                    WRef::Packed(&w),
+                    &bias,
+                    &mut got[..clen],
+                    ldc,
+                    relu,
+                );
                 // Exact bits, NaN payloads and signed zeros included; columns >= n and
                 // everything past c must still hold the sentinel.
                 for (idx, (&g, &r)) in got.iter().zip(&want).enumerate() {
@@ -681,12 +737,22 @@ mod tests {
         let w = PackedMatrix::new(&vec![-1.0; n], 1, n);
         for path in paths() {
             let mut c = vec![SENTINEL; n];
-            gemm_path(path, &[0.0], 1, 1, &w, &bias, &mut c, n, false);
+            gemm_path(
+                path,
+                &[0.0],
+                1,
+                1,
+                WRef::Packed(&w),
+                &bias,
+                &mut c,
+                n,
+                false,
+            );
             assert!(c[0].is_nan(), "{path:?}");
             let bits: Vec<u32> = c[1..].iter().map(|x| x.to_bits()).collect();
             let want = [-0.0f32, 0.0, f32::INFINITY, f32::NEG_INFINITY, -2.5, 2.5];
             assert_eq!(bits, want.map(f32::to_bits), "{path:?}");
-            gemm_path(path, &[0.0], 1, 1, &w, &bias, &mut c, n, true);
+            gemm_path(path, &[0.0], 1, 1, WRef::Packed(&w), &bias, &mut c, n, true);
             let want = [0.0f32, 0.0, 0.0, f32::INFINITY, 0.0, 0.0, 2.5];
             assert_eq!(
                 c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -708,7 +774,7 @@ mod tests {
                 &[x],
                 1,
                 1,
-                &w,
+                WRef::Packed(&w),
                 &[-1.0 - f32::EPSILON * 4096.0],
                 &mut c,
                 1,
@@ -772,16 +838,45 @@ mod tests {
         );
     }
 
+    /// A row-major right-hand side (no packing) gives the same bits as the packed one, on every
+    /// path, with garbage (NaN) in the padding columns that must never reach the output.
     #[test]
-    fn packing_row_by_row_equals_packing_a_matrix() {
-        let mut rng = Rng::new(6);
-        for (k, n) in [(1, 1), (3, 16), (5, 17), (7, 33), (4, 64), (2, 70)] {
-            let w = values(&mut rng, k * n, false);
-            let a = PackedMatrix::new(&w, k, n);
-            let b = PackedMatrix::from_rows(k, n, |kk, row| {
-                row.copy_from_slice(&w[kk * n..(kk + 1) * n])
-            });
-            assert_eq!(a.floats(), b.floats(), "k {k} n {n}");
+    fn row_major_rhs_matches_packed_on_every_path() {
+        let mut rng = Rng::new(7);
+        for (m, k, n) in [
+            (1, 1, 1),
+            (13, 5, 16),
+            (7, 9, 17),
+            (25, 3, 33),
+            (12, 8, 64),
+            (5, 4, 70),
+        ] {
+            let a = values(&mut rng, m * k, true);
+            let w = values(&mut rng, k * n, true);
+            let bias = values(&mut rng, n, false);
+            let ldw = n.next_multiple_of(LANES) + 16;
+            let mut rows = vec![f32::NAN; k * ldw];
+            for kk in 0..k {
+                rows[kk * ldw..kk * ldw + n].copy_from_slice(&w[kk * n..(kk + 1) * n]);
+            }
+            let packed = PackedMatrix::new(&w, k, n);
+            let mut want = vec![SENTINEL; m * n];
+            gemm_bias_reference(&a, k, m, &packed, &bias, &mut want, n, true);
+            for path in paths() {
+                let mut got = vec![SENTINEL; m * n];
+                let w_rows = WRef::Rows {
+                    data: &rows,
+                    ld: ldw,
+                    k,
+                    n,
+                };
+                gemm_path(path, &a, k, m, w_rows, &bias, &mut got, n, true);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{path:?} m {m} k {k} n {n}");
+            }
         }
     }
 
@@ -803,9 +898,29 @@ mod tests {
         let w = PackedMatrix::new(&[], 0, 3);
         let mut c = [SENTINEL; 3];
         for path in paths() {
-            gemm_path(path, &[], 0, 1, &w, &[-1.0, 0.5, -0.0], &mut c, 3, true);
+            gemm_path(
+                path,
+                &[],
+                0,
+                1,
+                WRef::Packed(&w),
+                &[-1.0, 0.5, -0.0],
+                &mut c,
+                3,
+                true,
+            );
             assert_eq!(c, [0.0, 0.5, 0.0]);
-            gemm_path(path, &[], 0, 0, &w, &[1.0; 3], &mut [], 3, true);
+            gemm_path(
+                path,
+                &[],
+                0,
+                0,
+                WRef::Packed(&w),
+                &[1.0; 3],
+                &mut [],
+                3,
+                true,
+            );
         }
     }
 }
