@@ -192,12 +192,15 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
-/// Runs `work(first_image, images)` on `threads` contiguous ranges of the batch.
+/// Runs `work(first_image, images)` on `threads` contiguous ranges of the batch, on rayon's
+/// pool (the one burn Flex uses, so no second set of threads competes for the cores); results
+/// come back in range order.
 fn split_images<R: Send>(
     batch: usize,
     threads: usize,
     work: impl Fn(usize, usize) -> R + Sync,
 ) -> Vec<R> {
+    use rayon::prelude::*;
     let threads = threads.clamp(1, batch.max(1));
     let per = batch.div_ceil(threads);
     let ranges: Vec<(usize, usize)> = (0..threads)
@@ -207,22 +210,7 @@ fn split_images<R: Send>(
     if ranges.len() <= 1 {
         return ranges.iter().map(|&(s, n)| work(s, n)).collect();
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ranges[1..]
-            .iter()
-            .map(|&(start, n)| {
-                let work = &work;
-                s.spawn(move || work(start, n))
-            })
-            .collect();
-        let mut out = vec![work(ranges[0].0, ranges[0].1)];
-        out.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("conv worker panicked")),
-        );
-        out
-    })
+    ranges.par_iter().map(|&(s, n)| work(s, n)).collect()
 }
 
 /// A raw pointer to an output buffer whose disjoint image ranges the workers fill.
