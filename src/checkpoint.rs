@@ -213,13 +213,14 @@ fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
-/// Writes a safetensors checkpoint to `path` atomically, byte for byte as spec §6.4 specifies
-/// (tensors by dtype rank then name, metadata keys ascending, header padded to 8).
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, OutTensor<'_>)],
+/// Named tensors in output order.
+type Ordered<'t, 'a> = Vec<&'t (String, OutTensor<'a>)>;
+
+/// Tensors in output order (dtype rank, then name bytewise) and the header of spec §6.4.
+fn layout<'t, 'a>(
+    tensors: &'t [(String, OutTensor<'a>)],
     metadata: Option<&BTreeMap<String, String>>,
-) -> Result<()> {
+) -> Result<(Ordered<'t, 'a>, Vec<u8>)> {
     let mut order: Vec<&(String, OutTensor<'_>)> = tensors.iter().collect();
     order.sort_by(|(na, a), (nb, b)| {
         dtype_rank(a.dtype)
@@ -227,17 +228,46 @@ pub fn write_safetensors(
             .then_with(|| na.as_bytes().cmp(nb.as_bytes()))
     });
     let header = safetensors_header(&order, metadata)?;
+    Ok((order, header))
+}
+
+/// The size prefix, the header and every tensor's data, in order.
+fn write_parts(
+    out: &mut impl std::io::Write,
+    order: &[&(String, OutTensor<'_>)],
+    header: &[u8],
+) -> std::io::Result<()> {
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(header)?;
+    for (_, t) in order {
+        out.write_all(&t.bytes())?;
+    }
+    out.flush()
+}
+
+/// A safetensors checkpoint in memory, byte for byte as [`write_safetensors`] writes it.
+pub fn safetensors_bytes(
+    tensors: &[(String, OutTensor<'_>)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let (order, header) = layout(tensors, metadata)?;
+    let mut out = Vec::new();
+    write_parts(&mut out, &order, &header)
+        .map_err(|e| Error::InvalidArgument(format!("in-memory write: {e}")))?;
+    Ok(out)
+}
+
+/// Writes a safetensors checkpoint to `path` atomically, byte for byte as spec §6.4 specifies
+/// (tensors by dtype rank then name, metadata keys ascending, header padded to 8).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, OutTensor<'_>)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    let (order, header) = layout(tensors, metadata)?;
     crate::io::write_atomic_with(path, |file, _| {
-        use std::io::Write;
-        let io_err = |e| Error::io(path, e);
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&(header.len() as u64).to_le_bytes())
-            .map_err(io_err)?;
-        out.write_all(&header).map_err(io_err)?;
-        for (_, t) in &order {
-            out.write_all(&t.bytes()).map_err(io_err)?;
-        }
-        out.flush().map_err(io_err)
+        write_parts(&mut out, &order, &header).map_err(|e| Error::io(path, e))
     })
 }
 

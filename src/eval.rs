@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::arch::Network;
+use crate::baseline::{self, QuantBits, QuantizedSize};
 use crate::data::{Dataset, Normalization};
 use crate::device::{BackendJob, ConvBackend, DeviceKind, TrainBackend, run_on};
 use crate::error::{Error, Result};
@@ -38,6 +39,8 @@ pub struct EvalReport {
     /// Share of images where both predict the same class.
     pub agreement: Option<f64>,
     pub fgsm_epsilon: Option<f64>,
+    /// With `--quantize`: what the plain baseline stores (the model's accuracy is of it).
+    pub quantized: Option<QuantizedSize>,
     pub device: String,
     pub seconds: f64,
 }
@@ -50,9 +53,13 @@ impl EvalReport {
                 .unwrap_or_default()
         };
         let m = &self.model;
+        let label = match &self.quantized {
+            Some(q) => format!("{} ({})", m.path.display(), q.method),
+            None => m.path.display().to_string(),
+        };
         let mut s = format!(
             "{}: {:.2} % top-1 ({}/{} {} {} images){}\n",
-            m.path.display(),
+            label,
             m.accuracy,
             m.correct,
             self.images,
@@ -72,6 +79,12 @@ impl EvalReport {
                 "difference {:+.2} points, predictions agree on {:.2} %\n",
                 self.difference.unwrap_or(0.0),
                 self.agreement.unwrap_or(0.0)
+            );
+        }
+        if let Some(q) = &self.quantized {
+            s += &format!(
+                "{}: {} bytes, {:.2} % of the source's {} bytes\n",
+                q.method, q.bytes, q.percent, q.source_bytes
             );
         }
         s
@@ -233,16 +246,48 @@ pub struct EvalOptions {
     pub norm: Normalization,
     pub fgsm: Option<f64>,
     pub device: DeviceKind,
+    /// Evaluate the model with its conv weights quantised per output channel (the plain
+    /// baseline, [`crate::baseline`]); the unquantised model is the default reference.
+    pub quantize: Option<QuantBits>,
+}
+
+/// `path` (a `.safetensors`) with every 4-D tensor quantised as [`crate::baseline`] does, and
+/// what the baseline would store.
+fn quantized_net<B: ConvBackend>(
+    path: &Path,
+    bits: QuantBits,
+    device: &B::Device,
+) -> Result<(LoadedNet<B>, QuantizedSize)> {
+    let file = crate::io::MappedFile::open(path)?;
+    if file.bytes().starts_with(&crate::format::MAGIC) {
+        return Err(Error::InvalidArgument(format!(
+            "--quantize applies to a .safetensors checkpoint; {} is a .nern",
+            path.display()
+        )));
+    }
+    let ck = crate::checkpoint::parse_safetensors(path, file.bytes())?;
+    let size = baseline::stored_size(&ck, file.bytes().len() as u64, bits)?;
+    let mut host = HostModel::from_tensors(&ck.tensors);
+    for (name, cout, w) in baseline::conv_tensors(&ck)? {
+        let (codes, scales) = baseline::quantize_channels(&w, cout, bits);
+        host.values
+            .insert(name, baseline::dequantize_channels(&codes, &scales));
+    }
+    Ok((LoadedNet::from_host(&host, device)?, size))
 }
 
 fn score<B: TrainBackend>(
     path: &Path,
+    loaded: Option<LoadedNet<B::InnerBackend>>,
     data: &Dataset,
     indices: &[usize],
     opts: &EvalOptions,
     device: &B::Device,
 ) -> Result<(ModelScore, Vec<u32>)> {
-    let m = LoadedNet::<B::InnerBackend>::load(path, device)?;
+    let m = match loaded {
+        Some(m) => m,
+        None => LoadedNet::<B::InnerBackend>::load(path, device)?,
+    };
     check_fit(&m.net, data, &path.display().to_string())?;
     let pred = predict(&m, data, indices, &opts.norm, device)?;
     let (correct, acc) = accuracy(&pred, data, indices);
@@ -274,10 +319,19 @@ fn run<B: TrainBackend>(
 ) -> Result<EvalReport> {
     let started = Instant::now();
     let indices: Vec<usize> = (0..data.len()).collect();
-    let (model_score, pred) = score::<B>(model, data, &indices, opts, device)?;
+    let (quantized, loaded) = match opts.quantize {
+        Some(bits) => {
+            let (net, size) = quantized_net::<B::InnerBackend>(model, bits, device)?;
+            (Some(size), Some(net))
+        }
+        None => (None, None),
+    };
+    let (model_score, pred) = score::<B>(model, loaded, data, &indices, opts, device)?;
+    // A quantised model is compared with the model itself unless told otherwise.
+    let reference = reference.or(quantized.as_ref().map(|_| model));
     let (reference, difference, agreement) = match reference {
         Some(r) => {
-            let (s, rp) = score::<B>(r, data, &indices, opts, device)?;
+            let (s, rp) = score::<B>(r, None, data, &indices, opts, device)?;
             let agree = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
             let diff = model_score.accuracy - s.accuracy;
             (
@@ -297,6 +351,7 @@ fn run<B: TrainBackend>(
         difference,
         agreement,
         fgsm_epsilon: opts.fgsm,
+        quantized,
         device: opts.device.name().to_string(),
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -334,6 +389,11 @@ pub fn evaluate(
     opts: &EvalOptions,
 ) -> Result<EvalReport> {
     opts.norm.validate(data.shape[0])?;
+    if opts.quantize.is_some() && opts.fgsm.is_some() {
+        return Err(Error::InvalidArgument(
+            "--fgsm and --quantize cannot be combined".into(),
+        ));
+    }
     let job = EvalJob {
         model,
         reference,

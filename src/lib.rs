@@ -3,7 +3,8 @@
 //!
 //! The core (always built, no ML framework): [`format`] (the container, spec/nern-format.md),
 //! [`decode`] (regenerates the weights, deterministic), [`inspect`], [`checkpoint`] (safetensors
-//! in and out), [`permute`] (permutation tables), [`predictor`], [`io`], [`rng`], [`error`].
+//! in and out), [`permute`] (permutation tables), [`predictor`], [`io`], [`rng`], [`error`],
+//! [`baseline`] (plain per-channel quantisation, the comparison a user needs).
 //!
 //! With the `train` feature (burn): `encode` (the encoder), `eval`, and what they need: `arch`
 //! (ResNet recognition), `network` (the forward pass), `conv` (CPU convolution for training),
@@ -11,6 +12,7 @@
 
 #[cfg(feature = "train")]
 pub mod arch;
+pub mod baseline;
 pub mod checkpoint;
 #[cfg(feature = "train")]
 pub mod conv;

@@ -45,6 +45,12 @@ enum DtypeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum QuantizeArg {
+    Int8,
+    Int4,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SplitArg {
     Test,
     Train,
@@ -206,6 +212,11 @@ struct EvalArgs {
     /// Also measure accuracy under FGSM with this epsilon (pixel units, images in [0, 1]).
     #[arg(long)]
     fgsm: Option<f64>,
+    /// Evaluate plain per-output-channel quantisation of MODEL's conv weights instead (round to
+    /// nearest, symmetric); also prints the bytes it stores (zstd-19) and, unless --reference is
+    /// given, the unquantised model's accuracy beside it: the bar nernc has to clear.
+    #[arg(long, value_enum)]
+    quantize: Option<QuantizeArg>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     #[arg(long)]
@@ -358,6 +369,10 @@ fn eval(args: EvalArgs) -> Result<()> {
         norm: kind.normalization().with_overrides(args.mean, args.std),
         fgsm: args.fgsm,
         device: args.device.into(),
+        quantize: args.quantize.map(|q| match q {
+            QuantizeArg::Int8 => nernc::baseline::QuantBits::Int8,
+            QuantizeArg::Int4 => nernc::baseline::QuantBits::Int4,
+        }),
     };
     let r = nernc::eval::evaluate(
         &args.model,

@@ -35,6 +35,52 @@ fn eval_against_a_reference_reports_difference_and_agreement() {
     assert!(r["model"]["accuracy"].as_f64().unwrap() > 90.0);
 }
 
+/// `--quantize`: the plain per-channel baseline's size and accuracy, beside the original.
+#[test]
+fn eval_quantize_reports_the_plain_baseline_beside_the_original() {
+    let m = fixture("fmnist-resnet20.safetensors");
+    let run = |bits: &str| {
+        json(&nernc(&[
+            "eval",
+            m.to_str().unwrap(),
+            "--data",
+            FASHION,
+            "--limit",
+            "500",
+            "--quantize",
+            bits,
+            "--json",
+        ]))
+    };
+    let (r8, r4) = (run("int8"), run("int4"));
+    for (r, pct) in [(&r8, 23.7), (&r4, 11.2)] {
+        let q = &r["quantized"];
+        assert!((q["percent"].as_f64().unwrap() - pct).abs() < 0.1, "{q}");
+        // The reference defaults to the unquantised model itself.
+        assert_eq!(r["reference"]["path"], r["model"]["path"]);
+        let diff = r["difference"].as_f64().unwrap();
+        assert!(diff.abs() < 1.5, "quantisation moved accuracy by {diff}");
+    }
+    // int8 agrees with the original more than int4 does.
+    assert!(r8["agreement"].as_f64().unwrap() >= r4["agreement"].as_f64().unwrap());
+    assert!(r4["agreement"].as_f64().unwrap() < 100.0);
+    // A .nern is not a baseline's input, and FGSM is not combined with it.
+    let g = fixture("golden/resnet20-h16-infilter.nern");
+    let o = nernc(&["eval", g.to_str().unwrap(), "--data", FASHION, "--quantize", "int4"]);
+    assert!(!o.status.success() && stderr(&o).contains(".nern"), "{}", stderr(&o));
+    let o = nernc(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--quantize",
+        "int4",
+        "--fgsm",
+        "0.1",
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("--fgsm"), "{}", stderr(&o));
+}
+
 #[test]
 fn eval_reads_nern_files_and_measures_fgsm() {
     let g = fixture("golden/resnet20-h16-infilter.nern");
