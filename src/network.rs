@@ -18,6 +18,7 @@ use crate::io::MappedFile;
 
 /// All tensors of a checkpoint as f32 (integer tensors such as `num_batches_tracked` are only
 /// kept as shapes), from a `.safetensors` or a decoded `.nern`.
+#[derive(Clone, Debug)]
 pub struct HostModel {
     pub shapes: BTreeMap<String, Vec<usize>>,
     pub values: HashMap<String, Vec<f32>>,

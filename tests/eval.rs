@@ -66,8 +66,19 @@ fn eval_quantize_reports_the_plain_baseline_beside_the_original() {
     assert!(r4["agreement"].as_f64().unwrap() < 100.0);
     // A .nern is not a baseline's input, and FGSM is not combined with it.
     let g = fixture("golden/resnet20-h16-infilter.nern");
-    let o = nernc(&["eval", g.to_str().unwrap(), "--data", FASHION, "--quantize", "int4"]);
-    assert!(!o.status.success() && stderr(&o).contains(".nern"), "{}", stderr(&o));
+    let o = nernc(&[
+        "eval",
+        g.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--quantize",
+        "int4",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains(".nern"),
+        "{}",
+        stderr(&o)
+    );
     let o = nernc(&[
         "eval",
         m.to_str().unwrap(),
@@ -78,7 +89,11 @@ fn eval_quantize_reports_the_plain_baseline_beside_the_original() {
         "--fgsm",
         "0.1",
     ]);
-    assert!(!o.status.success() && stderr(&o).contains("--fgsm"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("--fgsm"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

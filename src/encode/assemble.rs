@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::options::EncodeOptions;
-use super::report::{AccuracyReport, DistillReport, EncodeReport, RoundReport};
+use super::report::{AccuracyReport, BaselineReport, DistillReport, EncodeReport, RoundReport};
 use super::source::Source;
 use crate::error::Result;
 use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
@@ -23,6 +23,7 @@ pub struct Encoded {
     pub rounds: Vec<RoundReport>,
     pub distill: Option<DistillReport>,
     pub accuracy: AccuracyReport,
+    pub baseline: BaselineReport,
     pub permutation_seconds: f64,
 }
 
@@ -47,6 +48,7 @@ pub fn assemble(
         rounds: r.rounds,
         distill: r.distill,
         accuracy: r.accuracy,
+        baseline: r.baseline,
         device: opts.device.describe(),
     };
     let source_name = source
@@ -92,6 +94,7 @@ pub fn assemble(
         "rounds": report.rounds,
         "distillation": report.distill,
         "accuracy": report.accuracy,
+        "baseline": report.baseline,
         "timings": {
             "permutation_seconds": report.permutation_seconds,
             "total_seconds": report.total_seconds,

@@ -30,7 +30,7 @@ use std::path::Path;
 
 pub use options::{DataArg, DeviceKind, DistillOptions, DistillSource, EncodeOptions};
 pub use progress::{BarProgress, NoProgress, Progress};
-pub use report::{AccuracyReport, DistillReport, EncodeReport, RoundReport};
+pub use report::{AccuracyReport, BaselineReport, DistillReport, EncodeReport, RoundReport};
 
 use crate::device::{keep_freed_memory, run_on};
 use crate::error::Result;

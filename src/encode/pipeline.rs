@@ -13,7 +13,7 @@ use super::phase2::{DistillInput, DistillSettings, distill};
 use super::progress::{NoProgress, Progress};
 use super::report::{AccuracyReport, DistillReport, EncodeReport, rmse};
 use super::search::search;
-use super::selection::{DataPlan, HeldOut, held_out_accuracy, load_data};
+use super::selection::{DataPlan, HeldOut, held_out_accuracy, int4_baseline, load_data};
 use super::source::Source;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
@@ -297,6 +297,8 @@ fn encode_on<B: TrainBackend>(
         test: test_accuracy,
         kept_round: phase1.kept_round,
     };
+    progress.stage("int4 baseline");
+    let baseline = int4_baseline::<B::InnerBackend>(&source, host.as_ref(), plan.as_ref(), device)?;
     let encoded = Encoded {
         predictor,
         layers,
@@ -304,6 +306,7 @@ fn encode_on<B: TrainBackend>(
         rounds: phase1.reports,
         distill: distill_report,
         accuracy,
+        baseline,
         permutation_seconds,
     };
     assemble(&source, opts, encoded, started)

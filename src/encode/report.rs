@@ -31,7 +31,22 @@ pub struct EncodeReport {
     pub rounds: Vec<RoundReport>,
     pub distill: Option<DistillReport>,
     pub accuracy: AccuracyReport,
+    /// Plain int4 per-channel quantisation of the same checkpoint, for comparison.
+    pub baseline: BaselineReport,
     pub device: String,
+}
+
+/// What plain per-channel quantisation of the same checkpoint gives ([`crate::baseline`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BaselineReport {
+    pub method: String,
+    pub bytes: u64,
+    /// Percent of the source file.
+    pub percent: f64,
+    /// Accuracy (%) on the same held-out images as the file's figure.
+    pub held_out: Option<f64>,
+    /// Accuracy (%) on the test split (only with `test_eval`).
+    pub test: Option<f64>,
 }
 
 /// RMSE over all values of all layers.
@@ -93,6 +108,21 @@ impl EncodeReport {
             self.predicted_tensors,
             self.total_seconds,
             self.device
+        );
+        let acc = |h: Option<f64>, t: Option<f64>| match (h, t) {
+            (Some(h), Some(t)) => format!(", held-out {h:.2} %, test {t:.2} %"),
+            (Some(h), None) => format!(", held-out {h:.2} %"),
+            (None, Some(t)) => format!(", test {t:.2} %"),
+            (None, None) => ", accuracy not measured (no data)".into(),
+        };
+        let b = &self.baseline;
+        s += &format!(
+            "  this file: {:.2} % of the source{}\n  plain {}: {:.2} % of the source{}\n",
+            100.0 * self.nern_bytes as f64 / self.source_bytes as f64,
+            acc(self.accuracy.held_out, self.accuracy.test),
+            b.method,
+            b.percent,
+            acc(b.held_out, b.test)
         );
         for r in &self.rounds {
             s += &format!(

@@ -8,11 +8,15 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::options::EncodeOptions;
+use super::report::BaselineReport;
+use super::source::Source;
+use crate::baseline::{self, QuantBits};
 use crate::data::{Dataset, Normalization, Split, load};
 use crate::device::ConvBackend;
 use crate::error::Result;
 use crate::eval::{LoadedNet, accuracy, predict};
 use crate::format::LayerEntry;
+use crate::network::HostModel;
 use crate::permute::Permutation;
 use crate::predictor::Predictor;
 
@@ -103,6 +107,56 @@ pub fn held_out_accuracy<B: ConvBackend>(
         fixed: student.fixed.clone(),
         convs: decoded_convs(p, layers, perms, device),
     };
-    let pred = predict(&m, held.data, held.indices, norm, device)?;
+    network_accuracy(&m, held, norm, device)
+}
+
+/// Accuracy (%) of a network on a selection set.
+pub fn network_accuracy<B: ConvBackend>(
+    m: &LoadedNet<B>,
+    held: &HeldOut<'_>,
+    norm: &Normalization,
+    device: &B::Device,
+) -> Result<f64> {
+    let pred = predict(m, held.data, held.indices, norm, device)?;
     Ok(accuracy(&pred, held.data, held.indices).1)
+}
+
+/// Plain int4 per-channel quantisation of the source beside the file: its stored size, and its
+/// accuracy on the same held-out (and test) images when there is data.
+pub fn int4_baseline<B: ConvBackend>(
+    source: &Source<'_>,
+    host: Option<&HostModel>,
+    plan: Option<&DataPlan>,
+    device: &B::Device,
+) -> Result<BaselineReport> {
+    let bits = QuantBits::Int4;
+    let size = baseline::stored_size(&source.checkpoint, source.bytes.len() as u64, bits)?;
+    let (mut held_out, mut test) = (None, None);
+    if let (Some(host), Some(plan)) = (host, plan) {
+        let mut host = host.clone();
+        for (name, cout, w) in baseline::conv_tensors(&source.checkpoint)? {
+            let (codes, scales) = baseline::quantize_channels(&w, cout, bits);
+            host.values
+                .insert(name, baseline::dequantize_channels(&codes, &scales));
+        }
+        let net = LoadedNet::<B>::from_host(&host, device)?;
+        if let Some(h) = plan.held_out() {
+            held_out = Some(network_accuracy(&net, &h, &plan.norm, device)?);
+        }
+        if let Some(t) = &plan.test {
+            let all: Vec<usize> = (0..t.len()).collect();
+            let h = HeldOut {
+                data: t,
+                indices: &all,
+            };
+            test = Some(network_accuracy(&net, &h, &plan.norm, device)?);
+        }
+    }
+    Ok(BaselineReport {
+        method: size.method,
+        bytes: size.bytes,
+        percent: size.percent,
+        held_out,
+        test,
+    })
 }
