@@ -141,6 +141,10 @@ struct EncodeArgs {
     /// Phase-2 steps between held-out evaluations (default: a tenth of the steps).
     #[arg(long)]
     eval_every: Option<usize>,
+    /// Phase-2 learning-rate warm-up: linear ramp over this many steps [default: 0, none; it did
+    /// not help in the measurements so far].
+    #[arg(long)]
+    distill_warmup: Option<usize>,
     /// Phase 2 on real data: translate each image by up to this many pixels per axis
     /// (zero fill), as in training (the fixtures were trained with 2).
     #[arg(long, default_value_t = 0)]
@@ -300,6 +304,7 @@ impl EncodeArgs {
                 lr: self.distill_lr.unwrap_or(source.default_lr()),
                 batch: self.distill_batch,
                 eval_every: self.eval_every,
+                warmup: self.distill_warmup,
                 augment: nernc::data::Augment {
                     shift: self.augment_shift,
                     flip: self.augment_flip,

@@ -80,7 +80,7 @@ pub fn assemble(
                 "loss": "global RMSE after centre crop",
             },
             "phase2": report.distill.as_ref().map(|d| json!({
-                "steps": d.steps, "batch": d.batch, "lr": d.lr, "temperature": d.temperature,
+                "steps": d.steps, "batch": d.batch, "lr": d.lr, "warmup": d.warmup, "temperature": d.temperature,
                 "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
                 "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
                 "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",

@@ -15,7 +15,7 @@ use super::kernels::KernelSet;
 use super::mlp::{DeviceKernels, KernelRows, Mlp, masked_rmse, read_scalar};
 use super::options::{DistillOptions, DistillSource};
 use super::progress::Progress;
-use super::schedule::{PHASE2_FLOOR, cosine};
+use super::schedule::{PHASE2_FLOOR, cosine, warmed_up};
 use super::selection::DataPlan;
 use super::selection::{HeldOut, held_out_accuracy};
 use crate::data::{Augment, Dataset, DatasetKind, Normalization, noise_batch};
@@ -84,6 +84,8 @@ pub struct DistillSettings<'a> {
     pub temperature: f64,
     pub recon_weight: f64,
     pub eval_every: usize,
+    /// Linear learning-rate warm-up steps (0: none).
+    pub warmup: usize,
     pub norm: &'a Normalization,
     pub input: DistillInput<'a>,
     pub held_out: Option<HeldOut<'a>>,
@@ -253,7 +255,7 @@ pub fn distill<B: TrainBackend>(
             None
         };
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = cosine(s.lr, PHASE2_FLOOR, step, s.steps);
+        let lr = warmed_up(cosine(s.lr, PHASE2_FLOOR, step, s.steps), step, s.warmup);
         model = optim.step(lr, model, grads);
         if let Some(v) = value {
             if !v.is_finite() {

@@ -194,6 +194,7 @@ fn encode_on<B: TrainBackend>(
             temperature: d.temperature,
             recon_weight: d.recon_weight,
             eval_every: d.eval_every.unwrap_or((d.steps / 10).max(1)),
+            warmup: d.warmup.unwrap_or(0),
             norm: &norm,
             input: DistillInput::for_options(d, plan.as_ref(), opts.dataset, net.in_channels)?,
             held_out: held_out.as_ref().map(|h| HeldOut {
@@ -222,6 +223,7 @@ fn encode_on<B: TrainBackend>(
             steps: d.steps,
             batch: d.batch,
             lr: d.lr,
+            warmup: settings.warmup,
             temperature: d.temperature,
             recon_weight: d.recon_weight,
             augment: d.augment,

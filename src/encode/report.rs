@@ -85,6 +85,8 @@ pub struct DistillReport {
     pub steps: usize,
     pub batch: usize,
     pub lr: f64,
+    /// Linear learning-rate warm-up steps.
+    pub warmup: usize,
     pub temperature: f64,
     pub recon_weight: f64,
     pub input: String,

@@ -14,6 +14,15 @@ pub fn cosine(peak: f64, floor: f64, step: usize, steps: usize) -> f64 {
     min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
+/// `lr` scaled by a linear warm-up over the first `warmup` steps (`(step + 1) / warmup`, capped at
+/// 1; no scaling when `warmup` is 0).
+pub fn warmed_up(lr: f64, step: usize, warmup: usize) -> f64 {
+    if warmup == 0 {
+        return lr;
+    }
+    lr * ((step + 1) as f64 / warmup as f64).min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,5 +37,14 @@ mod tests {
         assert!(lrs.windows(2).all(|w| w[1] <= w[0]));
         // A peak below the floor stays constant.
         assert_eq!(cosine(1e-8, PHASE2_FLOOR, 7, 10), 1e-8);
+    }
+
+    #[test]
+    fn warm_up_ramps_linearly_then_leaves_the_rate_alone() {
+        assert_eq!(warmed_up(4.0, 0, 4), 1.0);
+        assert_eq!(warmed_up(4.0, 2, 4), 3.0);
+        assert_eq!(warmed_up(4.0, 3, 4), 4.0);
+        assert_eq!(warmed_up(4.0, 50, 4), 4.0);
+        assert_eq!(warmed_up(4.0, 0, 0), 4.0);
     }
 }
