@@ -8,11 +8,13 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 4] = [
+const GOLDEN: [&str; 5] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
     "resnet20-h16-int8",
+    // Format 1.2: the same kind of int8 predictor, PRED stored zstd-compressed.
+    "resnet20-h16-int8-zstd",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

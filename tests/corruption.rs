@@ -79,7 +79,7 @@ fn unknown_major_version_names_both_versions() {
     ));
     let msg = e.to_string();
     assert!(
-        msg.contains("7.0") && msg.contains("major version 1"),
+        msg.contains("version 7.") && msg.contains("major version 1"),
         "{msg}"
     );
 }
@@ -354,7 +354,8 @@ fn unknown_predictor_dtype() {
 fn int8_scales_must_be_finite_and_non_negative() {
     let b = small_file(nernc::predictor::WeightDtype::Int8);
     let c = read_container(&b, &Limits::default()).unwrap();
-    assert_eq!(c.minor, 1);
+    // 1 for int8, 2 when PRED is also zstd-compressed.
+    assert!(c.minor >= 1, "minor {}", c.minor);
     // PRED header: 24 bytes + 4 (D+1) widths; then layer 0's f32 scales.
     let scales_at = 24 + 4 * (c.predictor.config.widths.len());
     for bad in [f32::NAN, -1.0, f32::INFINITY] {

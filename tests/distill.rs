@@ -67,7 +67,11 @@ fn phase_two_keeps_the_best_held_out_state_and_records_it() {
     assert_eq!(meta["accuracy"]["held_out_images"], 300);
     // The plain int4 baseline sits beside it, measured on the same held-out images.
     let b = &r2.baseline;
-    assert!((b.percent - 11.2).abs() < 0.1, "int4 baseline {} %", b.percent);
+    assert!(
+        (b.percent - 11.2).abs() < 0.1,
+        "int4 baseline {} %",
+        b.percent
+    );
     let int4 = b.held_out.expect("int4 held-out accuracy");
     assert!(int4 > 80.0, "int4 held-out {int4}");
     // (serde_json parses floats to within an ulp, not always exactly)

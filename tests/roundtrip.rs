@@ -148,10 +148,19 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     };
     let (f32_file, _) = encode(&path, &base, &NoProgress).unwrap();
     let f32c = read_container(&f32_file, &Limits::default()).unwrap();
+    // The lowest minor version the file needs: 2 when PRED is zstd-compressed (format 1.2),
+    // else 1 for int8 weights, else 0.
+    let want_minor = |c: &nernc::format::Container<'_>| {
+        let pred = c.sections.iter().find(|s| s.tag == *b"PRED").unwrap();
+        match (pred.encoding, c.predictor.config.weight_dtype) {
+            (1, _) => 2,
+            (_, WeightDtype::Int8) => 1,
+            _ => 0,
+        }
+    };
     assert_eq!(
         u16::from_le_bytes([f32_file[10], f32_file[11]]),
-        0,
-        "f32 file not 1.0"
+        want_minor(&f32c)
     );
     for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8] {
         let opts = EncodeOptions {
@@ -174,9 +183,9 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
         };
         let ratio = if dtype == WeightDtype::Int8 { 4 } else { 6 };
         assert!(pred_len(&c) < pred_len(&f32c) * ratio / 10);
-        // Int8 needs format 1.1; the others stay readable by 1.0 readers.
+        // Int8 needs format 1.1, a zstd PRED 1.2; otherwise 1.0 readers can read the file.
         let minor = u16::from_le_bytes([bytes[10], bytes[11]]);
-        assert_eq!(minor, u16::from(dtype == WeightDtype::Int8));
+        assert_eq!(minor, want_minor(&c));
         // The recorded RMSE is the stored predictor's.
         let decoded = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
         let original =

@@ -115,6 +115,35 @@ fn parse_metadata(stored: &[u8], info: &SectionInfo, limits: &Limits) -> Result<
     Ok(value)
 }
 
+/// A zstd section's bytes: at most its declared decoded length (itself within the output limit)
+/// is decompressed, and exactly that length must come out.
+fn decompress_exact(
+    stored: &[u8],
+    info: &SectionInfo,
+    limits: &Limits,
+    name: &'static str,
+) -> Result<Vec<u8>> {
+    at_most(
+        "PRED decoded bytes",
+        info.decoded_len,
+        limits.max_output_bytes,
+        "",
+    )?;
+    let decoded = zstd::bulk::decompress(stored, info.decoded_len as usize)
+        .map_err(|e| Error::malformed(name, format!("zstd: {e}")))?;
+    if decoded.len() as u64 != info.decoded_len {
+        return Err(Error::malformed(
+            name,
+            format!(
+                "decoded to {} bytes, the table declares {}",
+                decoded.len(),
+                info.decoded_len
+            ),
+        ));
+    }
+    Ok(decoded)
+}
+
 /// `value <= limit`, else [`Error::LimitExceeded`] naming `what` (with `hint` appended).
 fn at_most(what: &'static str, value: u64, limit: u64, hint: &'static str) -> Result<()> {
     if value > limit {
@@ -306,7 +335,9 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
                 )));
             }
             ENCODING_RAW => {}
-            ENCODING_ZSTD if tag == TAG_METADATA || known_tag(&tag).is_none() => {}
+            // PRED may be zstd from format 1.2 (spec §5.1).
+            ENCODING_ZSTD
+                if tag == TAG_METADATA || tag == TAG_PREDICTOR || known_tag(&tag).is_none() => {}
             e => {
                 return Err(Error::SectionLayout(format!(
                     "{name}: encoding {e} not allowed"
@@ -337,7 +368,19 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
             .ok_or(Error::MissingSection(name))?;
         Ok(&buf[s.offset as usize..(s.offset + s.stored_len) as usize])
     };
-    let predictor = parse_predictor(find(TAG_PREDICTOR, "PRED")?)?;
+    let pred_info = sections
+        .iter()
+        .find(|s| s.tag == TAG_PREDICTOR)
+        .ok_or(Error::MissingSection("PRED"))?;
+    let pred_stored = find(TAG_PREDICTOR, "PRED")?;
+    let pred_decoded;
+    let pred_bytes = if pred_info.encoding == ENCODING_ZSTD {
+        pred_decoded = decompress_exact(pred_stored, pred_info, limits, "PRED")?;
+        &pred_decoded[..]
+    } else {
+        pred_stored
+    };
+    let predictor = parse_predictor(pred_bytes)?;
     let layers = parse_layers(find(TAG_LAYERS, "LAYR")?, &predictor.config, limits)?;
     let (passthrough, source_metadata) =
         parse_passthrough(find(TAG_PASSTHROUGH, "PASS")?, limits, layers.len())?;

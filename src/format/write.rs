@@ -50,6 +50,22 @@ fn raw(tag: [u8; 4], payload: Vec<u8>) -> Section {
     }
 }
 
+/// A required section stored zstd-compressed (level 19) when that is smaller (spec §5.1, from
+/// format 1.2), raw otherwise.
+fn compressed_if_smaller(tag: [u8; 4], payload: Vec<u8>) -> Result<Section> {
+    let packed = zstd::bulk::compress(&payload, 19).map_err(|e| Error::io("<zstd>", e))?;
+    if packed.len() >= payload.len() {
+        return Ok(raw(tag, payload));
+    }
+    Ok(Section {
+        tag,
+        flags: FLAG_REQUIRED,
+        encoding: ENCODING_ZSTD,
+        decoded_len: payload.len() as u64,
+        payload: packed,
+    })
+}
+
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > read::MAX_NAME_LEN {
         return Err(Error::InvalidArgument(format!(
@@ -193,8 +209,10 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         index.u64(t.bytes.len() as u64);
     }
 
+    let predictor = compressed_if_smaller(TAG_PREDICTOR, predictor_section(parts.predictor)?)?;
+    let pred_zstd = predictor.encoding == ENCODING_ZSTD;
     let mut sections = vec![
-        raw(TAG_PREDICTOR, predictor_section(parts.predictor)?),
+        predictor,
         raw(TAG_LAYERS, layers_section(parts.layers)?),
         raw(TAG_PERMUTATIONS, perm),
         raw(TAG_PASSTHROUGH, index.buf),
@@ -211,11 +229,12 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
             payload: packed,
         });
     }
-    // The oldest minor version that describes the file, so 1.0 readers keep reading 1.0 files
-    // (int8 is the only feature newer than 1.0).
-    let minor = match parts.predictor.config.weight_dtype {
-        WeightDtype::Int8 => MINOR_VERSION,
-        _ => 0,
+    // The oldest minor version that describes the file, so older readers keep reading what
+    // they can: 2 for a zstd PRED, 1 for an int8 predictor, else 0.
+    let minor = match (pred_zstd, parts.predictor.config.weight_dtype) {
+        (true, _) => MINOR_VERSION,
+        (false, WeightDtype::Int8) => 1,
+        (false, _) => 0,
     };
     Ok(assemble(&sections, minor))
 }

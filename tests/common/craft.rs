@@ -41,7 +41,7 @@ pub fn assemble_with(entries: &[Entry], mut tweak: impl FnMut(usize, &mut [u8]))
     let mut out = Vec::new();
     out.extend_from_slice(b"\x89NERN\r\n\x1a");
     out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&minor_version(entries).to_le_bytes());
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     out.extend_from_slice(&(end as u64).to_le_bytes());
     out.extend_from_slice(&[0; 8]);
@@ -85,6 +85,24 @@ pub fn rehash_header(bytes: &mut [u8]) {
     bytes[t..t + 32].copy_from_slice(h.as_bytes());
 }
 
+/// The entry with `tag`; a zstd `PRED` (format 1.2) is decompressed to raw first, so tests edit
+/// the layout of spec §5.1 directly.
 pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
-    entries.iter_mut().find(|e| &e.tag == tag).unwrap()
+    let e = entries.iter_mut().find(|e| &e.tag == tag).unwrap();
+    if &e.tag == b"PRED" && e.encoding == 1 {
+        e.payload = zstd::bulk::decompress(&e.payload, e.decoded_len as usize).unwrap();
+        e.encoding = 0;
+        e.decoded_len = e.payload.len() as u64;
+    }
+    e
+}
+
+/// The lowest minor version describing `entries` (spec §2): 2 with a zstd `PRED`, 1 with an
+/// int8 predictor (dtype code 3 at byte 6 of a raw `PRED`), else 0.
+fn minor_version(entries: &[Entry]) -> u16 {
+    match entries.iter().find(|e| &e.tag == b"PRED") {
+        Some(p) if p.encoding == 1 => 2,
+        Some(p) if p.payload.get(6) == Some(&3) => 1,
+        _ => 0,
+    }
 }
