@@ -42,6 +42,9 @@ enum DtypeArg {
     Bf16,
     /// Symmetric int8 with one f32 scale per output unit (format 1.1; about a quarter of f32)
     Int8,
+    /// Symmetric int4 (-7..=7), two per byte, one f32 scale per output unit (format 1.3; about an
+    /// eighth of f32). Use with phase 2, which trains through the rounding
+    Int4,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -268,6 +271,7 @@ impl From<DtypeArg> for nernc::predictor::WeightDtype {
             DtypeArg::F16 => Self::F16,
             DtypeArg::Bf16 => Self::Bf16,
             DtypeArg::Int8 => Self::Int8,
+            DtypeArg::Int4 => Self::Int4,
         }
     }
 }

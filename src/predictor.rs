@@ -28,6 +28,9 @@ pub enum WeightDtype {
     Bf16,
     /// Symmetric int8 weights with one f32 scale per output unit; biases stay f32 (format 1.1).
     Int8,
+    /// Symmetric int4 weights (codes -7..=7, two per byte) with one f32 scale per output unit;
+    /// biases stay f32 (format 1.3).
+    Int4,
 }
 
 impl WeightDtype {
@@ -37,6 +40,7 @@ impl WeightDtype {
             WeightDtype::F16 => 1,
             WeightDtype::Bf16 => 2,
             WeightDtype::Int8 => 3,
+            WeightDtype::Int4 => 4,
         }
     }
     pub fn from_code(c: u8) -> Option<Self> {
@@ -45,6 +49,7 @@ impl WeightDtype {
             1 => Some(WeightDtype::F16),
             2 => Some(WeightDtype::Bf16),
             3 => Some(WeightDtype::Int8),
+            4 => Some(WeightDtype::Int4),
             _ => None,
         }
     }
@@ -56,6 +61,8 @@ impl WeightDtype {
             WeightDtype::F16 | WeightDtype::Bf16 => weights.checked_add(outputs)?.checked_mul(2),
             // scales (f32) + int8 weights + biases (f32)
             WeightDtype::Int8 => weights.checked_add(outputs.checked_mul(8)?),
+            // scales (f32) + int4 weights, two per byte + biases (f32)
+            WeightDtype::Int4 => weights.div_ceil(2).checked_add(outputs.checked_mul(8)?),
         }
     }
     pub fn name(self) -> &'static str {
@@ -64,13 +71,22 @@ impl WeightDtype {
             WeightDtype::F16 => "f16",
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Int8 => "int8",
+            WeightDtype::Int4 => "int4",
+        }
+    }
+    /// Largest code magnitude of the integer dtypes (`None` for the float ones).
+    pub fn max_code(self) -> Option<f32> {
+        match self {
+            WeightDtype::Int8 => Some(127.0),
+            WeightDtype::Int4 => Some(7.0),
+            _ => None,
         }
     }
     /// The value `v` takes once stored (round to nearest, ties to even). Int8 is not a
     /// per-value rounding: see [`quantize_int8`]; its biases are f32.
     pub fn round(self, v: f32) -> f32 {
         match self {
-            WeightDtype::F32 | WeightDtype::Int8 => v,
+            WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::Int4 => v,
             WeightDtype::F16 => half::f16::from_f32(v).to_f32(),
             WeightDtype::Bf16 => half::bf16::from_f32(v).to_f32(),
         }
@@ -81,6 +97,11 @@ impl WeightDtype {
 /// (column): `scale_j = max_k |W[k][j]| / 127`, `q = round_ties_even(W / scale_j)`.
 /// The stored value is `q as f32 * scale_j` (one f32 product, spec §5.1).
 pub fn quantize_int8(weight: &[f32], outputs: usize) -> (Vec<i8>, Vec<f32>) {
+    quantize_codes(weight, outputs, 127.0)
+}
+
+/// [`quantize_int8`] with codes `-max..=max` (127 for int8, 7 for int4).
+pub fn quantize_codes(weight: &[f32], outputs: usize, max: f32) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0.0f32; outputs];
     for row in weight.chunks_exact(outputs) {
         for (s, &w) in scales.iter_mut().zip(row) {
@@ -88,22 +109,27 @@ pub fn quantize_int8(weight: &[f32], outputs: usize) -> (Vec<i8>, Vec<f32>) {
         }
     }
     for s in &mut scales {
-        *s /= 127.0;
+        *s /= max;
     }
-    let q = int8_codes(weight, &scales);
+    let q = int_codes(weight, &scales, max);
     (q, scales)
 }
 
 /// `round_ties_even(W / scale_j)` clamped to `-127..=127` (0 where the scale is 0).
 pub fn int8_codes(weight: &[f32], scales: &[f32]) -> Vec<i8> {
+    int_codes(weight, scales, 127.0)
+}
+
+/// `round_ties_even(W / scale_j)` clamped to `-max..=max` (0 where the scale is 0).
+pub fn int_codes(weight: &[f32], scales: &[f32], max: f32) -> Vec<i8> {
     weight
         .chunks_exact(scales.len())
         .flat_map(|row| {
-            row.iter().zip(scales).map(|(&w, &s)| {
+            row.iter().zip(scales).map(move |(&w, &s)| {
                 if s == 0.0 {
                     0
                 } else {
-                    (w / s).round_ties_even().clamp(-127.0, 127.0) as i8
+                    (w / s).round_ties_even().clamp(-max, max) as i8
                 }
             })
         })
@@ -202,7 +228,7 @@ pub struct LinearWeights {
     pub outputs: usize,
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
-    /// Int8 storage only: the per-output scales, with `weight == q * scales[j]` exactly.
+    /// Int8 and int4 storage only: the per-output scales, with `weight == q * scales[j]` exactly.
     /// Empty for the other dtypes.
     pub scales: Vec<f32>,
 }
@@ -224,32 +250,33 @@ impl Predictor {
                     tensor: "predictor".into(),
                 });
             }
-            if dtype != WeightDtype::Int8 {
+            let Some(max) = dtype.max_code() else {
                 l.scales.clear();
-            }
-            if dtype == WeightDtype::Int8 && l.outputs > 0 {
-                // Already int8 (its scales reproduce the weights exactly): keep, so that
-                // storing twice changes nothing.
-                if l.scales.len() == l.outputs
-                    && dequantize_int8(&int8_codes(&l.weight, &l.scales), &l.scales) == l.weight
-                {
-                    continue;
+                for v in l.weight.iter_mut().chain(l.bias.iter_mut()) {
+                    let r = dtype.round(*v);
+                    if !r.is_finite() {
+                        return Err(crate::Error::InvalidArgument(format!(
+                            "predictor weight {v} does not fit {}",
+                            dtype.name()
+                        )));
+                    }
+                    *v = r;
                 }
-                let (q, scales) = quantize_int8(&l.weight, l.outputs);
-                l.weight = dequantize_int8(&q, &scales);
-                l.scales = scales;
+                continue;
+            };
+            if l.outputs == 0 {
                 continue;
             }
-            for v in l.weight.iter_mut().chain(l.bias.iter_mut()) {
-                let r = dtype.round(*v);
-                if !r.is_finite() {
-                    return Err(crate::Error::InvalidArgument(format!(
-                        "predictor weight {v} does not fit {}",
-                        dtype.name()
-                    )));
-                }
-                *v = r;
+            // Already stored at this precision (its scales reproduce the weights exactly):
+            // keep, so that storing twice changes nothing.
+            if l.scales.len() == l.outputs
+                && dequantize_int8(&int_codes(&l.weight, &l.scales, max), &l.scales) == l.weight
+            {
+                continue;
             }
+            let (q, scales) = quantize_codes(&l.weight, l.outputs, max);
+            l.weight = dequantize_int8(&q, &scales);
+            l.scales = scales;
         }
         self.config.weight_dtype = dtype;
         Ok(())
@@ -353,5 +380,41 @@ mod tests {
         assert_eq!(p.layers[0].bias, vec![0.5; outputs], "biases stay f32");
         p.layers[0].weight[0] = f32::NAN;
         assert!(p.store_as(WeightDtype::Int8).is_err());
+    }
+
+    /// Int4: codes within -7..=7, the largest weight of each unit at +-7, storing twice is a
+    /// no-op, and an int8-stored layer re-stored as int4 is requantised (its codes do not fit).
+    #[test]
+    fn int4_storage_uses_seven_levels_per_sign() {
+        let (inputs, outputs) = (9, 4);
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let weight: Vec<f32> = (0..inputs * outputs).map(|_| rng.symmetric_f32()).collect();
+        let mut p = Predictor {
+            config: PredictorConfig::reference(outputs as u32, 1, 1, 0.5),
+            layers: vec![LinearWeights {
+                inputs,
+                outputs,
+                weight: weight.clone(),
+                bias: vec![0.25; outputs],
+                scales: Vec::new(),
+            }],
+        };
+        p.store_as(WeightDtype::Int8).unwrap();
+        p.store_as(WeightDtype::Int4).unwrap();
+        let l = &p.layers[0];
+        let q = int_codes(&l.weight, &l.scales, 7.0);
+        assert!(q.iter().all(|c| c.abs() <= 7));
+        for j in 0..outputs {
+            assert!(q.iter().skip(j).step_by(outputs).any(|c| c.abs() == 7));
+        }
+        assert_eq!(dequantize_int8(&q, &l.scales), l.weight);
+        // The int4 grid is coarser than int8's: the weights moved.
+        assert_ne!(l.weight, weight);
+        let once = p.clone();
+        p.store_as(WeightDtype::Int4).unwrap();
+        assert_eq!(p, once, "storing twice changed the weights");
+        assert_eq!(p.config.weight_dtype, WeightDtype::Int4);
+        assert_eq!(WeightDtype::Int4.layer_bytes(9, 4), Some(18 + 32));
+        assert_eq!(WeightDtype::from_code(4), Some(WeightDtype::Int4));
     }
 }

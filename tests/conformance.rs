@@ -8,13 +8,15 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 5] = [
+const GOLDEN: [&str; 6] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
     "resnet20-h16-int8",
     // Format 1.2: the same kind of int8 predictor, PRED stored zstd-compressed.
     "resnet20-h16-int8-zstd",
+    // Format 1.3: int4 predictor weights (two per byte, per-output f32 scales).
+    "resnet20-h16-int4",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

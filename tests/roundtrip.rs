@@ -152,9 +152,10 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     // else 1 for int8 weights, else 0.
     let want_minor = |c: &nernc::format::Container<'_>| {
         let pred = c.sections.iter().find(|s| s.tag == *b"PRED").unwrap();
-        match (pred.encoding, c.predictor.config.weight_dtype) {
-            (1, _) => 2,
-            (_, WeightDtype::Int8) => 1,
+        match (c.predictor.config.weight_dtype, pred.encoding) {
+            (WeightDtype::Int4, _) => 3,
+            (_, 1) => 2,
+            (WeightDtype::Int8, _) => 1,
             _ => 0,
         }
     };
@@ -162,7 +163,12 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
         u16::from_le_bytes([f32_file[10], f32_file[11]]),
         want_minor(&f32c)
     );
-    for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8] {
+    for dtype in [
+        WeightDtype::F16,
+        WeightDtype::Bf16,
+        WeightDtype::Int8,
+        WeightDtype::Int4,
+    ] {
         let opts = EncodeOptions {
             predictor_dtype: dtype,
             ..base.clone()
@@ -181,7 +187,11 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
                 .unwrap()
                 .stored_len
         };
-        let ratio = if dtype == WeightDtype::Int8 { 4 } else { 6 };
+        let ratio = match dtype {
+            WeightDtype::Int8 => 4,
+            WeightDtype::Int4 => 3,
+            _ => 6,
+        };
         assert!(pred_len(&c) < pred_len(&f32c) * ratio / 10);
         // Int8 needs format 1.1, a zstd PRED 1.2; otherwise 1.0 readers can read the file.
         let minor = u16::from_le_bytes([bytes[10], bytes[11]]);

@@ -318,6 +318,75 @@ fn s5_1_zstd_pred_reads_as_raw_and_is_checked() {
     malformed(err(&assemble(&e)), "PRED", "zstd");
 }
 
+/// §5.1 (format 1.3): int4 codes two per byte, low nibble first, 4-bit two's complement; with
+/// an odd count the last high nibble is zero padding, and anything else there is refused.
+#[test]
+fn s5_1_int4_nibbles_are_low_first_and_padding_is_zero() {
+    let b = golden("resnet20-h16-int4");
+    let c = ok(&b);
+    assert_eq!(c.minor, 3);
+    assert_eq!(
+        c.predictor.config.weight_dtype,
+        nernc::predictor::WeightDtype::Int4
+    );
+    let mut e = split(&b);
+    let pred = find(&mut e, b"PRED").payload.clone();
+    let widths = &c.predictor.config.widths;
+    // Layer 0: 24 + 4 (D+1) header bytes, then w_1 f32 scales, then the packed codes.
+    let (w0, w1) = (widths[0] as usize, widths[1] as usize);
+    let at = 24 + 4 * widths.len();
+    let scales: Vec<f32> = pred[at..at + 4 * w1]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let packed = &pred[at + 4 * w1..at + 4 * w1 + (w0 * w1).div_ceil(2)];
+    let l = &c.predictor.layers[0];
+    for k in 0..w0 * w1 {
+        let byte = packed[k / 2];
+        let nibble = if k % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+        let code = ((nibble << 4) as i8) >> 4;
+        assert!((-7..=7).contains(&code));
+        assert_eq!(l.weight[k], f32::from(code) * scales[k % w1], "weight {k}");
+    }
+    // A predictor with an odd layer (hidden 3: the 3 x 3 layer has 9 codes, 5 bytes, the last
+    // high nibble padding), written by nernc: a set padding nibble is refused.
+    let mut c3 = ok(&b);
+    let mut cfg = nernc::predictor::PredictorConfig::reference(3, 3, 1, 0.76);
+    cfg.weight_dtype = nernc::predictor::WeightDtype::F32;
+    let mut rng = nernc::rng::SplitMix64::new(4);
+    let layers = cfg
+        .widths
+        .windows(2)
+        .map(|d| {
+            let (i, o) = (d[0] as usize, d[1] as usize);
+            nernc::predictor::LinearWeights {
+                inputs: i,
+                outputs: o,
+                weight: (0..i * o).map(|_| rng.symmetric_f32()).collect(),
+                bias: vec![0.1; o],
+                scales: Vec::new(),
+            }
+        })
+        .collect();
+    let mut p = nernc::predictor::Predictor {
+        config: cfg,
+        layers,
+    };
+    p.store_as(nernc::predictor::WeightDtype::Int4).unwrap();
+    c3.predictor = p;
+    let odd = rewrite(&c3);
+    assert_eq!(ok(&odd).predictor, c3.predictor);
+    let mut e = split(&odd);
+    let pred = &mut find(&mut e, b"PRED").payload;
+    let w = &c3.predictor.config.widths;
+    // Layer 0 (6 x 3: 9 bytes of codes), then layer 1's scales; its last code byte is padded.
+    let layer1 = 24 + 4 * w.len() + (4 * 3 + 9 + 4 * 3);
+    let last = layer1 + 4 * 3 + 5 - 1;
+    assert_eq!(pred[last] >> 4, 0, "nernc writes a zero padding nibble");
+    pred[last] |= 0x70;
+    malformed(err(&assemble(&e)), "PRED", "padding");
+}
+
 /// §5.1: a product `Q * s` that overflows to infinity is a non-finite weight: invalid.
 #[test]
 fn s5_1_int8_product_overflowing_is_refused() {

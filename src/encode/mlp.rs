@@ -64,18 +64,20 @@ impl<B: Backend> Mlp<B> {
         self.forward_with(kernels, rows, |w| w)
     }
 
-    /// The forward pass with every weight matrix rounded as int8 storage rounds it (per-output
-    /// scale `max |w| / 127`), gradients passing straight through the rounding.
-    pub fn forward_int8_ste(
+    /// The forward pass with every weight matrix rounded as integer storage rounds it (codes
+    /// `-max..=max`, per-output scale `max |w| / max`: 127 for int8, 7 for int4), gradients
+    /// passing straight through the rounding.
+    pub fn forward_quantized_ste(
         &self,
         kernels: &DeviceKernels<B>,
         rows: &KernelRows<B>,
+        max: f32,
     ) -> Tensor<B, 2> {
         self.forward_with(kernels, rows, |w| {
-            let scale = w.clone().detach().abs().max_dim(0).clamp_min(1e-30) / 127.0;
+            let scale = w.clone().detach().abs().max_dim(0).clamp_min(1e-30) / max;
             let q = (w.clone().detach() / scale.clone())
                 .round()
-                .clamp(-127.0, 127.0)
+                .clamp(-max, max)
                 * scale;
             w.clone() + (q - w.detach())
         })

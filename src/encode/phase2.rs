@@ -89,7 +89,7 @@ pub struct DistillSettings<'a> {
     pub norm: &'a Normalization,
     pub input: DistillInput<'a>,
     pub held_out: Option<HeldOut<'a>>,
-    /// Storage dtype of the result. Int8 trains through its rounding (straight-through) and
+    /// Storage dtype of the result. Int8 and int4 train through their rounding (straight-through) and
     /// every held-out figure is of the weights as they will be stored.
     pub storage: WeightDtype,
     /// Augmentation of real phase-2 images (none for noise).
@@ -232,10 +232,9 @@ pub fn distill<B: TrainBackend>(
         let x_inner = input_tensor::<B::InnerBackend>(x, s.batch, shape, device);
         let teacher_logits = teacher.logits(x_inner.clone());
         let target = softmax(Tensor::<B, 2>::from_inner(teacher_logits) / t, 1);
-        let pred = if s.storage == WeightDtype::Int8 {
-            model.forward_int8_ste(&kernels, &all_rows)
-        } else {
-            model.forward(&kernels, &all_rows)
+        let pred = match s.storage.max_code() {
+            Some(max) => model.forward_quantized_ste(&kernels, &all_rows, max),
+            None => model.forward(&kernels, &all_rows),
         };
         let convs = layout.convs(pred.clone());
         let logits = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));

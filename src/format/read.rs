@@ -144,6 +144,16 @@ fn decompress_exact(
     Ok(decoded)
 }
 
+/// `n` int4 codes from nibbles (low nibble first, 4-bit two's complement: -8..=7).
+fn unpack_nibbles(bytes: &[u8], n: usize) -> Vec<i8> {
+    let nibble = |v: u8| ((v << 4) as i8) >> 4;
+    bytes
+        .iter()
+        .flat_map(|&b| [nibble(b & 0x0f), nibble(b >> 4)])
+        .take(n)
+        .collect()
+}
+
 /// `value <= limit`, else [`Error::LimitExceeded`] naming `what` (with `hint` appended).
 fn at_most(what: &'static str, value: u64, limit: u64, hint: &'static str) -> Result<()> {
     if value > limit {
@@ -504,16 +514,27 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
     let mut layers = Vec::with_capacity(config.depth());
     for dims in config.widths.windows(2) {
         let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
-        let (weight, bias, scales) = if weight_dtype == WeightDtype::Int8 {
+        let (weight, bias, scales) = if weight_dtype.max_code().is_some() {
             let scales = r.f32s(outputs)?;
             if !scales.iter().all(|s| s.is_finite() && *s >= 0.0) {
-                return Err(r.err("int8 scale not finite and non-negative"));
+                return Err(r.err(format!(
+                    "{} scale not finite and non-negative",
+                    weight_dtype.name()
+                )));
             }
-            let q: Vec<i8> = r
-                .bytes(inputs * outputs)?
-                .iter()
-                .map(|&b| b as i8)
-                .collect();
+            let q: Vec<i8> = if weight_dtype == WeightDtype::Int4 {
+                let n = inputs * outputs;
+                let packed = r.bytes(n.div_ceil(2))?;
+                if n % 2 == 1 && packed.last().is_some_and(|b| b >> 4 != 0) {
+                    return Err(r.err("int4 padding nibble is not zero"));
+                }
+                unpack_nibbles(packed, n)
+            } else {
+                r.bytes(inputs * outputs)?
+                    .iter()
+                    .map(|&b| b as i8)
+                    .collect()
+            };
             let weight = dequantize_int8(&q, &scales);
             (weight, r.f32s(outputs)?, scales)
         } else {

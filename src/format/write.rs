@@ -7,7 +7,7 @@ use super::bytes::Writer;
 use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
-use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_int8, int8_codes};
+use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_int8, int_codes};
 
 /// A tensor as safetensors and `PASS` hold it: name, dtype, shape and little-endian bytes
 /// (borrowed from the source map). Source checkpoints parse into these; passthrough tensors are
@@ -104,16 +104,20 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
                 "predictor layer shape mismatch".into(),
             ));
         }
-        if c.weight_dtype == WeightDtype::Int8 {
-            let (q, scales) = int8_weights(layer)?;
+        if let Some(max) = c.weight_dtype.max_code() {
+            let (q, scales) = int_weights(layer, max)?;
             w.f32s(&scales);
-            w.bytes(&q.iter().map(|&v| v as u8).collect::<Vec<u8>>());
+            if c.weight_dtype == WeightDtype::Int4 {
+                w.bytes(&pack_nibbles(&q));
+            } else {
+                w.bytes(&q.iter().map(|&v| v as u8).collect::<Vec<u8>>());
+            }
             w.f32s(&layer.bias);
             continue;
         }
         for &v in layer.weight.iter().chain(&layer.bias) {
             match c.weight_dtype {
-                WeightDtype::F32 | WeightDtype::Int8 => w.f32s(&[v]),
+                WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::Int4 => w.f32s(&[v]),
                 WeightDtype::F16 => w.bytes(&half::f16::from_f32(v).to_le_bytes()),
                 WeightDtype::Bf16 => w.bytes(&half::bf16::from_f32(v).to_le_bytes()),
             }
@@ -122,16 +126,24 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
     Ok(w.buf)
 }
 
-/// The int8 codes of a layer already rounded by `Predictor::store_as(Int8)`; refuses weights
-/// that are not exactly `q * scale`, so what the file holds is what was measured.
-fn int8_weights(layer: &LinearWeights) -> Result<(Vec<i8>, Vec<f32>)> {
+/// Int4 codes two per byte: code `2i` in the low nibble, `2i + 1` in the high one, each as
+/// 4-bit two's complement (spec §5.1); an odd count leaves the last high nibble zero.
+pub(crate) fn pack_nibbles(q: &[i8]) -> Vec<u8> {
+    q.chunks(2)
+        .map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8 & 0x0f) << 4))
+        .collect()
+}
+
+/// The integer codes (`|q| <= max`) of a layer already rounded by `Predictor::store_as`;
+/// refuses weights that are not exactly `q * scale`, so what the file holds is what was measured.
+fn int_weights(layer: &LinearWeights, max: f32) -> Result<(Vec<i8>, Vec<f32>)> {
     let scales = &layer.scales;
     if scales.len() != layer.outputs {
         return Err(Error::InvalidArgument(
             "int8 predictor layer without per-output scales (call store_as first)".into(),
         ));
     }
-    let q = int8_codes(&layer.weight, scales);
+    let q = int_codes(&layer.weight, scales, max);
     if dequantize_int8(&q, scales) != layer.weight {
         return Err(Error::InvalidArgument(
             "int8 predictor weights are not exactly q * scale (call store_as first)".into(),
@@ -230,11 +242,12 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         });
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 2 for a zstd PRED, 1 for an int8 predictor, else 0.
-    let minor = match (pred_zstd, parts.predictor.config.weight_dtype) {
-        (true, _) => MINOR_VERSION,
-        (false, WeightDtype::Int8) => 1,
-        (false, _) => 0,
+    // they can: 3 for an int4 predictor, 2 for a zstd PRED, 1 for an int8 predictor, else 0.
+    let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
+        (WeightDtype::Int4, _) => MINOR_VERSION,
+        (_, true) => 2,
+        (WeightDtype::Int8, false) => 1,
+        _ => 0,
     };
     Ok(assemble(&sections, minor))
 }
