@@ -203,6 +203,16 @@ fn safetensors_header(
         offset += len;
     }
     h.push('}');
+    // The safetensors format's readers (the crate, PyTorch's loader) refuse larger headers.
+    const MAX_HEADER: u64 = 100_000_000;
+    if h.len() as u64 > MAX_HEADER {
+        return Err(Error::LimitExceeded {
+            what: "safetensors header bytes",
+            value: h.len() as u64,
+            limit: MAX_HEADER,
+            hint: "",
+        });
+    }
     let mut bytes = h.into_bytes();
     bytes.resize(bytes.len().next_multiple_of(8), b' ');
     Ok(bytes)
