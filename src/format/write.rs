@@ -140,13 +140,15 @@ fn int_weights(layer: &LinearWeights, max: f32) -> Result<(Vec<i8>, Vec<f32>)> {
     let scales = &layer.scales;
     if scales.len() != layer.outputs {
         return Err(Error::InvalidArgument(
-            "int8 predictor layer without per-output scales (call store_as first)".into(),
+            "integer (int8/int4) predictor layer without per-output scales (call store_as first)"
+                .into(),
         ));
     }
     let q = int_codes(&layer.weight, scales, max);
     if dequantize_int8(&q, scales) != layer.weight {
         return Err(Error::InvalidArgument(
-            "int8 predictor weights are not exactly q * scale (call store_as first)".into(),
+            "integer (int8/int4) predictor weights are not exactly q * scale (call store_as first)"
+                .into(),
         ));
     }
     Ok((q, scales.clone()))
