@@ -79,8 +79,8 @@ pub struct QuantizedSize {
     pub percent: f64,
 }
 
-/// The checkpoint's 4-D tensors: names and their F32 values.
-pub fn conv_tensors(ck: &Checkpoint<'_>) -> Result<Vec<(String, usize, Vec<f32>)>> {
+/// The checkpoint's 4-D tensors: names, output channels and their F32 values.
+fn conv_tensors(ck: &Checkpoint<'_>) -> Result<Vec<(String, usize, Vec<f32>)>> {
     ck.tensors
         .iter()
         .filter(|t| t.shape.len() == 4)
@@ -91,19 +91,24 @@ pub fn conv_tensors(ck: &Checkpoint<'_>) -> Result<Vec<(String, usize, Vec<f32>)
         .collect()
 }
 
-/// Stored size of the baseline for `ck` (the file it came from has `source_bytes`).
-pub fn stored_size(
+/// Tensor names with their values.
+pub type NamedWeights = Vec<(String, Vec<f32>)>;
+
+/// The baseline for `ck` (the file it came from has `source_bytes`): what it stores, and the
+/// dequantised weights of every 4-D tensor, by name (each tensor decoded and quantised once).
+pub fn quantize(
     ck: &Checkpoint<'_>,
     source_bytes: u64,
     bits: QuantBits,
-) -> Result<QuantizedSize> {
+) -> Result<(QuantizedSize, NamedWeights)> {
     let zstd = |bytes: &[u8]| -> Result<usize> {
         zstd::bulk::compress(bytes, ZSTD_LEVEL)
             .map(|c| c.len())
             .map_err(|e| Error::InvalidArgument(format!("zstd: {e}")))
     };
     let mut payload = Vec::new();
-    for (_, cout, w) in conv_tensors(ck)? {
+    let mut weights = Vec::new();
+    for (name, cout, w) in conv_tensors(ck)? {
         let (codes, scales) = quantize_channels(&w, cout, bits);
         payload.extend(codes.iter().map(|&c| c as u8));
         payload.extend(
@@ -111,6 +116,7 @@ pub fn stored_size(
                 .iter()
                 .flat_map(|&s| half::f16::from_f32(s).to_le_bytes()),
         );
+        weights.push((name, dequantize_channels(&codes, &scales)));
     }
     let rest: Vec<(String, OutTensor<'_>)> = ck
         .tensors
@@ -126,12 +132,13 @@ pub fn stored_size(
         })
         .collect();
     let bytes = (zstd(&payload)? + zstd(&safetensors_bytes(&rest, None)?)?) as u64;
-    Ok(QuantizedSize {
+    let size = QuantizedSize {
         method: format!("{} per-channel conv + zstd-{ZSTD_LEVEL}", bits.name()),
         bytes,
         source_bytes,
         percent: 100.0 * bytes as f64 / source_bytes.max(1) as f64,
-    })
+    };
+    Ok((size, weights))
 }
 
 #[cfg(test)]
@@ -170,8 +177,8 @@ mod tests {
         let file = crate::io::MappedFile::open(path).unwrap();
         let ck = crate::checkpoint::parse_safetensors(path, file.bytes()).unwrap();
         let n = file.bytes().len() as u64;
-        let int4 = stored_size(&ck, n, QuantBits::Int4).unwrap();
-        let int8 = stored_size(&ck, n, QuantBits::Int8).unwrap();
+        let int4 = quantize(&ck, n, QuantBits::Int4).unwrap().0;
+        let int8 = quantize(&ck, n, QuantBits::Int8).unwrap().0;
         assert!((int4.percent - 11.2).abs() < 0.1, "int4 {}", int4.percent);
         assert!((int8.percent - 23.7).abs() < 0.1, "int8 {}", int8.percent);
     }

@@ -109,9 +109,22 @@ fn geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> ConvGeom
     }
 }
 
-/// A contiguous f32 copy-free view of a Flex tensor (copied only if it is a strided view).
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
+/// The backend tensors of a convolution's operands.
+fn primitives<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+) -> (
+    B::FloatTensorPrimitive,
+    B::FloatTensorPrimitive,
+    B::FloatTensorPrimitive,
+) {
+    let t = |p: TensorPrimitive<B>| p.tensor();
+    (
+        t(x.into_primitive()),
+        t(weight.into_primitive()),
+        t(bias.into_primitive()),
+    )
 }
 
 fn f32s(t: &FlexTensor) -> &[f32] {
@@ -136,7 +149,11 @@ fn host_forward(
     stride: usize,
     pad: usize,
 ) -> (FlexTensor, FlexTensor, ConvGeometry, FlexTensor) {
-    let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+    let (x, weight, bias) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        bias.to_contiguous(),
+    );
     let g = geometry(dims4(&x), dims4(&weight), stride, pad);
     let threads = crate::decode::default_threads();
     let y = crate::conv::forward(f32s(&x), f32s(&weight), Some(f32s(&bias)), &g, threads);
@@ -152,11 +169,7 @@ impl ConvBackend for Flex {
         stride: usize,
         pad: usize,
     ) -> Tensor<Self, 4> {
-        let (x, w, b) = (
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        );
+        let (x, w, b) = primitives(x, weight, bias);
         let (_, _, _, y) = host_forward(&x, &w, &b, stride, pad);
         Tensor::from_primitive(TensorPrimitive::Float(y))
     }
@@ -179,7 +192,7 @@ impl Backward<Flex, 3> for HostConvBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_weight, node_bias] = ops.parents;
-        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let HostConvState {
             x,
             weight,
@@ -214,11 +227,7 @@ impl ConvBackend for CpuAutodiff {
         stride: usize,
         pad: usize,
     ) -> Tensor<Self, 4> {
-        let (x, w, b) = (
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        );
+        let (x, w, b) = primitives(x, weight, bias);
         let (xc, wc, geometry, y) =
             host_forward(&x.primitive, &w.primitive, &b.primitive, stride, pad);
         let nodes = [x.node.clone(), w.node.clone(), b.node.clone()];

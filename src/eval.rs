@@ -266,13 +266,9 @@ fn quantized_net<B: ConvBackend>(
         )));
     }
     let ck = crate::checkpoint::parse_safetensors(path, file.bytes())?;
-    let size = baseline::stored_size(&ck, file.bytes().len() as u64, bits)?;
+    let (size, weights) = baseline::quantize(&ck, file.bytes().len() as u64, bits)?;
     let mut host = HostModel::from_tensors(&ck.tensors);
-    for (name, cout, w) in baseline::conv_tensors(&ck)? {
-        let (codes, scales) = baseline::quantize_channels(&w, cout, bits);
-        host.values
-            .insert(name, baseline::dequantize_channels(&codes, &scales));
-    }
+    host.values.extend(weights);
     Ok((LoadedNet::from_host(&host, device)?, size))
 }
 

@@ -83,7 +83,7 @@ impl WeightDtype {
         }
     }
     /// The value `v` takes once stored (round to nearest, ties to even). Int8 is not a
-    /// per-value rounding: see [`quantize_int8`]; its biases are f32.
+    /// per-value rounding: see [`quantize_codes`]; its biases are f32.
     pub fn round(self, v: f32) -> f32 {
         match self {
             WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::Int4 => v,
@@ -93,14 +93,9 @@ impl WeightDtype {
     }
 }
 
-/// Quantises a `[inputs][outputs]` weight matrix to int8 with one scale per output unit
-/// (column): `scale_j = max_k |W[k][j]| / 127`, `q = round_ties_even(W / scale_j)`.
-/// The stored value is `q as f32 * scale_j` (one f32 product, spec §5.1).
-pub fn quantize_int8(weight: &[f32], outputs: usize) -> (Vec<i8>, Vec<f32>) {
-    quantize_codes(weight, outputs, 127.0)
-}
-
-/// [`quantize_int8`] with codes `-max..=max` (127 for int8, 7 for int4).
+/// Quantises a `[inputs][outputs]` weight matrix with one scale per output unit (column):
+/// `scale_j = max_k |W[k][j]| / max`, `q = round_ties_even(W / scale_j)` in `-max..=max` (127 for
+/// int8, 7 for int4). The stored value is `q as f32 * scale_j` (one f32 product, spec §5.1).
 pub fn quantize_codes(weight: &[f32], outputs: usize, max: f32) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0.0f32; outputs];
     for row in weight.chunks_exact(outputs) {
@@ -113,11 +108,6 @@ pub fn quantize_codes(weight: &[f32], outputs: usize, max: f32) -> (Vec<i8>, Vec
     }
     let q = int_codes(weight, &scales, max);
     (q, scales)
-}
-
-/// `round_ties_even(W / scale_j)` clamped to `-127..=127` (0 where the scale is 0).
-pub fn int8_codes(weight: &[f32], scales: &[f32]) -> Vec<i8> {
-    int_codes(weight, scales, 127.0)
 }
 
 /// `round_ties_even(W / scale_j)` clamped to `-max..=max` (0 where the scale is 0).
@@ -136,8 +126,8 @@ pub fn int_codes(weight: &[f32], scales: &[f32], max: f32) -> Vec<i8> {
         .collect()
 }
 
-/// `q * scale` for every weight of a `[inputs][outputs]` int8 matrix (the decoder's weights).
-pub fn dequantize_int8(q: &[i8], scales: &[f32]) -> Vec<f32> {
+/// `q * scale` for every weight of a `[inputs][outputs]` int8 or int4 matrix (the decoder's weights).
+pub fn dequantize_codes(q: &[i8], scales: &[f32]) -> Vec<f32> {
     q.chunks_exact(scales.len())
         .flat_map(|row| row.iter().zip(scales).map(|(&q, &s)| f32::from(q) * s))
         .collect()
@@ -270,12 +260,12 @@ impl Predictor {
             // Already stored at this precision (its scales reproduce the weights exactly):
             // keep, so that storing twice changes nothing.
             if l.scales.len() == l.outputs
-                && dequantize_int8(&int_codes(&l.weight, &l.scales, max), &l.scales) == l.weight
+                && dequantize_codes(&int_codes(&l.weight, &l.scales, max), &l.scales) == l.weight
             {
                 continue;
             }
             let (q, scales) = quantize_codes(&l.weight, l.outputs, max);
-            l.weight = dequantize_int8(&q, &scales);
+            l.weight = dequantize_codes(&q, &scales);
             l.scales = scales;
         }
         self.config.weight_dtype = dtype;
@@ -351,10 +341,10 @@ mod tests {
         for row in weight.chunks_exact_mut(outputs) {
             row[2] = 0.0;
         }
-        let (q, scales) = quantize_int8(&weight, outputs);
+        let (q, scales) = quantize_codes(&weight, outputs, 127.0);
         assert_eq!(scales[2], 0.0);
         assert!(q.iter().all(|&c| c != -128));
-        let deq = dequantize_int8(&q, &scales);
+        let deq = dequantize_codes(&q, &scales);
         for (k, (w, d)) in weight.iter().zip(&deq).enumerate() {
             assert!((w - d).abs() <= scales[k % outputs] * 0.5 + 1e-7, "{w} {d}");
         }
@@ -407,7 +397,7 @@ mod tests {
         for j in 0..outputs {
             assert!(q.iter().skip(j).step_by(outputs).any(|c| c.abs() == 7));
         }
-        assert_eq!(dequantize_int8(&q, &l.scales), l.weight);
+        assert_eq!(dequantize_codes(&q, &l.scales), l.weight);
         // The int4 grid is coarser than int8's: the weights moved.
         assert_ne!(l.weight, weight);
         let once = p.clone();

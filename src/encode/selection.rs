@@ -129,16 +129,12 @@ pub fn int4_baseline<B: ConvBackend>(
     plan: Option<&DataPlan>,
     device: &B::Device,
 ) -> Result<BaselineReport> {
-    let bits = QuantBits::Int4;
-    let size = baseline::stored_size(&source.checkpoint, source.bytes.len() as u64, bits)?;
+    let source_bytes = source.bytes.len() as u64;
+    let (size, weights) = baseline::quantize(&source.checkpoint, source_bytes, QuantBits::Int4)?;
     let (mut held_out, mut test) = (None, None);
     if let (Some(host), Some(plan)) = (host, plan) {
         let mut host = host.clone();
-        for (name, cout, w) in baseline::conv_tensors(&source.checkpoint)? {
-            let (codes, scales) = baseline::quantize_channels(&w, cout, bits);
-            host.values
-                .insert(name, baseline::dequantize_channels(&codes, &scales));
-        }
+        host.values.extend(weights);
         let net = LoadedNet::<B>::from_host(&host, device)?;
         if let Some(h) = plan.held_out() {
             held_out = Some(network_accuracy(&net, &h, &plan.norm, device)?);

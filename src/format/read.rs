@@ -9,7 +9,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::{
-    COORDS, LinearWeights, Predictor, PredictorConfig, WeightDtype, dequantize_int8,
+    COORDS, LinearWeights, Predictor, PredictorConfig, WeightDtype, dequantize_codes,
 };
 
 pub(crate) const MAX_NAME_LEN: usize = 4096;
@@ -83,26 +83,11 @@ impl<'a> Container<'a> {
 /// that length produced, and a JSON object. It is covered by the hashes, so a broken one means a
 /// broken writer and the file is refused.
 fn parse_metadata(stored: &[u8], info: &SectionInfo, limits: &Limits) -> Result<serde_json::Value> {
-    at_most(
-        "META decoded bytes",
-        info.decoded_len,
-        limits.max_metadata_bytes,
-        "",
-    )?;
+    let limit = limits.max_metadata_bytes;
+    at_most("META decoded bytes", info.decoded_len, limit, "")?;
     let decoded;
     let json = if info.encoding == ENCODING_ZSTD {
-        decoded = zstd::bulk::decompress(stored, info.decoded_len as usize)
-            .map_err(|e| Error::malformed("META", format!("zstd: {e}")))?;
-        if decoded.len() as u64 != info.decoded_len {
-            return Err(Error::malformed(
-                "META",
-                format!(
-                    "decoded to {} bytes, the table declares {}",
-                    decoded.len(),
-                    info.decoded_len
-                ),
-            ));
-        }
+        decoded = decompress_exact(stored, info, ("META", "META decoded bytes"), limit)?;
         &decoded[..]
     } else {
         stored
@@ -115,20 +100,16 @@ fn parse_metadata(stored: &[u8], info: &SectionInfo, limits: &Limits) -> Result<
     Ok(value)
 }
 
-/// A zstd section's bytes: at most its declared decoded length (itself within the output limit)
-/// is decompressed, and exactly that length must come out.
+/// A zstd section's bytes: at most its declared decoded length (itself within `limit`) is
+/// decompressed, and exactly that length must come out. `(name, what)` name the section and
+/// the limited quantity in errors.
 fn decompress_exact(
     stored: &[u8],
     info: &SectionInfo,
-    limits: &Limits,
-    name: &'static str,
+    (name, what): (&'static str, &'static str),
+    limit: u64,
 ) -> Result<Vec<u8>> {
-    at_most(
-        "PRED decoded bytes",
-        info.decoded_len,
-        limits.max_output_bytes,
-        "",
-    )?;
+    at_most(what, info.decoded_len, limit, "")?;
     let decoded = zstd::bulk::decompress(stored, info.decoded_len as usize)
         .map_err(|e| Error::malformed(name, format!("zstd: {e}")))?;
     if decoded.len() as u64 != info.decoded_len {
@@ -385,7 +366,8 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     let pred_stored = find(TAG_PREDICTOR, "PRED")?;
     let pred_decoded;
     let pred_bytes = if pred_info.encoding == ENCODING_ZSTD {
-        pred_decoded = decompress_exact(pred_stored, pred_info, limits, "PRED")?;
+        let names = ("PRED", "PRED decoded bytes");
+        pred_decoded = decompress_exact(pred_stored, pred_info, names, limits.max_output_bytes)?;
         &pred_decoded[..]
     } else {
         pred_stored
@@ -535,7 +517,7 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
                     .map(|&b| b as i8)
                     .collect()
             };
-            let weight = dequantize_int8(&q, &scales);
+            let weight = dequantize_codes(&q, &scales);
             (weight, r.f32s(outputs)?, scales)
         } else {
             let weight = read_weights(&mut r, inputs * outputs, weight_dtype)?;

@@ -7,7 +7,7 @@ use super::bytes::Writer;
 use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
-use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_int8, int_codes};
+use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_codes, int_codes};
 
 /// A tensor as safetensors and `PASS` hold it: name, dtype, shape and little-endian bytes
 /// (borrowed from the source map). Source checkpoints parse into these; passthrough tensors are
@@ -145,7 +145,7 @@ fn int_weights(layer: &LinearWeights, max: f32) -> Result<(Vec<i8>, Vec<f32>)> {
         ));
     }
     let q = int_codes(&layer.weight, scales, max);
-    if dequantize_int8(&q, scales) != layer.weight {
+    if dequantize_codes(&q, scales) != layer.weight {
         return Err(Error::InvalidArgument(
             "integer (int8/int4) predictor weights are not exactly q * scale (call store_as first)"
                 .into(),
