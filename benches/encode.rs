@@ -32,9 +32,11 @@ fn main() {
         for hidden in [140u32, 180, 320] {
             let opts = EncodeOptions {
                 hidden,
-                steps,
+                steps: Some(steps),
                 batch: 4096,
                 device,
+                // The work of the PyTorch reference (and of this bench's earlier rows).
+                pe_levels: 40,
                 ..EncodeOptions::default()
             };
             match training_throughput(&input, &opts) {
@@ -85,8 +87,10 @@ fn phase2(devices: &[DeviceKind], input: &Path, steps: usize) {
         for hidden in [140u32, 180] {
             let opts = EncodeOptions {
                 hidden,
-                steps: 1,
+                steps: Some(1),
                 device,
+                pe_levels: 40,
+                predictor_dtype: nernc::predictor::WeightDtype::F16,
                 distill: Some(DistillOptions {
                     steps,
                     source: DistillSource::Noise,

@@ -95,6 +95,12 @@ pub enum Error {
     DeviceUnavailable { device: String, why: String },
     #[error("training failed: {0}")]
     Training(String),
+    /// A size budget no setting fits (found before any training).
+    #[error("size budget: {0}")]
+    Budget(String),
+    /// The trained result misses what was asked (`--max-drop`, `--target-size`); nothing written.
+    #[error("goal not met: {0}")]
+    GoalNotMet(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -20,6 +20,10 @@ fn small_nern(dir: &Path) -> std::path::PathBuf {
         "3",
         "--batch",
         "256",
+        "--data",
+        "noise",
+        "--distill-steps",
+        "0",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out

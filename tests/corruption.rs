@@ -16,9 +16,11 @@ use nernc::format::{Limits, read_container};
 fn small_file(dtype: nernc::predictor::WeightDtype) -> Vec<u8> {
     let opts = nernc::encode::EncodeOptions {
         hidden: 8,
-        steps: 2,
+        steps: Some(2),
         batch: 64,
         predictor_dtype: dtype,
+        permutation: nernc::permute::PermutationKind::InFilter,
+        pe_levels: 40,
         ..Default::default()
     };
     let (bytes, _) = nernc::encode::encode(
@@ -31,7 +33,7 @@ fn small_file(dtype: nernc::predictor::WeightDtype) -> Vec<u8> {
 }
 
 fn base() -> Vec<u8> {
-    small_file(nernc::encode::EncodeOptions::default().predictor_dtype)
+    small_file(nernc::predictor::WeightDtype::F16)
 }
 
 /// `e` is `Malformed` in `section`, its detail mentioning `needle`.

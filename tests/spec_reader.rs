@@ -73,6 +73,7 @@ fn rewrite(c: &nernc::format::Container<'_>) -> Vec<u8> {
         passthrough,
         source_metadata: c.source_metadata.clone(),
         metadata: c.metadata(&Limits::default()).unwrap(),
+        raw_predictor: false,
     })
     .unwrap()
 }

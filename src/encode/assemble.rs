@@ -5,10 +5,14 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::budget::META_RESERVE;
 use super::options::EncodeOptions;
-use super::report::{AccuracyReport, BaselineReport, DistillReport, EncodeReport, RoundReport};
+use super::report::{
+    AccuracyReport, BaselineReport, CandidateReport, DistillReport, EncodeReport, GoalReport,
+    RoundReport,
+};
 use super::source::Source;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
 use crate::permute::Permutation;
 use crate::predictor::Predictor;
@@ -25,6 +29,12 @@ pub struct Encoded {
     pub accuracy: AccuracyReport,
     pub baseline: BaselineReport,
     pub permutation_seconds: f64,
+    /// Phase-1 steps per round as run.
+    pub phase1_steps: usize,
+    pub candidates: Vec<CandidateReport>,
+    pub goal: GoalReport,
+    /// What the encode did differently from what was asked, and why.
+    pub notes: Vec<String>,
 }
 
 /// The `.nern` bytes and the report; `started` is when the encode began.
@@ -49,8 +59,12 @@ pub fn assemble(
         distill: r.distill,
         accuracy: r.accuracy,
         baseline: r.baseline,
+        goal: r.goal,
+        candidates: r.candidates,
+        notes: r.notes,
         device: opts.device.describe(),
     };
+    let cfg = &r.predictor.config;
     let source_name = source
         .path
         .file_name()
@@ -65,8 +79,8 @@ pub fn assemble(
         },
         "recipe": {
             "phase1": {
-                "hidden": opts.hidden,
-                "steps": opts.steps,
+                "hidden": cfg.widths.get(1),
+                "steps": r.phase1_steps,
                 "rounds": opts.rounds,
                 "batch": opts.batch,
                 "permutation": format!("{:?}", opts.permutation),
@@ -74,8 +88,8 @@ pub fn assemble(
                 "lr": opts.lr,
                 "beta1": opts.beta1,
                 "lr_schedule": "cosine per step to 1e-6",
-                "pe_levels": opts.pe_levels,
-                "pe_base": opts.pe_base,
+                "pe_levels": cfg.pe_levels,
+                "pe_base": cfg.pe_base,
                 "sampling": "0.8 uniform subset / 0.2 L2-norm weighted",
                 "loss": "global RMSE after centre crop",
             },
@@ -95,20 +109,59 @@ pub fn assemble(
         "distillation": report.distill,
         "accuracy": report.accuracy,
         "baseline": report.baseline,
+        "goal": report.goal,
+        "candidates": report.candidates,
+        "notes": report.notes,
         "timings": {
             "permutation_seconds": report.permutation_seconds,
             "total_seconds": report.total_seconds,
         },
         "device": report.device,
     });
-    let bytes = write_container(&ContainerParts {
-        predictor: &r.predictor,
-        layers: &r.layers,
-        permutations: &r.permutations,
-        passthrough,
-        source_metadata: source.checkpoint.metadata.clone(),
-        metadata: Some(metadata),
-    })?;
+    let write = |metadata: Option<serde_json::Value>| {
+        write_container(&ContainerParts {
+            predictor: &r.predictor,
+            layers: &r.layers,
+            permutations: &r.permutations,
+            passthrough: passthrough.clone(),
+            source_metadata: source.checkpoint.metadata.clone(),
+            metadata,
+            raw_predictor: false,
+        })
+    };
+    let mut bytes = write(Some(metadata.clone()))?;
+    if let Some(budget) = report.goal.budget_bytes
+        && bytes.len() as u64 > budget
+    {
+        // The budget reserved META_RESERVE bytes for the provenance; should it not fit, the
+        // histories go first, then the whole optional section.
+        bytes = write(Some(without_histories(metadata)))?;
+        if bytes.len() as u64 > budget {
+            bytes = write(None)?;
+        }
+        if bytes.len() as u64 > budget {
+            return Err(Error::GoalNotMet(format!(
+                "the file takes {} bytes, over the budget of {budget} (its size was bounded \
+                 with {META_RESERVE} bytes for metadata; please report this); nothing written",
+                bytes.len()
+            )));
+        }
+    }
     report.nern_bytes = bytes.len() as u64;
     Ok((bytes, report))
+}
+
+/// The provenance without its per-step histories (loss, held-out) and candidate list.
+fn without_histories(mut m: serde_json::Value) -> serde_json::Value {
+    if let Some(rounds) = m.get_mut("rounds").and_then(|r| r.as_array_mut()) {
+        for r in rounds {
+            r["loss_history"] = json!([]);
+        }
+    }
+    if let Some(d) = m.get_mut("distillation").filter(|d| d.is_object()) {
+        d["loss_history"] = json!([]);
+        d["held_out_history"] = json!([]);
+    }
+    m["candidates"] = json!([]);
+    m
 }

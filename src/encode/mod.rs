@@ -5,6 +5,7 @@
 //! - `options`: what can be asked, defaults, checks, the command line's policy;
 //! - `source`: the input checkpoint, parsed once;
 //! - `selection`: held-out training images and the accuracy of a predictor on them;
+//! - `budget`: what a predictor costs in the file, and the shapes that fill a size budget;
 //! - `search`: permutation tables;
 //! - `kernels`, `mlp`, `schedule`: the training data, the predictor as a burn module, the
 //!   learning-rate schedule, shared by both phases;
@@ -13,6 +14,7 @@
 //! - `pipeline`: runs them in order; `progress`: the progress bar.
 
 mod assemble;
+mod budget;
 mod kernels;
 mod mlp;
 mod options;
@@ -28,9 +30,16 @@ mod source;
 
 use std::path::Path;
 
-pub use options::{DataArg, DeviceKind, DistillOptions, DistillSource, EncodeOptions};
+pub use budget::META_RESERVE;
+pub use options::{
+    DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS, DataArg, DeviceKind, DistillOptions,
+    DistillSource, EncodeOptions, MaxDrop, Pinned, SizeTarget, default_phase1_steps,
+};
 pub use progress::{BarProgress, NoProgress, Progress};
-pub use report::{AccuracyReport, BaselineReport, DistillReport, EncodeReport, RoundReport};
+pub use report::{
+    AccuracyReport, BaselineReport, CandidateReport, DistillReport, EncodeReport, GoalReport,
+    RoundReport,
+};
 
 use crate::device::{keep_freed_memory, run_on};
 use crate::error::Result;

@@ -6,22 +6,28 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::assemble::{Encoded, assemble};
+use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
 use super::kernels::KernelSet;
-use super::options::{DistillSource, EncodeOptions};
+use super::options::{DistillOptions, DistillSource, EncodeOptions, default_phase1_steps};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillSettings, distill};
 use super::progress::{NoProgress, Progress};
-use super::report::{AccuracyReport, DistillReport, EncodeReport, rmse};
+use super::report::{
+    AccuracyReport, CandidateReport, DistillReport, EncodeReport, GoalReport, RoundReport, rmse,
+};
 use super::search::search;
-use super::selection::{DataPlan, HeldOut, held_out_accuracy, int4_baseline, load_data};
+use super::selection::{
+    DataPlan, HeldOut, held_out_accuracy, int4_baseline, load_data, network_accuracy,
+};
 use super::source::Source;
+use crate::arch::Network;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, check_fit};
 use crate::format::{LayerEntry, Limits, read_container};
 use crate::io::MappedFile;
-use crate::network::FixedParams;
+use crate::network::{FixedParams, HostModel};
 use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::{Predictor, PredictorConfig, WeightDtype};
 use crate::rng::SplitMix64;
@@ -40,6 +46,278 @@ impl BackendJob for EncodeJob<'_> {
     }
 }
 
+/// What every training run of one encode shares: the parsed source, its layer table and
+/// permutation tables, the networks and the data.
+struct Context<'a, B: TrainBackend> {
+    device: &'a B::Device,
+    opts: &'a EncodeOptions,
+    progress: &'a dyn Progress,
+    source: &'a Source<'a>,
+    layers: Vec<LayerEntry>,
+    permutations: Vec<Permutation>,
+    host: Option<HostModel>,
+    net: Option<Network>,
+    plan: Option<DataPlan>,
+    student: Option<LoadedNet<B::InnerBackend>>,
+    teacher: Option<LoadedNet<B::InnerBackend>>,
+}
+
+/// A trained predictor as stored, with what its phases measured.
+struct Trained {
+    predictor: Predictor,
+    rounds: Vec<RoundReport>,
+    kept_round: usize,
+    distill: Option<DistillReport>,
+    /// Held-out accuracy (%) of the stored predictor, when there is data.
+    held_out: Option<f64>,
+}
+
+/// How long one training run goes.
+struct Schedule<'a> {
+    phase1_steps: usize,
+    rounds: usize,
+    distill: Option<&'a DistillOptions>,
+    distill_steps: usize,
+    storage: WeightDtype,
+}
+
+impl<B: TrainBackend> Context<'_, B> {
+    fn held_out(&self) -> Option<HeldOut<'_>> {
+        self.plan.as_ref().and_then(DataPlan::held_out)
+    }
+
+    /// Held-out accuracy of a predictor's decoded network, when there is data.
+    fn held_acc(&self, p: &Predictor) -> Result<Option<f64>> {
+        match (&self.student, self.held_out(), &self.plan) {
+            (Some(st), Some(h), Some(plan)) => Ok(Some(held_out_accuracy(
+                p,
+                &self.layers,
+                &self.permutations,
+                st,
+                &h,
+                &plan.norm,
+                self.device,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The source network's held-out accuracy: what `--max-drop` is measured against.
+    fn original_held_out(&self) -> Result<Option<f64>> {
+        let (Some(host), Some(h), Some(plan)) = (&self.host, self.held_out(), &self.plan) else {
+            return Ok(None);
+        };
+        let net = LoadedNet::<B::InnerBackend>::from_host(host, self.device)?;
+        Ok(Some(network_accuracy(&net, &h, &plan.norm, self.device)?))
+    }
+
+    fn conv_rmse(&self, p: &Predictor) -> f64 {
+        let decoded = decode_layers(p, &self.layers, &self.permutations, self.opts.threads);
+        rmse(&decoded, &self.source.weights)
+    }
+
+    /// Phase 1 (or the resumed predictor), then phase 2, stored as `s.storage`.
+    fn train(
+        &self,
+        cfg: &PredictorConfig,
+        resumed: Option<Predictor>,
+        s: &Schedule<'_>,
+        seeds: &mut SplitMix64,
+    ) -> Result<Trained> {
+        let (device, opts, progress) = (self.device, self.opts, self.progress);
+        let original = &self.source.weights;
+        let held_acc = |p: &Predictor| self.held_acc(p);
+        let phase1 = match resumed {
+            Some(predictor) => RoundsOutcome {
+                held_out: held_acc(&predictor)?,
+                predictor,
+                kept_round: 0,
+                reports: Vec::new(),
+            },
+            None => run_rounds::<B>(
+                device,
+                &Rounds {
+                    cfg,
+                    layers: &self.layers,
+                    permutations: &self.permutations,
+                    original,
+                    settings: TrainSettings {
+                        steps: s.phase1_steps,
+                        batch: opts.batch,
+                        lr: opts.lr,
+                        beta1: opts.beta1,
+                    },
+                    rounds: s.rounds,
+                    threads: opts.threads,
+                },
+                seeds,
+                &held_acc,
+                progress,
+            )?,
+        };
+        let mut predictor = phase1.predictor;
+
+        let mut distill_report = None;
+        if let (Some(d), Some(net), Some(host), Some(teacher), Some(student)) = (
+            s.distill,
+            &self.net,
+            &self.host,
+            &self.teacher,
+            &self.student,
+        ) {
+            progress.stage("distillation");
+            let t_distill = Instant::now();
+            let set = KernelSet::new(
+                &self.layers,
+                &self.permutations,
+                original,
+                original,
+                cfg.kernel_size as usize,
+            );
+            let norm = match &self.plan {
+                Some(p) => p.norm.clone(),
+                None => opts
+                    .norm
+                    .clone()
+                    .unwrap_or_else(|| opts.dataset.normalization()),
+            };
+            let settings = DistillSettings {
+                steps: s.distill_steps,
+                batch: d.batch,
+                lr: d.lr,
+                temperature: d.temperature,
+                recon_weight: d.recon_weight,
+                eval_every: d.eval_every.unwrap_or((s.distill_steps / 10).max(1)),
+                warmup: d.warmup.unwrap_or(0),
+                norm: &norm,
+                input: DistillInput::for_options(
+                    d,
+                    self.plan.as_ref(),
+                    opts.dataset,
+                    net.in_channels,
+                )?,
+                held_out: self.held_out(),
+                storage: s.storage,
+                augment: d.augment,
+            };
+            let out = distill::<B>(
+                device,
+                &predictor,
+                &set,
+                &self.layers,
+                &self.permutations,
+                host,
+                student,
+                phase1.held_out,
+                teacher,
+                &settings,
+                seeds.next_u64(),
+                progress,
+            )?;
+            distill_report = Some(DistillReport {
+                steps: s.distill_steps,
+                batch: d.batch,
+                lr: d.lr,
+                warmup: settings.warmup,
+                temperature: d.temperature,
+                recon_weight: d.recon_weight,
+                augment: d.augment,
+                input: match d.source {
+                    DistillSource::Data => "data".into(),
+                    DistillSource::Noise => "noise".into(),
+                },
+                teacher: d
+                    .teacher
+                    .as_ref()
+                    .map_or_else(|| "original".into(), |t| t.display().to_string()),
+                loss_history: out.loss_history,
+                held_out_history: out.held_out_history,
+                kept_step: out.best_step,
+                rmse_vs_original: self.conv_rmse(&out.predictor),
+                seconds: t_distill.elapsed().as_secs_f64(),
+            });
+            predictor = out.predictor;
+        }
+
+        // Every figure from here on is of the weights as stored. Phase 2 already selected and
+        // measured stored weights; a phase-1 figure was of f32 weights.
+        let mut held_out = match &distill_report {
+            Some(d) => d
+                .held_out_history
+                .iter()
+                .find(|(s, _)| *s == d.kept_step)
+                .map(|(_, a)| *a),
+            None => phase1.held_out,
+        };
+        predictor.store_as(s.storage)?;
+        if distill_report.is_none() && s.storage != WeightDtype::F32 && held_out.is_some() {
+            held_out = held_acc(&predictor)?;
+        }
+        Ok(Trained {
+            predictor,
+            rounds: phase1.reports,
+            kept_round: phase1.kept_round,
+            distill: distill_report,
+            held_out,
+        })
+    }
+
+    /// Measures each candidate on a short schedule (a sixth of phase 1, a twentieth of phase
+    /// 2) and returns the index of the best by held-out accuracy (conv RMSE without data).
+    fn probe(
+        &self,
+        candidates: &[Candidate],
+        full: &Schedule<'_>,
+        seed: u64,
+    ) -> Result<(usize, Vec<CandidateReport>)> {
+        let mut reports = Vec::new();
+        for (i, c) in candidates.iter().enumerate() {
+            self.progress.stage(&format!(
+                "candidate {}/{}: hidden {}, PE L={}, {}",
+                i + 1,
+                candidates.len(),
+                c.config.widths[1],
+                c.config.pe_levels,
+                c.dtype.name()
+            ));
+            let t = Instant::now();
+            let schedule = Schedule {
+                phase1_steps: (full.phase1_steps / 6).max(20),
+                rounds: 1,
+                distill: full.distill,
+                distill_steps: (full.distill_steps / 20).max(5),
+                storage: c.dtype,
+            };
+            let mut seeds = SplitMix64::new(seed);
+            let trained = self.train(&c.config, None, &schedule, &mut seeds)?;
+            reports.push(CandidateReport {
+                hidden: c.config.widths[1],
+                pe_levels: c.config.pe_levels,
+                predictor_dtype: c.dtype.name(),
+                bound_bytes: c.bound,
+                phase1_steps: schedule.phase1_steps,
+                distill_steps: schedule.distill.map_or(0, |_| schedule.distill_steps),
+                held_out: trained.held_out,
+                rmse_vs_original: self.conv_rmse(&trained.predictor),
+                seconds: t.elapsed().as_secs_f64(),
+                chosen: false,
+            });
+        }
+        let better = |a: &CandidateReport, b: &CandidateReport| match (a.held_out, b.held_out) {
+            (Some(x), Some(y)) if x != y => x > y,
+            _ => a.rmse_vs_original < b.rmse_vs_original,
+        };
+        let mut best = 0;
+        for i in 1..reports.len() {
+            if better(&reports[i], &reports[best]) {
+                best = i;
+            }
+        }
+        reports[best].chosen = true;
+        Ok((best, reports))
+    }
+}
+
 fn encode_on<B: TrainBackend>(
     device: &B::Device,
     input: &Path,
@@ -50,7 +328,12 @@ fn encode_on<B: TrainBackend>(
     let file = MappedFile::open(input)?;
     let source = Source::parse(input, file.bytes(), opts.permutation)?;
     let mut layers = source.layers.clone();
-    let original = &source.weights;
+    let source_bytes = source.bytes.len() as u64;
+    // Bad budgets fail before anything loads.
+    let budget = opts
+        .target_size
+        .map(|t| t.bytes(source_bytes))
+        .transpose()?;
     let mut cfg = PredictorConfig::reference(
         opts.hidden,
         source.kernel_size,
@@ -59,10 +342,25 @@ fn encode_on<B: TrainBackend>(
     );
 
     // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
+    let mut notes = Vec::new();
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
-    let host = needs_net.then(|| source.host_model());
-    let net = host.as_ref().map(|h| h.network()).transpose()?;
-    let plan = load_data(opts)?;
+    let mut host = needs_net.then(|| source.host_model());
+    let net = match host.as_ref().map(|h| h.network()).transpose() {
+        Ok(net) => net,
+        Err(Error::UnsupportedArchitecture(why)) if opts.phase2_by_default => {
+            notes.push(format!(
+                "phase 2 and accuracy figures skipped: {why} (phase 2 runs the network; \
+                 reconstruction does not need to understand it)"
+            ));
+            host = None;
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let plan = match net {
+        Some(_) => load_data(opts)?,
+        None => None,
+    };
     if let (Some(net), Some(plan)) = (&net, &plan) {
         check_fit(net, &plan.train, &input.display().to_string())?;
     }
@@ -108,164 +406,71 @@ fn encode_on<B: TrainBackend>(
     }
     progress.stage("permutations");
     let t_perm = Instant::now();
-    let permutations: Vec<Permutation> = match &resumed {
-        Some((_, perms)) => perms.clone(),
-        None => layers
-            .iter()
-            .zip(original)
-            .map(|(l, w)| search(w, l.cout(), l.cin(), l.kernel(), l.permutation))
-            .collect(),
+    let (resumed, permutations) = match resumed {
+        Some((p, perms)) => (Some(p), perms),
+        None => (
+            None,
+            layers
+                .iter()
+                .zip(&source.weights)
+                .map(|(l, w)| search(w, l.cout(), l.cin(), l.kernel(), l.permutation))
+                .collect(),
+        ),
     };
     let permutation_seconds = t_perm.elapsed().as_secs_f64();
 
-    let held_out = plan.as_ref().and_then(DataPlan::held_out);
-    let held_acc = |p: &Predictor| -> Result<Option<f64>> {
-        match (&student, &held_out, &plan) {
-            (Some(st), Some(h), Some(plan)) => Ok(Some(held_out_accuracy(
-                p,
-                &layers,
-                &permutations,
-                st,
-                h,
-                &plan.norm,
-                device,
-            )?)),
-            _ => Ok(None),
+    let ctx = Context::<B> {
+        device,
+        opts,
+        progress,
+        source: &source,
+        layers,
+        permutations,
+        host,
+        net,
+        plan,
+        student,
+        teacher,
+    };
+    let kernels: usize = ctx.layers.iter().map(LayerEntry::kernels).sum();
+    let mut schedule = Schedule {
+        phase1_steps: opts.steps.unwrap_or_else(|| default_phase1_steps(kernels)),
+        rounds: opts.rounds,
+        distill: opts.distill.as_ref(),
+        distill_steps: opts.distill.as_ref().map_or(0, |d| d.steps),
+        storage: opts.predictor_dtype,
+    };
+
+    // A budget chooses the predictor (measuring candidates) before the full run.
+    let mut candidates = Vec::new();
+    if let Some(budget) = budget {
+        let sizer = Sizer {
+            source: &source,
+            layers: &ctx.layers,
+            permutations: &ctx.permutations,
+        };
+        if resumed.is_some() {
+            schedule.storage = resumed_dtype(&sizer, opts, &cfg, budget)?;
+        } else {
+            let list = budget_candidates(&sizer, opts, source.kernel_size, budget)?;
+            let chosen = if list.len() > 1 {
+                let (i, reports) = ctx.probe(&list, &schedule, opts.seed)?;
+                candidates = reports;
+                i
+            } else {
+                0
+            };
+            cfg = list[chosen].config.clone();
+            schedule.storage = list[chosen].dtype;
         }
-    };
+    }
 
-    // Phase 1 (or the resumed file's predictor).
+    let original_held_out = ctx.original_held_out()?;
     let mut seeds = SplitMix64::new(opts.seed);
-    let phase1 = match resumed {
-        Some((predictor, _)) => RoundsOutcome {
-            held_out: held_acc(&predictor)?,
-            predictor,
-            kept_round: 0,
-            reports: Vec::new(),
-        },
-        None => run_rounds::<B>(
-            device,
-            &Rounds {
-                cfg: &cfg,
-                layers: &layers,
-                permutations: &permutations,
-                original,
-                settings: TrainSettings {
-                    steps: opts.steps,
-                    batch: opts.batch,
-                    lr: opts.lr,
-                    beta1: opts.beta1,
-                },
-                rounds: opts.rounds,
-                threads: opts.threads,
-            },
-            &mut seeds,
-            &held_acc,
-            progress,
-        )?,
-    };
-    let mut predictor = phase1.predictor;
-
-    // Phase 2.
-    let mut distill_report = None;
-    if let (Some(d), Some(net), Some(host), Some(teacher), Some(student)) =
-        (&opts.distill, &net, &host, &teacher, &student)
-    {
-        progress.stage("distillation");
-        let t_distill = Instant::now();
-        let set = KernelSet::new(
-            &layers,
-            &permutations,
-            original,
-            original,
-            cfg.kernel_size as usize,
-        );
-        let norm = match &plan {
-            Some(p) => p.norm.clone(),
-            None => opts
-                .norm
-                .clone()
-                .unwrap_or_else(|| opts.dataset.normalization()),
-        };
-        let settings = DistillSettings {
-            steps: d.steps,
-            batch: d.batch,
-            lr: d.lr,
-            temperature: d.temperature,
-            recon_weight: d.recon_weight,
-            eval_every: d.eval_every.unwrap_or((d.steps / 10).max(1)),
-            warmup: d.warmup.unwrap_or(0),
-            norm: &norm,
-            input: DistillInput::for_options(d, plan.as_ref(), opts.dataset, net.in_channels)?,
-            held_out: held_out.as_ref().map(|h| HeldOut {
-                data: h.data,
-                indices: h.indices,
-            }),
-            storage: opts.predictor_dtype,
-            augment: d.augment,
-        };
-        let out = distill::<B>(
-            device,
-            &predictor,
-            &set,
-            &layers,
-            &permutations,
-            host,
-            student,
-            phase1.held_out,
-            teacher,
-            &settings,
-            seeds.next_u64(),
-            progress,
-        )?;
-        let decoded = decode_layers(&out.predictor, &layers, &permutations, opts.threads);
-        distill_report = Some(DistillReport {
-            steps: d.steps,
-            batch: d.batch,
-            lr: d.lr,
-            warmup: settings.warmup,
-            temperature: d.temperature,
-            recon_weight: d.recon_weight,
-            augment: d.augment,
-            input: match d.source {
-                DistillSource::Data => "data".into(),
-                DistillSource::Noise => "noise".into(),
-            },
-            teacher: d
-                .teacher
-                .as_ref()
-                .map_or_else(|| "original".into(), |t| t.display().to_string()),
-            loss_history: out.loss_history,
-            held_out_history: out.held_out_history,
-            kept_step: out.best_step,
-            rmse_vs_original: rmse(&decoded, original),
-            seconds: t_distill.elapsed().as_secs_f64(),
-        });
-        predictor = out.predictor;
-    }
-
-    // The stored result: every figure below is of the weights as stored. Phase 2 already
-    // selected and measured stored weights; a phase-1 figure was of f32 weights.
-    let mut final_held_out = match &distill_report {
-        Some(d) => d
-            .held_out_history
-            .iter()
-            .find(|(s, _)| *s == d.kept_step)
-            .map(|(_, a)| *a),
-        None => phase1.held_out,
-    };
-    predictor.store_as(opts.predictor_dtype)?;
-    if distill_report.is_none()
-        && opts.predictor_dtype != WeightDtype::F32
-        && final_held_out.is_some()
-    {
-        final_held_out = held_acc(&predictor)?;
-    }
-    let stored_rmse = rmse(
-        &decode_layers(&predictor, &layers, &permutations, opts.threads),
-        original,
-    );
-    let test_accuracy = match (&student, &plan) {
+    let trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
+    let predictor = trained.predictor;
+    let stored_rmse = ctx.conv_rmse(&predictor);
+    let test_accuracy = match (&ctx.student, &ctx.plan) {
         (
             Some(st),
             Some(DataPlan {
@@ -281,8 +486,8 @@ fn encode_on<B: TrainBackend>(
             };
             Some(held_out_accuracy(
                 &predictor,
-                &layers,
-                &permutations,
+                &ctx.layers,
+                &ctx.permutations,
                 st,
                 &h,
                 norm,
@@ -292,24 +497,33 @@ fn encode_on<B: TrainBackend>(
         _ => None,
     };
     let accuracy = AccuracyReport {
-        predictor_dtype: opts.predictor_dtype.name(),
+        predictor_dtype: schedule.storage.name(),
         rmse_vs_original: stored_rmse,
-        held_out_images: plan.as_ref().map(|p| p.held_idx.len()),
-        held_out: final_held_out,
+        held_out_images: ctx.plan.as_ref().map(|p| p.held_idx.len()),
+        held_out: trained.held_out,
         test: test_accuracy,
-        kept_round: phase1.kept_round,
+        kept_round: trained.kept_round,
     };
+    let goal = GoalReport::new(opts, budget, original_held_out, trained.held_out);
+    if let Some(miss) = goal.enforced_miss() {
+        return Err(Error::GoalNotMet(miss));
+    }
     progress.stage("int4 baseline");
-    let baseline = int4_baseline::<B::InnerBackend>(&source, host.as_ref(), plan.as_ref(), device)?;
+    let baseline =
+        int4_baseline::<B::InnerBackend>(&source, ctx.host.as_ref(), ctx.plan.as_ref(), device)?;
     let encoded = Encoded {
         predictor,
-        layers,
-        permutations,
-        rounds: phase1.reports,
-        distill: distill_report,
+        layers: ctx.layers,
+        permutations: ctx.permutations,
+        rounds: trained.rounds,
+        distill: trained.distill,
         accuracy,
         baseline,
         permutation_seconds,
+        phase1_steps: schedule.phase1_steps,
+        candidates,
+        goal,
+        notes,
     };
     assemble(&source, opts, encoded, started)
 }
@@ -370,9 +584,9 @@ impl BackendJob for ThroughputJob<'_> {
             beta1: opts.beta1,
         };
         train::<B>(device, &cfg, &set, &settings, opts.seed, &NoProgress)?;
-        settings.steps = opts.steps;
+        settings.steps = opts.steps.unwrap_or(20);
         let t = Instant::now();
         train::<B>(device, &cfg, &set, &settings, opts.seed, &NoProgress)?;
-        Ok((opts.steps * opts.batch.min(set.len())) as f64 / t.elapsed().as_secs_f64())
+        Ok((settings.steps * opts.batch.min(set.len())) as f64 / t.elapsed().as_secs_f64())
     }
 }

@@ -33,7 +33,100 @@ pub struct EncodeReport {
     pub accuracy: AccuracyReport,
     /// Plain int4 per-channel quantisation of the same checkpoint, for comparison.
     pub baseline: BaselineReport,
+    /// What was asked (size budget, accuracy drop) and whether it was met.
+    pub goal: GoalReport,
+    /// The predictors a size budget measured before the full run (empty without a budget).
+    pub candidates: Vec<CandidateReport>,
+    /// What the encode did differently from what was asked, and why.
+    pub notes: Vec<String>,
     pub device: String,
+}
+
+/// One predictor shape a size budget measured on a short schedule.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CandidateReport {
+    pub hidden: u32,
+    pub pe_levels: u32,
+    pub predictor_dtype: &'static str,
+    /// Upper bound of the file's size with this predictor.
+    pub bound_bytes: u64,
+    pub phase1_steps: usize,
+    pub distill_steps: usize,
+    pub held_out: Option<f64>,
+    pub rmse_vs_original: f64,
+    pub seconds: f64,
+    pub chosen: bool,
+}
+
+/// The goal of an encode and how far the result got.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GoalReport {
+    /// Allowed held-out drop against the original, in points.
+    pub max_drop: f64,
+    /// Whether a miss stops the encode (`--max-drop` given) or is only reported (the default aim).
+    pub enforced: bool,
+    /// The size budget in bytes (`--target-size`).
+    pub budget_bytes: Option<u64>,
+    /// The original's accuracy on the same held-out images.
+    pub original_held_out: Option<f64>,
+    /// Original minus result, held-out points (positive: the result is worse).
+    pub drop: Option<f64>,
+    /// `None` when not measured (no data).
+    pub met: Option<bool>,
+}
+
+impl GoalReport {
+    pub fn new(
+        opts: &super::options::EncodeOptions,
+        budget: Option<u64>,
+        original: Option<f64>,
+        reached: Option<f64>,
+    ) -> Self {
+        let drop = original.zip(reached).map(|(o, r)| o - r);
+        // Held-out accuracies are multiples of 100 / images: compare with a little slack so
+        // that a drop of exactly max_drop counts as met.
+        let met = drop.map(|d| d <= opts.max_drop.points + 1e-9);
+        GoalReport {
+            max_drop: opts.max_drop.points,
+            enforced: opts.max_drop.enforced,
+            budget_bytes: budget,
+            original_held_out: original,
+            drop,
+            met,
+        }
+    }
+
+    /// The message of an enforced goal the result missed.
+    pub fn enforced_miss(&self) -> Option<String> {
+        if !self.enforced || self.met != Some(false) {
+            return None;
+        }
+        let (o, d) = (self.original_held_out?, self.drop?);
+        let size = match self.budget_bytes {
+            Some(b) => format!(" inside {b} bytes"),
+            None => String::new(),
+        };
+        Some(format!(
+            "the best predictor{size} reached {:.2} % held-out against the original's {o:.2} % \
+             (-{d:.2} points, --max-drop {}); nothing written. A larger budget, --hidden or \
+             --distill-steps may reach it",
+            o - d,
+            self.max_drop
+        ))
+    }
+
+    /// One line for the summary.
+    fn line(&self) -> String {
+        match (self.original_held_out, self.drop, self.met) {
+            (Some(o), Some(d), Some(met)) => format!(
+                "  goal: within {} points of the original's held-out {o:.2} %: {} ({:+.2} points)\n",
+                self.max_drop,
+                if met { "met" } else { "MISSED" },
+                -d
+            ),
+            _ => "  goal: accuracy not measured (no data); the file's accuracy is unknown\n".into(),
+        }
+    }
 }
 
 /// What plain per-channel quantisation of the same checkpoint gives ([`crate::baseline`]).
@@ -126,6 +219,26 @@ impl EncodeReport {
             b.percent,
             acc(b.held_out, b.test)
         );
+        for n in &self.notes {
+            s += &format!("  note: {n}\n");
+        }
+        s += &self.goal.line();
+        if let Some(b) = self.goal.budget_bytes {
+            s += &format!("  size budget: {b} bytes, file {} bytes\n", self.nern_bytes);
+        }
+        for c in &self.candidates {
+            s += &format!(
+                "  candidate hidden {} PE L={} {} (<= {} bytes): held-out {}, RMSE {:.4e}, {:.0} s{}\n",
+                c.hidden,
+                c.pe_levels,
+                c.predictor_dtype,
+                c.bound_bytes,
+                c.held_out.map_or("-".into(), |h| format!("{h:.2} %")),
+                c.rmse_vs_original,
+                c.seconds,
+                if c.chosen { "  <- chosen" } else { "" }
+            );
+        }
         for r in &self.rounds {
             s += &format!(
                 "  round {}: conv RMSE vs target {:.4e}, vs original {:.4e} ({:.1} s)\n",

@@ -30,6 +30,8 @@ pub struct ContainerParts<'a> {
     pub source_metadata: Option<BTreeMap<String, String>>,
     /// Free-form provenance, stored zstd-compressed in `META`.
     pub metadata: Option<serde_json::Value>,
+    /// Store `PRED` raw even where zstd would be smaller (size bounds for budgets).
+    pub raw_predictor: bool,
 }
 
 struct Section {
@@ -223,7 +225,12 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         index.u64(t.bytes.len() as u64);
     }
 
-    let predictor = compressed_if_smaller(TAG_PREDICTOR, predictor_section(parts.predictor)?)?;
+    let payload = predictor_section(parts.predictor)?;
+    let predictor = if parts.raw_predictor {
+        raw(TAG_PREDICTOR, payload)
+    } else {
+        compressed_if_smaller(TAG_PREDICTOR, payload)?
+    };
     let pred_zstd = predictor.encoding == ENCODING_ZSTD;
     let mut sections = vec![
         predictor,

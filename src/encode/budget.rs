@@ -1,0 +1,210 @@
+//! Size budgets (`--target-size`): what a predictor shape costs in the file, and the candidate
+//! shapes that fill a budget. Which candidate wins is measured by the pipeline, not predicted.
+
+use super::options::EncodeOptions;
+use super::source::Source;
+use crate::error::{Error, Result};
+use crate::format::{ContainerParts, LayerEntry, write_container};
+use crate::permute::Permutation;
+use crate::predictor::{LinearWeights, Predictor, PredictorConfig, WeightDtype};
+
+/// Bytes kept free for `META` (the provenance; about 1.5 KB compressed on the fixtures). Should
+/// the provenance not fit, its histories are dropped first (see `assemble`).
+pub const META_RESERVE: u64 = 2048;
+
+/// Widest predictor a budget may choose (training time grows with its square).
+pub const MAX_HIDDEN: u32 = 1024;
+/// Narrowest predictor worth training.
+pub const MIN_HIDDEN: u32 = 8;
+
+/// Positional-encoding levels a budget tries when `--pe-levels` is not given: the first layer
+/// holds `6 L x hidden` weights, so fewer levels buy a wider predictor.
+pub const CANDIDATE_LEVELS: [u32; 3] = [10, 20, 30];
+
+/// One predictor shape and storage that fits a budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub config: PredictorConfig,
+    pub dtype: WeightDtype,
+    /// Upper bound of the file's size with this predictor (`PRED` raw, `META` reserved).
+    pub bound: u64,
+}
+
+/// The everything-but-the-predictor's-values of a file: sizes candidates exactly.
+pub struct Sizer<'a> {
+    pub source: &'a Source<'a>,
+    pub layers: &'a [LayerEntry],
+    pub permutations: &'a [Permutation],
+}
+
+impl Sizer<'_> {
+    /// The file's size with a predictor of `cfg` stored as `dtype`: exact for `PRED` stored
+    /// raw (zstd only ever makes it smaller), plus [`META_RESERVE`].
+    pub fn bound(&self, cfg: &PredictorConfig, dtype: WeightDtype) -> Result<u64> {
+        let layers = cfg
+            .widths
+            .windows(2)
+            .map(|w| LinearWeights {
+                inputs: w[0] as usize,
+                outputs: w[1] as usize,
+                weight: vec![0.0; w[0] as usize * w[1] as usize],
+                bias: vec![0.0; w[1] as usize],
+                scales: Vec::new(),
+            })
+            .collect();
+        let mut p = Predictor {
+            config: cfg.clone(),
+            layers,
+        };
+        p.store_as(dtype)?;
+        let bytes = write_container(&ContainerParts {
+            predictor: &p,
+            layers: self.layers,
+            permutations: self.permutations,
+            passthrough: self.source.passthrough().cloned().collect(),
+            source_metadata: self.source.checkpoint.metadata.clone(),
+            metadata: None,
+            raw_predictor: true,
+        })?;
+        Ok(bytes.len() as u64 + META_RESERVE)
+    }
+
+    /// The widest hidden width in `MIN_HIDDEN..=MAX_HIDDEN` whose file fits `budget` (sizes grow
+    /// with the width, so a binary search).
+    fn widest(
+        &self,
+        budget: u64,
+        levels: u32,
+        dtype: WeightDtype,
+        base: &Cfg,
+    ) -> Result<Option<u32>> {
+        let fits =
+            |h: u32| -> Result<bool> { Ok(self.bound(&base.config(h, levels), dtype)? <= budget) };
+        if !fits(MIN_HIDDEN)? {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (MIN_HIDDEN, MAX_HIDDEN + 1);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(Some(lo))
+    }
+}
+
+/// What the candidates share (kernel size, PE base).
+pub struct Cfg {
+    pub kernel_size: u32,
+    pub pe_base: f64,
+}
+
+impl Cfg {
+    fn config(&self, hidden: u32, levels: u32) -> PredictorConfig {
+        PredictorConfig::reference(hidden, self.kernel_size, levels, self.pe_base)
+    }
+}
+
+/// The candidates for `budget` bytes: for each PE level count (or the pinned one), the widest
+/// predictor that fits (or the pinned width, if it fits), stored as int8 (or the pinned dtype).
+/// Int4 is never chosen on its own: rounded to int4 a trained predictor has collapsed to chance
+/// in every measurement so far (README). An error names the smallest file possible when nothing
+/// fits.
+pub fn candidates(
+    sizer: &Sizer<'_>,
+    opts: &EncodeOptions,
+    kernel_size: u32,
+    budget: u64,
+) -> Result<Vec<Candidate>> {
+    let base = Cfg {
+        kernel_size,
+        pe_base: opts.pe_base,
+    };
+    let dtype = if opts.pinned.predictor_dtype {
+        opts.predictor_dtype
+    } else {
+        WeightDtype::Int8
+    };
+    let levels: Vec<u32> = if opts.pinned.pe_levels {
+        vec![opts.pe_levels]
+    } else {
+        CANDIDATE_LEVELS.to_vec()
+    };
+    let mut out: Vec<Candidate> = Vec::new();
+    for &l in &levels {
+        let hidden = if opts.pinned.hidden {
+            let cfg = base.config(opts.hidden, l);
+            (sizer.bound(&cfg, dtype)? <= budget).then_some(opts.hidden)
+        } else {
+            sizer.widest(budget, l, dtype, &base)?
+        };
+        if let Some(h) = hidden {
+            let config = base.config(h, l);
+            let bound = sizer.bound(&config, dtype)?;
+            if !out.iter().any(|c| c.config == config) {
+                out.push(Candidate {
+                    config,
+                    dtype,
+                    bound,
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        let smallest_h = if opts.pinned.hidden {
+            opts.hidden
+        } else {
+            MIN_HIDDEN
+        };
+        let smallest = sizer.bound(&base.config(smallest_h, levels[0]), dtype)?;
+        return Err(Error::Budget(format!(
+            "no predictor fits {budget} bytes: the smallest file with {} (hidden {smallest_h}, \
+             PE L={}) takes {smallest} bytes, {} of them the tensors stored verbatim",
+            dtype.name(),
+            levels[0],
+            sizer.passthrough_bytes(),
+        )));
+    }
+    Ok(out)
+}
+
+impl Sizer<'_> {
+    /// Bytes of the tensors stored verbatim.
+    pub fn passthrough_bytes(&self) -> u64 {
+        self.source
+            .passthrough()
+            .map(|t| t.bytes.len() as u64)
+            .sum()
+    }
+}
+
+/// With `--resume`, the predictor's shape is the file's: the storage dtype is the most precise
+/// of f16 and int8 (or the pinned one) that fits.
+pub fn resumed_dtype(
+    sizer: &Sizer<'_>,
+    opts: &EncodeOptions,
+    cfg: &PredictorConfig,
+    budget: u64,
+) -> Result<WeightDtype> {
+    let dtypes = if opts.pinned.predictor_dtype {
+        vec![opts.predictor_dtype]
+    } else {
+        vec![WeightDtype::F16, WeightDtype::Int8]
+    };
+    for d in &dtypes {
+        if sizer.bound(cfg, *d)? <= budget {
+            return Ok(*d);
+        }
+    }
+    let last = *dtypes.last().unwrap_or(&WeightDtype::Int8);
+    Err(Error::Budget(format!(
+        "the resumed predictor (widths {:?}) takes at least {} bytes as {}, over the budget of {budget}; \
+         encode without --resume to choose a smaller one",
+        cfg.widths,
+        sizer.bound(cfg, last)?,
+        last.name()
+    )))
+}

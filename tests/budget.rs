@@ -1,0 +1,216 @@
+//! Size budgets and accuracy goals (`--target-size`, `--max-drop`): the written file is never
+//! larger than the budget, an impossible budget or a missed enforced goal writes nothing, and
+//! bad values are refused before any training.
+#![cfg(feature = "train")]
+
+mod common;
+use common::*;
+
+use nernc::Error;
+use nernc::encode::{EncodeOptions, MaxDrop, NoProgress, Pinned, SizeTarget, encode};
+use nernc::format::{Limits, read_container};
+use nernc::predictor::WeightDtype;
+
+const RESNET20: &str = "fmnist-resnet20.safetensors";
+
+/// Tiny schedule, no data: fast, and the budget logic is the same.
+fn quick() -> EncodeOptions {
+    EncodeOptions {
+        steps: Some(12),
+        batch: 256,
+        ..EncodeOptions::default()
+    }
+}
+
+#[test]
+fn the_file_fits_the_budget_and_the_best_measured_candidate_is_kept() {
+    let src = fixture(RESNET20);
+    let source_bytes = std::fs::metadata(&src).unwrap().len();
+    let budget = source_bytes * 4 / 100;
+    let opts = EncodeOptions {
+        target_size: Some(SizeTarget::Percent(4.0)),
+        ..quick()
+    };
+    let (bytes, report) = encode(&src, &opts, &NoProgress).unwrap();
+    assert!(bytes.len() as u64 <= budget, "{} > {budget}", bytes.len());
+    assert_eq!(report.goal.budget_bytes, Some(budget));
+    // One candidate per PE level count, each filling the budget, one chosen.
+    assert_eq!(report.candidates.len(), 3);
+    assert_eq!(report.candidates.iter().filter(|c| c.chosen).count(), 1);
+    for c in &report.candidates {
+        assert!(c.bound_bytes <= budget);
+        assert_eq!(c.predictor_dtype, "int8");
+        assert!(c.held_out.is_none(), "no data: chosen by RMSE");
+    }
+    let best = report
+        .candidates
+        .iter()
+        .min_by(|a, b| a.rmse_vs_original.total_cmp(&b.rmse_vs_original))
+        .unwrap();
+    assert!(best.chosen);
+    // The file holds the chosen shape, and a wider predictor would not have fit.
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let cfg = &c.predictor.config;
+    assert_eq!(cfg.widths[1], best.hidden);
+    assert_eq!(cfg.pe_levels, best.pe_levels);
+    assert_eq!(cfg.weight_dtype, WeightDtype::Int8);
+    let wider = EncodeOptions {
+        hidden: best.hidden + 1,
+        pe_levels: best.pe_levels,
+        pinned: Pinned {
+            hidden: true,
+            pe_levels: true,
+            predictor_dtype: false,
+        },
+        ..opts.clone()
+    };
+    assert!(matches!(
+        encode(&src, &wider, &NoProgress),
+        Err(Error::Budget(_))
+    ));
+}
+
+#[test]
+fn pinned_settings_are_kept_and_must_fit() {
+    let src = fixture(RESNET20);
+    let opts = EncodeOptions {
+        target_size: Some(SizeTarget::Bytes(60_000)),
+        hidden: 40,
+        pe_levels: 8,
+        pinned: Pinned {
+            hidden: true,
+            pe_levels: true,
+            predictor_dtype: false,
+        },
+        ..quick()
+    };
+    let (bytes, report) = encode(&src, &opts, &NoProgress).unwrap();
+    assert!(bytes.len() <= 60_000);
+    assert!(report.candidates.is_empty(), "nothing to choose");
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    assert_eq!(c.predictor.config.widths[1], 40);
+    assert_eq!(c.predictor.config.pe_levels, 8);
+}
+
+#[test]
+fn impossible_budgets_and_bad_values_are_refused_before_training_with_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.nern");
+    let src = fixture(RESNET20);
+    let run = |extra: &[&str], expect: &str| {
+        let before = entries(dir.path());
+        let mut args = vec![
+            "encode",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--data",
+            "noise",
+            "--distill-steps",
+            "0",
+            "--steps",
+            "100000",
+        ];
+        args.extend_from_slice(extra);
+        let t = std::time::Instant::now();
+        let o = nernc(&args);
+        assert_clean_failure(&o, expect);
+        assert_eq!(entries(dir.path()), before, "{extra:?} left files behind");
+        // 100,000 phase-1 steps would take many minutes: the refusal came before training.
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "{extra:?} trained before failing"
+        );
+    };
+    // The tensors stored verbatim alone are about 2 % of ResNet-20.
+    run(&["--target-size", "1%"], "no predictor fits");
+    run(&["--target-size", "5000"], "no predictor fits");
+    run(&["--target-size", "0"], "at least 1 byte");
+    run(&["--target-size", "0%"], "(0, 100]");
+    run(&["--target-size", "-5%"], "(0, 100]");
+    run(&["--target-size", "150%"], "(0, 100]");
+    run(&["--target-size", "ten"], "percent of the source");
+    run(&["--target-size", "99999999"], "larger than the source");
+    run(
+        &["--target-size", "5%", "--hidden", "400"],
+        "no predictor fits",
+    );
+    run(&["--max-drop", "-1"], "--max-drop");
+    run(&["--max-drop", "nan"], "--max-drop");
+    run(&["--target-size", "10%", "--rounds", "2"], "--rounds 1");
+}
+
+#[test]
+fn a_missed_enforced_accuracy_goal_writes_nothing_and_exits_3() {
+    let Some(data) = nernc::data::DatasetKind::FashionMnist.default_dir() else {
+        panic!("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.nern");
+    let src = fixture(RESNET20);
+    // Eight hidden units and three steps stay far from the original's accuracy.
+    let args = [
+        "encode",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--held-out",
+        "200",
+        "--hidden",
+        "8",
+        "--steps",
+        "3",
+        "--batch",
+        "256",
+        "--distill-steps",
+        "1",
+        "--distill-batch",
+        "8",
+        "--max-drop",
+        "0.5",
+    ];
+    let o = nernc(&args);
+    assert_clean_failure(&o, "goal not met");
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("nothing written"));
+    assert!(entries(dir.path()).is_empty());
+
+    // Without --max-drop the same encode only reports the miss, and writes the file.
+    let o = nernc(&args[..args.len() - 2]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("MISSED"), "{}", stderr(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["goal"]["met"], false);
+    assert_eq!(meta["goal"]["enforced"], false);
+    let drop = meta["goal"]["drop"].as_f64().unwrap();
+    assert!(drop > 0.5, "drop {drop}");
+}
+
+#[test]
+fn size_target_parsing() {
+    assert_eq!(SizeTarget::parse("10%").unwrap(), SizeTarget::Percent(10.0));
+    assert_eq!(
+        SizeTarget::parse(" 7.5 %").unwrap(),
+        SizeTarget::Percent(7.5)
+    );
+    assert_eq!(
+        SizeTarget::parse("120000").unwrap(),
+        SizeTarget::Bytes(120_000)
+    );
+    for bad in ["", "%", "x%", "-1", "1e5", "101%", "0"] {
+        assert!(SizeTarget::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(SizeTarget::Percent(10.0).bytes(1000).unwrap(), 100);
+    assert!(SizeTarget::Bytes(1001).bytes(1000).is_err());
+    assert_eq!(
+        MaxDrop::default(),
+        MaxDrop {
+            points: 0.3,
+            enforced: false
+        }
+    );
+}
