@@ -42,6 +42,11 @@ enum DtypeArg {
     Bf16,
     /// Symmetric int8 with one f32 scale per output unit (format 1.1; about a quarter of f32)
     Int8,
+    /// Symmetric 6-bit codes (-31..=31), bit-packed, one f32 scale per output unit (format 1.4).
+    /// Use with phase 2, which trains through the rounding
+    Int6,
+    /// Symmetric 5-bit codes (-15..=15), bit-packed (format 1.4)
+    Int5,
     /// Symmetric int4 (-7..=7), two per byte, one f32 scale per output unit (format 1.3; about an
     /// eighth of f32). Use with phase 2, which trains through the rounding
     Int4,
@@ -287,6 +292,8 @@ impl From<DtypeArg> for nernc::predictor::WeightDtype {
             DtypeArg::F16 => Self::F16,
             DtypeArg::Bf16 => Self::Bf16,
             DtypeArg::Int8 => Self::Int8,
+            DtypeArg::Int6 => Self::Int6,
+            DtypeArg::Int5 => Self::Int5,
             DtypeArg::Int4 => Self::Int4,
         }
     }

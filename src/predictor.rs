@@ -31,6 +31,10 @@ pub enum WeightDtype {
     /// Symmetric int4 weights (codes -7..=7, two per byte) with one f32 scale per output unit;
     /// biases stay f32 (format 1.3).
     Int4,
+    /// Symmetric 6-bit codes (-31..=31), bit-packed, one f32 scale per output unit (format 1.4).
+    Int6,
+    /// Symmetric 5-bit codes (-15..=15), bit-packed, one f32 scale per output unit (format 1.4).
+    Int5,
 }
 
 impl WeightDtype {
@@ -41,6 +45,8 @@ impl WeightDtype {
             WeightDtype::Bf16 => 2,
             WeightDtype::Int8 => 3,
             WeightDtype::Int4 => 4,
+            WeightDtype::Int6 => 5,
+            WeightDtype::Int5 => 6,
         }
     }
     pub fn from_code(c: u8) -> Option<Self> {
@@ -50,6 +56,8 @@ impl WeightDtype {
             2 => Some(WeightDtype::Bf16),
             3 => Some(WeightDtype::Int8),
             4 => Some(WeightDtype::Int4),
+            5 => Some(WeightDtype::Int6),
+            6 => Some(WeightDtype::Int5),
             _ => None,
         }
     }
@@ -59,10 +67,24 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => weights.checked_add(outputs)?.checked_mul(4),
             WeightDtype::F16 | WeightDtype::Bf16 => weights.checked_add(outputs)?.checked_mul(2),
-            // scales (f32) + int8 weights + biases (f32)
-            WeightDtype::Int8 => weights.checked_add(outputs.checked_mul(8)?),
-            // scales (f32) + int4 weights, two per byte + biases (f32)
-            WeightDtype::Int4 => weights.div_ceil(2).checked_add(outputs.checked_mul(8)?),
+            // scales (f32) + codes bit-packed + biases (f32)
+            WeightDtype::Int8 | WeightDtype::Int6 | WeightDtype::Int5 | WeightDtype::Int4 => {
+                let bits = u64::from(self.code_bits()?);
+                weights
+                    .checked_mul(bits)?
+                    .div_ceil(8)
+                    .checked_add(outputs.checked_mul(8)?)
+            }
+        }
+    }
+    /// Bits per stored code of the integer dtypes (`None` for the float ones).
+    pub fn code_bits(self) -> Option<u32> {
+        match self {
+            WeightDtype::Int8 => Some(8),
+            WeightDtype::Int6 => Some(6),
+            WeightDtype::Int5 => Some(5),
+            WeightDtype::Int4 => Some(4),
+            _ => None,
         }
     }
     pub fn name(self) -> &'static str {
@@ -72,21 +94,24 @@ impl WeightDtype {
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Int8 => "int8",
             WeightDtype::Int4 => "int4",
+            WeightDtype::Int6 => "int6",
+            WeightDtype::Int5 => "int5",
         }
     }
     /// Largest code magnitude of the integer dtypes (`None` for the float ones).
+    /// `2^(bits-1) - 1`: the codes are symmetric, the most negative one is never written.
     pub fn max_code(self) -> Option<f32> {
-        match self {
-            WeightDtype::Int8 => Some(127.0),
-            WeightDtype::Int4 => Some(7.0),
-            _ => None,
-        }
+        self.code_bits().map(|b| ((1u32 << (b - 1)) - 1) as f32)
     }
     /// The value `v` takes once stored (round to nearest, ties to even). Int8 is not a
     /// per-value rounding: see [`quantize_codes`]; its biases are f32.
     pub fn round(self, v: f32) -> f32 {
         match self {
-            WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::Int4 => v,
+            WeightDtype::F32
+            | WeightDtype::Int8
+            | WeightDtype::Int6
+            | WeightDtype::Int5
+            | WeightDtype::Int4 => v,
             WeightDtype::F16 => half::f16::from_f32(v).to_f32(),
             WeightDtype::Bf16 => half::bf16::from_f32(v).to_f32(),
         }
@@ -406,5 +431,24 @@ mod tests {
         assert_eq!(p.config.weight_dtype, WeightDtype::Int4);
         assert_eq!(WeightDtype::Int4.layer_bytes(9, 4), Some(18 + 32));
         assert_eq!(WeightDtype::from_code(4), Some(WeightDtype::Int4));
+    }
+
+    /// The bit-packed dtypes: their code ranges, byte counts and codes.
+    #[test]
+    fn packed_dtypes_sizes_and_levels() {
+        let cases = [
+            (WeightDtype::Int8, 3, 127.0, 36),
+            (WeightDtype::Int6, 5, 31.0, 27),
+            (WeightDtype::Int5, 6, 15.0, 23),
+            (WeightDtype::Int4, 4, 7.0, 18),
+        ];
+        for (d, code, max, weight_bytes) in cases {
+            assert_eq!(d.code(), code);
+            assert_eq!(WeightDtype::from_code(code), Some(d));
+            assert_eq!(d.max_code(), Some(max));
+            // 9 x 4 weights, ceil(36 bits / 8) bytes, plus scales and biases.
+            assert_eq!(d.layer_bytes(9, 4), Some(weight_bytes + 32), "{d:?}");
+        }
+        assert_eq!(WeightDtype::from_code(7), None);
     }
 }

@@ -8,7 +8,7 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 6] = [
+const GOLDEN: [&str; 8] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
@@ -17,6 +17,9 @@ const GOLDEN: [&str; 6] = [
     "resnet20-h16-int8-zstd",
     // Format 1.3: int4 predictor weights (two per byte, per-output f32 scales).
     "resnet20-h16-int4",
+    // Format 1.4: int6 and int5 predictor weights (bit-packed, per-output f32 scales).
+    "resnet20-h16-int6",
+    "resnet20-h16-int5",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

@@ -153,6 +153,7 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     let want_minor = |c: &nernc::format::Container<'_>| {
         let pred = c.sections.iter().find(|s| s.tag == *b"PRED").unwrap();
         match (c.predictor.config.weight_dtype, pred.encoding) {
+            (WeightDtype::Int6 | WeightDtype::Int5, _) => 4,
             (WeightDtype::Int4, _) => 3,
             (_, 1) => 2,
             (WeightDtype::Int8, _) => 1,
@@ -167,6 +168,8 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
         WeightDtype::F16,
         WeightDtype::Bf16,
         WeightDtype::Int8,
+        WeightDtype::Int6,
+        WeightDtype::Int5,
         WeightDtype::Int4,
     ] {
         let opts = EncodeOptions {
@@ -189,7 +192,7 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
         };
         let ratio = match dtype {
             WeightDtype::Int8 => 4,
-            WeightDtype::Int4 => 3,
+            WeightDtype::Int6 | WeightDtype::Int5 | WeightDtype::Int4 => 3,
             _ => 6,
         };
         assert!(pred_len(&c) < pred_len(&f32c) * ratio / 10);

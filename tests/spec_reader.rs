@@ -388,6 +388,95 @@ fn s5_1_int4_nibbles_are_low_first_and_padding_is_zero() {
     malformed(err(&assemble(&e)), "PRED", "padding");
 }
 
+/// §5.1 (format 1.4): int6 and int5 codes are one LSB-first bit stream per layer (stream bit t
+/// is bit t mod 8 of byte t / 8), q-bit two's complement; the unused bits of the last byte are
+/// zero, and anything else there is refused. Read here bit by bit, independently of the writer.
+#[test]
+fn s5_1_int6_int5_codes_are_bit_packed_lsb_first_and_padding_is_zero() {
+    use nernc::predictor::WeightDtype;
+    for (name, dtype, q) in [
+        ("resnet20-h16-int6", WeightDtype::Int6, 6usize),
+        ("resnet20-h16-int5", WeightDtype::Int5, 5),
+    ] {
+        let b = golden(name);
+        let c = ok(&b);
+        assert_eq!(c.minor, 4, "{name}");
+        assert_eq!(c.predictor.config.weight_dtype, dtype);
+        let mut e = split(&b);
+        let pred = find(&mut e, b"PRED").payload.clone();
+        assert_eq!(pred[6], dtype.code());
+        let widths = &c.predictor.config.widths;
+        let max = (1i32 << (q - 1)) - 1;
+        let mut at = 24 + 4 * widths.len();
+        for (layer, d) in c.predictor.layers.iter().zip(widths.windows(2)) {
+            let (wi, wo) = (d[0] as usize, d[1] as usize);
+            let scales: Vec<f32> = pred[at..at + 4 * wo]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            at += 4 * wo;
+            let stream = &pred[at..at + (wi * wo * q).div_ceil(8)];
+            for m in 0..wi * wo {
+                let mut v = 0i32;
+                for bit in 0..q {
+                    let t = m * q + bit;
+                    v |= i32::from((stream[t / 8] >> (t % 8)) & 1) << bit;
+                }
+                // Sign-extend the q-bit value.
+                let code = if v >= 1 << (q - 1) { v - (1 << q) } else { v };
+                assert!((-max..=max).contains(&code), "{name}: code {code}");
+                assert_eq!(layer.weight[m], code as f32 * scales[m % wo], "{name} {m}");
+            }
+            at += stream.len();
+            let bias: Vec<f32> = pred[at..at + 4 * wo]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(layer.bias, bias);
+            at += 4 * wo;
+        }
+        assert_eq!(at, pred.len(), "{name}: section length");
+
+        // An odd-sized predictor (hidden 3, L = 1: layer 0 is 6 x 3 = 18 codes), written by
+        // nernc: for int5 its 90 bits leave 6 padding bits, for int6 108 bits leave 4.
+        let mut c3 = ok(&b);
+        let mut cfg = nernc::predictor::PredictorConfig::reference(3, 3, 1, 0.76);
+        cfg.weight_dtype = WeightDtype::F32;
+        let mut rng = nernc::rng::SplitMix64::new(5);
+        let layers = cfg
+            .widths
+            .windows(2)
+            .map(|d| {
+                let (i, o) = (d[0] as usize, d[1] as usize);
+                nernc::predictor::LinearWeights {
+                    inputs: i,
+                    outputs: o,
+                    weight: (0..i * o).map(|_| rng.symmetric_f32()).collect(),
+                    bias: vec![0.1; o],
+                    scales: Vec::new(),
+                }
+            })
+            .collect();
+        let mut p = nernc::predictor::Predictor {
+            config: cfg,
+            layers,
+        };
+        p.store_as(dtype).unwrap();
+        c3.predictor = p;
+        let odd = rewrite(&c3);
+        assert_eq!(ok(&odd).predictor, c3.predictor);
+        let mut e = split(&odd);
+        let pred = &mut find(&mut e, b"PRED").payload;
+        let w = &c3.predictor.config.widths;
+        let bytes = (18 * q).div_ceil(8);
+        let last = 24 + 4 * w.len() + 4 * 3 + bytes - 1;
+        let used = (18 * q) % 8;
+        assert_eq!(pred[last] >> used, 0, "nernc writes zero padding bits");
+        pred[last] |= 0x80;
+        malformed(err(&assemble(&e)), "PRED", "padding");
+    }
+}
+
 /// §5.1: a product `Q * s` that overflows to infinity is a non-finite weight: invalid.
 #[test]
 fn s5_1_int8_product_overflowing_is_refused() {

@@ -125,14 +125,29 @@ fn decompress_exact(
     Ok(decoded)
 }
 
-/// `n` int4 codes from nibbles (low nibble first, 4-bit two's complement: -8..=7).
-fn unpack_nibbles(bytes: &[u8], n: usize) -> Vec<i8> {
-    let nibble = |v: u8| ((v << 4) as i8) >> 4;
-    bytes
-        .iter()
-        .flat_map(|&b| [nibble(b & 0x0f), nibble(b >> 4)])
-        .take(n)
-        .collect()
+/// `n` codes of `bits`-bit two's complement, packed as `write::pack_codes` packs them; `None`
+/// when the padding bits after the last code are not zero.
+fn unpack_codes(bytes: &[u8], n: usize, bits: u32) -> Option<Vec<i8>> {
+    if bits == 8 {
+        return Some(bytes.iter().map(|&b| b as i8).collect());
+    }
+    let used = n * bits as usize;
+    if used % 8 != 0 && bytes.last().is_some_and(|b| b >> (used % 8) != 0) {
+        return None;
+    }
+    let mask = (1u32 << bits) - 1;
+    let sign_shift = 32 - bits;
+    Some(
+        (0..n)
+            .map(|m| {
+                let j = m * bits as usize;
+                let lo = u32::from(bytes[j / 8]);
+                let hi = bytes.get(j / 8 + 1).map_or(0, |&b| u32::from(b));
+                let code = ((lo | hi << 8) >> (j % 8)) & mask;
+                (((code << sign_shift) as i32) >> sign_shift) as i8
+            })
+            .collect(),
+    )
 }
 
 /// `value <= limit`, else [`Error::LimitExceeded`] naming `what` (with `hint` appended).
@@ -504,19 +519,15 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
                     weight_dtype.name()
                 )));
             }
-            let q: Vec<i8> = if weight_dtype == WeightDtype::Int4 {
-                let n = inputs * outputs;
-                let packed = r.bytes(n.div_ceil(2))?;
-                if n % 2 == 1 && packed.last().is_some_and(|b| b >> 4 != 0) {
-                    return Err(r.err("int4 padding nibble is not zero"));
-                }
-                unpack_nibbles(packed, n)
-            } else {
-                r.bytes(inputs * outputs)?
-                    .iter()
-                    .map(|&b| b as i8)
-                    .collect()
-            };
+            let bits = weight_dtype.code_bits().unwrap_or(8);
+            let n = inputs * outputs;
+            let packed = r.bytes((n * bits as usize).div_ceil(8))?;
+            let q = unpack_codes(packed, n, bits).ok_or_else(|| {
+                r.err(format!(
+                    "{} padding bits after the last code are not zero",
+                    weight_dtype.name()
+                ))
+            })?;
             let weight = dequantize_codes(&q, &scales);
             (weight, r.f32s(outputs)?, scales)
         } else {

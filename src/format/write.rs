@@ -106,34 +106,44 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
                 "predictor layer shape mismatch".into(),
             ));
         }
-        if let Some(max) = c.weight_dtype.max_code() {
+        if let (Some(max), Some(bits)) = (c.weight_dtype.max_code(), c.weight_dtype.code_bits()) {
             let (q, scales) = int_weights(layer, max)?;
             w.f32s(&scales);
-            if c.weight_dtype == WeightDtype::Int4 {
-                w.bytes(&pack_nibbles(&q));
-            } else {
-                w.bytes(&q.iter().map(|&v| v as u8).collect::<Vec<u8>>());
-            }
+            w.bytes(&pack_codes(&q, bits));
             w.f32s(&layer.bias);
             continue;
         }
         for &v in layer.weight.iter().chain(&layer.bias) {
             match c.weight_dtype {
-                WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::Int4 => w.f32s(&[v]),
                 WeightDtype::F16 => w.bytes(&half::f16::from_f32(v).to_le_bytes()),
                 WeightDtype::Bf16 => w.bytes(&half::bf16::from_f32(v).to_le_bytes()),
+                _ => w.f32s(&[v]),
             }
         }
     }
     Ok(w.buf)
 }
 
-/// Int4 codes two per byte: code `2i` in the low nibble, `2i + 1` in the high one, each as
-/// 4-bit two's complement (spec §5.1); an odd count leaves the last high nibble zero.
-pub(crate) fn pack_nibbles(q: &[i8]) -> Vec<u8> {
-    q.chunks(2)
-        .map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8 & 0x0f) << 4))
-        .collect()
+/// Integer codes as `bits`-bit two's complement, code `m` at bits `[m bits, (m+1) bits)` of the
+/// stream, bit `j` being bit `j % 8` of byte `j / 8` (spec §5.1; for int4 this is code `2i` in
+/// the low nibble, for int8 one byte per code). The padding bits of the last byte are zero.
+pub(crate) fn pack_codes(q: &[i8], bits: u32) -> Vec<u8> {
+    if bits == 8 {
+        return q.iter().map(|&v| v as u8).collect();
+    }
+    let mut out = vec![0u8; (q.len() * bits as usize).div_ceil(8)];
+    let mask = (1u32 << bits) - 1;
+    for (m, &v) in q.iter().enumerate() {
+        let code = (v as u8 as u32) & mask;
+        let j = m * bits as usize;
+        // A code spans at most two bytes (bits <= 8).
+        let shifted = code << (j % 8);
+        out[j / 8] |= shifted as u8;
+        if shifted > 0xff {
+            out[j / 8 + 1] |= (shifted >> 8) as u8;
+        }
+    }
+    out
 }
 
 /// The integer codes (`|q| <= max`) of a layer already rounded by `Predictor::store_as`;
@@ -251,9 +261,11 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         });
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 3 for an int4 predictor, 2 for a zstd PRED, 1 for an int8 predictor, else 0.
+    // they can: 4 for an int6/int5 predictor, 3 for an int4 one, 2 for a zstd PRED, 1 for an
+    // int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
-        (WeightDtype::Int4, _) => MINOR_VERSION,
+        (WeightDtype::Int6 | WeightDtype::Int5, _) => MINOR_VERSION,
+        (WeightDtype::Int4, _) => 3,
         (_, true) => 2,
         (WeightDtype::Int8, false) => 1,
         _ => 0,

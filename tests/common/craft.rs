@@ -97,11 +97,12 @@ pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
     e
 }
 
-/// The lowest minor version describing `entries` (spec §2): 3 with an int4 predictor (dtype
-/// code 4 at byte 6 of a raw `PRED`), 2 with a zstd `PRED`, 1 with an int8 predictor (code 3),
-/// else 0.
+/// The lowest minor version describing `entries` (spec §2): 4 with an int6 or int5 predictor
+/// (dtype codes 5, 6 at byte 6 of a raw `PRED`), 3 with an int4 one (code 4), 2 with a zstd
+/// `PRED`, 1 with an int8 predictor (code 3), else 0.
 fn minor_version(entries: &[Entry]) -> u16 {
     match entries.iter().find(|e| &e.tag == b"PRED") {
+        Some(p) if p.encoding == 0 && matches!(p.payload.get(6), Some(&5) | Some(&6)) => 4,
         Some(p) if p.encoding == 0 && p.payload.get(6) == Some(&4) => 3,
         Some(p) if p.encoding == 1 => 2,
         Some(p) if p.payload.get(6) == Some(&3) => 1,
