@@ -132,7 +132,7 @@ fn unpack_codes(bytes: &[u8], n: usize, bits: u32) -> Option<Vec<i8>> {
         return Some(bytes.iter().map(|&b| b as i8).collect());
     }
     let used = n * bits as usize;
-    if used % 8 != 0 && bytes.last().is_some_and(|b| b >> (used % 8) != 0) {
+    if !used.is_multiple_of(8) && bytes.last().is_some_and(|b| b >> (used % 8) != 0) {
         return None;
     }
     let mask = (1u32 << bits) - 1;
