@@ -215,6 +215,71 @@ pub fn render(r: &InspectReport) -> String {
                 a["predictor_dtype"].as_str().unwrap_or("?")
             );
         }
+        let pct = |v: &serde_json::Value| {
+            v.as_f64()
+                .map_or_else(|| "-".to_string(), |x| format!("{x:.2} %"))
+        };
+        if let Some(b) = m.get("baseline").filter(|b| b.is_object()) {
+            let _ = writeln!(
+                s,
+                "plain {}: {:.2} % of the source, held-out {}, test {}",
+                b["method"].as_str().unwrap_or("?"),
+                b["percent"].as_f64().unwrap_or(f64::NAN),
+                pct(&b["held_out"]),
+                pct(&b["test"])
+            );
+        }
+        if let Some(g) = m.get("goal").filter(|g| g.is_object()) {
+            let budget = g["budget_bytes"]
+                .as_u64()
+                .map_or_else(String::new, |b| format!("size budget {b} bytes, "));
+            let met = match g["met"].as_bool() {
+                Some(true) => "met",
+                Some(false) => "missed",
+                None => "not measured",
+            };
+            let _ = writeln!(
+                s,
+                "goal: {budget}held-out within {} points of the original's {} ({}): {met}",
+                g["max_drop"],
+                pct(&g["original_held_out"]),
+                if g["enforced"].as_bool() == Some(true) {
+                    "enforced"
+                } else {
+                    "aimed at"
+                }
+            );
+        }
+        for c in m
+            .get("candidates")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(
+                s,
+                "candidate: hidden {}, PE L={}, {} (<= {} bytes), held-out {}, {:.0} s{}",
+                c["hidden"],
+                c["pe_levels"],
+                c["predictor_dtype"].as_str().unwrap_or("?"),
+                c["bound_bytes"],
+                pct(&c["held_out"]),
+                c["seconds"].as_f64().unwrap_or(f64::NAN),
+                if c["chosen"].as_bool() == Some(true) {
+                    "  <- chosen"
+                } else {
+                    ""
+                }
+            );
+        }
+        for n in m
+            .get("notes")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(s, "note: {}", n.as_str().unwrap_or("?"));
+        }
         if let Some(enc) = m.get("encoder") {
             let _ = writeln!(s, "encoder: {enc}");
         }

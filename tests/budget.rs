@@ -54,6 +54,19 @@ fn the_file_fits_the_budget_and_the_best_measured_candidate_is_kept() {
     assert_eq!(cfg.widths[1], best.hidden);
     assert_eq!(cfg.pe_levels, best.pe_levels);
     assert_eq!(cfg.weight_dtype, WeightDtype::Int8);
+    // `inspect` shows the budget and the candidates from the file's provenance.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.nern");
+    std::fs::write(&path, &bytes).unwrap();
+    let o = nernc(&["inspect", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("size budget {budget} bytes")),
+        "{text}"
+    );
+    assert_eq!(text.matches("candidate: ").count(), 3, "{text}");
+    assert!(text.contains(&format!("hidden {}, PE L={}", best.hidden, best.pe_levels)));
+    assert_eq!(text.matches("<- chosen").count(), 1);
     let wider = EncodeOptions {
         hidden: best.hidden + 1,
         pe_levels: best.pe_levels,
