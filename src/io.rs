@@ -91,3 +91,12 @@ impl MappedFile {
         &self.map
     }
 }
+
+/// SHA-256 of `bytes` as lowercase hex (what `sha256sum` prints and registries key on).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -33,6 +33,7 @@ pub mod io;
 pub mod network;
 pub mod permute;
 pub mod predictor;
+pub mod provenance;
 pub mod rng;
 
 pub use error::{Error, Result};

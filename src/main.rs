@@ -76,6 +76,20 @@ enum Command {
     Eval(EvalArgs),
     /// Show what a .nern file holds: sections, sizes, predictor, layers, provenance.
     Inspect(InspectArgs),
+    /// Tell whether a checkpoint is the one a .nern file was made from (by the SHA-256 its
+    /// provenance records). Exit status 0: it is; 1: it is not, or the file cannot tell.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The .nern file.
+    input: PathBuf,
+    /// The checkpoint to compare with the file's recorded source.
+    #[arg(long)]
+    source: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[cfg(feature = "train")]
@@ -255,13 +269,26 @@ struct EvalArgs {
 struct InspectArgs {
     /// The .nern file to describe.
     input: PathBuf,
+    /// Read only the header, section table and provenance (META), with ranged reads from the
+    /// start of the file, as a registry would on an object store; reports the bytes read.
+    /// Other sections' hashes are not checked.
+    #[arg(long)]
+    provenance: bool,
     #[arg(long)]
     json: bool,
 }
 
+/// Writes `text` to stdout. A closed pipe (`nernc inspect f.nern | head`) ends the output
+/// quietly instead of panicking as `print!` does.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    println!("{s}");
+    emit(&format!("{s}\n"));
     Ok(())
 }
 
@@ -438,22 +465,85 @@ fn eval(args: EvalArgs) -> Result<()> {
     if args.json {
         print_json(&r)
     } else {
-        print!("{}", r.render());
+        emit(&r.render());
         Ok(())
     }
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let file = nernc::io::MappedFile::open(&args.input)?;
     let limits = Limits::default();
+    if args.provenance {
+        let p = nernc::provenance::provenance_of_file(&args.input, &limits)?;
+        if args.json {
+            return print_json(&serde_json::json!({
+                "version": format!("{}.{}", p.major, p.minor),
+                "file_bytes": p.file_len,
+                "bytes_read": p.bytes_read,
+                "reads": p.reads,
+                "sections": p.sections.iter().map(|s| serde_json::json!({
+                    "tag": s.tag_str(), "offset": s.offset, "stored_bytes": s.stored_len,
+                })).collect::<Vec<_>>(),
+                "metadata": p.metadata,
+            }));
+        }
+        let mut text = format!(
+            ".nern version {}.{}  ({} bytes); read {} bytes in {} ranged read(s)\n",
+            p.major, p.minor, p.file_len, p.bytes_read, p.reads
+        );
+        for s in &p.sections {
+            text += &format!(
+                "  {}  offset {:>9}  {:>10} bytes\n",
+                s.tag_str(),
+                s.offset,
+                s.stored_len
+            );
+        }
+        text += &match &p.metadata {
+            Some(m) => format!("{m}\n"),
+            None => "no provenance (META) in this file\n".into(),
+        };
+        emit(&text);
+        return Ok(());
+    }
+    let file = nernc::io::MappedFile::open(&args.input)?;
     let container = read_container(file.bytes(), &limits)?;
     let report = nernc::inspect::inspect(&container, &limits)?;
     if args.json {
         print_json(&report)
     } else {
-        print!("{}", nernc::inspect::render(&report));
+        emit(&nernc::inspect::render(&report));
         Ok(())
     }
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let v = nernc::provenance::verify_source(&args.input, &args.source, &Limits::default())?;
+    if args.json {
+        print_json(&v)?;
+    } else if v.matches {
+        emit(&format!(
+            "{} was made from {} (sha256 {})\n",
+            args.input.display(),
+            args.source.display(),
+            v.sha256
+        ));
+    }
+    if v.matches {
+        return Ok(());
+    }
+    Err(Error::Incompatible(format!(
+        "{} was not made from {}: its source is recorded as {} ({} bytes), this checkpoint is sha256 {} ({} bytes)",
+        args.input.display(),
+        args.source.display(),
+        v.recorded_sha256
+            .as_deref()
+            .map(|s| format!("sha256 {s}"))
+            .or(v.recorded_blake3.as_deref().map(|b| format!("blake3 {b}")))
+            .unwrap_or_default(),
+        v.recorded_bytes.map_or("?".into(), |b| b.to_string()),
+        v.sha256,
+        v.bytes
+    )))
 }
 
 fn main() -> ExitCode {
@@ -465,6 +555,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "train")]
         Command::Eval(args) => eval(args),
         Command::Inspect(args) => inspect(args),
+        Command::Verify(args) => verify(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -152,9 +152,9 @@ fn overlapping_and_out_of_order_sections() {
         }
     });
     assert!(matches!(err(&x), Error::SectionLayout(_)));
-    // Duplicate tags.
+    // Duplicate tags (two required sections: META comes first and is optional).
     let mut dup = split(&b);
-    dup[1].tag = dup[0].tag;
+    dup[2].tag = dup[1].tag;
     assert!(matches!(err(&assemble(&dup)), Error::SectionLayout(m) if m.contains("duplicate")));
 }
 

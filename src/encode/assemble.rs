@@ -14,6 +14,7 @@ use super::report::{
 use super::source::Source;
 use crate::error::{Error, Result};
 use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
+use crate::io::sha256_hex;
 use crate::permute::Permutation;
 use crate::predictor::Predictor;
 
@@ -70,41 +71,61 @@ pub fn assemble(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let recipe = json!({
+        "phase1": {
+            "hidden": cfg.widths.get(1),
+            "steps": r.phase1_steps,
+            "rounds": opts.rounds,
+            "batch": opts.batch,
+            "permutation": format!("{:?}", opts.permutation),
+            "optimizer": "adam",
+            "lr": opts.lr,
+            "beta1": opts.beta1,
+            "lr_schedule": "cosine per step to 1e-6",
+            "pe_levels": cfg.pe_levels,
+            "pe_base": cfg.pe_base,
+            "sampling": "0.8 uniform subset / 0.2 L2-norm weighted",
+            "loss": "global RMSE after centre crop",
+        },
+        "phase2": report.distill.as_ref().map(|d| json!({
+            "steps": d.steps, "batch": d.batch, "lr": d.lr, "warmup": d.warmup, "temperature": d.temperature,
+            "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
+            "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
+            "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
+        })),
+        "predictor_dtype": cfg.weight_dtype.name(),
+        "target_size": opts.target_size.map(|t| format!("{t:?}")),
+        "max_drop": opts.max_drop.points,
+        "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),
+        "seed": opts.seed,
+        "device": opts.device.name(),
+        "dataset": opts.data_dir.as_ref().map(|_| opts.dataset.name()),
+        "held_out_images": report.accuracy.held_out_images,
+    });
+    let names: Vec<&str> = r
+        .layers
+        .iter()
+        .map(|l| l.name.as_str())
+        .chain(passthrough.iter().map(|t| t.name.as_str()))
+        .collect();
     let metadata = json!({
         "encoder": format!("nernc {}", env!("CARGO_PKG_VERSION")),
         "source": {
             "name": source_name,
             "bytes": report.source_bytes,
             "blake3": blake3::hash(source.bytes).to_hex().to_string(),
+            "sha256": sha256_hex(source.bytes),
         },
-        "recipe": {
-            "phase1": {
-                "hidden": cfg.widths.get(1),
-                "steps": r.phase1_steps,
-                "rounds": opts.rounds,
-                "batch": opts.batch,
-                "permutation": format!("{:?}", opts.permutation),
-                "optimizer": "adam",
-                "lr": opts.lr,
-                "beta1": opts.beta1,
-                "lr_schedule": "cosine per step to 1e-6",
-                "pe_levels": cfg.pe_levels,
-                "pe_base": cfg.pe_base,
-                "sampling": "0.8 uniform subset / 0.2 L2-norm weighted",
-                "loss": "global RMSE after centre crop",
-            },
-            "phase2": report.distill.as_ref().map(|d| json!({
-                "steps": d.steps, "batch": d.batch, "lr": d.lr, "warmup": d.warmup, "temperature": d.temperature,
-                "recon_weight": d.recon_weight, "input": d.input, "teacher": d.teacher,
-                "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
-                "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
-            })),
-            "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),
-            "seed": opts.seed,
-            "device": opts.device.name(),
-            "dataset": opts.data_dir.as_ref().map(|_| opts.dataset.name()),
-            "held_out_images": report.accuracy.held_out_images,
+        "tensors": {
+            "count": names.len(),
+            "predicted": r.layers.len(),
+            "passthrough": passthrough.len(),
+            // SHA-256 of the tensor names in file order, one per line: equal names, equal hash.
+            "names_sha256": sha256_hex(names.join("\n").as_bytes()),
         },
+        // SHA-256 of the recipe's JSON (keys sorted): the same settings, the same hash.
+        "recipe_sha256": sha256_hex(recipe.to_string().as_bytes()),
+        "recipe": recipe,
         "rounds": report.rounds,
         "distillation": report.distill,
         "accuracy": report.accuracy,

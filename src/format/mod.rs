@@ -12,7 +12,9 @@ mod write;
 pub use bitpack::{bit_width, permutation_bytes};
 pub use bytes::le_f32s;
 pub use dtype::TensorDtype;
-pub use read::{Container, Limits, read_container};
+pub use read::{
+    Container, Limits, PROVENANCE_FIRST_READ, Provenance, read_container, read_provenance,
+};
 pub use write::{ContainerParts, RawTensor, write_container};
 
 use crate::permute::PermutationKind;

@@ -199,8 +199,20 @@ fn known_tag(tag: &[u8; 4]) -> Option<&'static str> {
     .map(|(_, n)| *n)
 }
 
-/// Validates `buf` as a `.nern` file and returns its parsed contents.
-pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a>> {
+/// The header and where the section table ends (spec §4 steps 1-2).
+struct Header {
+    major: u16,
+    minor: u16,
+    count: u32,
+    file_len: u64,
+    /// `[0, table_len)` is hashed; the header hash ends at `table_end`.
+    table_len: usize,
+    table_end: usize,
+}
+
+/// Magic, version, count, and the header hash over the table, from a prefix of the file that
+/// holds at least the table (spec §4 steps 1 and 2).
+fn parse_header(buf: &[u8]) -> Result<Header> {
     let avail = buf.len() as u64;
     if buf.len() < MAGIC.len() || buf[..MAGIC.len()] != MAGIC {
         if buf.len() < MAGIC.len() && MAGIC.starts_with(buf) {
@@ -249,6 +261,118 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     if blake3::hash(&buf[..table_len]).as_bytes()[..] != buf[table_len..table_end] {
         return Err(Error::HeaderHashMismatch);
     }
+    Ok(Header {
+        major,
+        minor,
+        count,
+        file_len,
+        table_len,
+        table_end,
+    })
+}
+
+/// One table entry's own rules (spec §4 step 4 up to the end within the file): tag bytes,
+/// flags, the required flag of known tags, uniqueness, encoding, canonical offset after `end`.
+/// Returns the entry and its end.
+fn next_entry(
+    t: &mut Reader<'_>,
+    end: u64,
+    file_len: u64,
+    seen: &mut HashSet<[u8; 4]>,
+) -> Result<(SectionInfo, u64)> {
+    let tag: [u8; 4] = t.array()?;
+    let flags = t.u16()?;
+    let encoding = t.u8()?;
+    t.zeros(1, "entry reserved")?;
+    let info = SectionInfo {
+        tag,
+        flags,
+        encoding,
+        offset: t.u64()?,
+        stored_len: t.u64()?,
+        decoded_len: t.u64()?,
+        hash: t.array()?,
+    };
+    // Tags are four ASCII capital letters or digits (spec §3).
+    if !tag
+        .iter()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return Err(Error::SectionLayout(format!(
+            "section tag \"{}\" is not four ASCII capital letters or digits",
+            tag.escape_ascii()
+        )));
+    }
+    let name = info.tag_str();
+    if flags & !FLAG_REQUIRED != 0 {
+        return Err(Error::SectionLayout(format!(
+            "{name}: unknown flags {flags:#x}"
+        )));
+    }
+    // A known section carries exactly the required flag version 1 assigns it (spec §5).
+    let required = flags & FLAG_REQUIRED != 0;
+    if known_tag(&tag).is_some() && required != (tag != TAG_METADATA) {
+        return Err(Error::SectionLayout(format!(
+            "{name}: required flag {}, version 1 assigns {}",
+            u8::from(required),
+            u8::from(!required)
+        )));
+    }
+    if !seen.insert(tag) {
+        return Err(Error::SectionLayout(format!("duplicate section {name}")));
+    }
+    let expected = align_up(end, SECTION_ALIGN).ok_or(Error::Overflow("section offset"))?;
+    if info.offset != expected {
+        return Err(Error::SectionLayout(format!(
+            "{name} at offset {} (canonical offset is {expected}: sections are contiguous, {SECTION_ALIGN}-aligned, in table order)",
+            info.offset
+        )));
+    }
+    let sec_end = info
+        .offset
+        .checked_add(info.stored_len)
+        .ok_or(Error::Overflow("section end"))?;
+    if sec_end > file_len {
+        return Err(Error::SectionLayout(format!(
+            "{name} ends at {sec_end}, past the end of the file ({file_len})"
+        )));
+    }
+    Ok((info, sec_end))
+}
+
+/// Encoding rules of one entry (spec §3): raw sections decode to their own length; zstd only
+/// for `META`, `PRED` (since 1.2) and unknown tags.
+fn check_encoding(info: &SectionInfo) -> Result<()> {
+    let name = info.tag_str();
+    match info.encoding {
+        ENCODING_RAW if info.decoded_len != info.stored_len => Err(Error::SectionLayout(format!(
+            "{name}: raw section with decoded length != stored length"
+        ))),
+        ENCODING_RAW => Ok(()),
+        ENCODING_ZSTD
+            if info.tag == TAG_METADATA
+                || info.tag == TAG_PREDICTOR
+                || known_tag(&info.tag).is_none() =>
+        {
+            Ok(())
+        }
+        e => Err(Error::SectionLayout(format!(
+            "{name}: encoding {e} not allowed"
+        ))),
+    }
+}
+
+/// Validates `buf` as a `.nern` file and returns its parsed contents.
+pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a>> {
+    let avail = buf.len() as u64;
+    let Header {
+        major,
+        minor,
+        count,
+        file_len,
+        table_len,
+        table_end,
+    } = parse_header(buf)?;
     if avail < file_len {
         return Err(Error::Truncated {
             what: "file",
@@ -269,63 +393,8 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     let mut end = table_end as u64;
     let mut seen = HashSet::new();
     for _ in 0..count {
-        let tag: [u8; 4] = t.array()?;
-        let flags = t.u16()?;
-        let encoding = t.u8()?;
-        t.zeros(1, "entry reserved")?;
-        let info = SectionInfo {
-            tag,
-            flags,
-            encoding,
-            offset: t.u64()?,
-            stored_len: t.u64()?,
-            decoded_len: t.u64()?,
-            hash: t.array()?,
-        };
-        // Tags are four ASCII capital letters or digits (spec §3).
-        if !tag
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        {
-            return Err(Error::SectionLayout(format!(
-                "section tag \"{}\" is not four ASCII capital letters or digits",
-                tag.escape_ascii()
-            )));
-        }
+        let (info, sec_end) = next_entry(&mut t, end, file_len, &mut seen)?;
         let name = info.tag_str();
-        if flags & !FLAG_REQUIRED != 0 {
-            return Err(Error::SectionLayout(format!(
-                "{name}: unknown flags {flags:#x}"
-            )));
-        }
-        // A known section carries exactly the required flag version 1 assigns it (spec §5).
-        let required = flags & FLAG_REQUIRED != 0;
-        if known_tag(&tag).is_some() && required != (tag != TAG_METADATA) {
-            return Err(Error::SectionLayout(format!(
-                "{name}: required flag {}, version 1 assigns {}",
-                u8::from(required),
-                u8::from(!required)
-            )));
-        }
-        if !seen.insert(tag) {
-            return Err(Error::SectionLayout(format!("duplicate section {name}")));
-        }
-        let expected = align_up(end, SECTION_ALIGN).ok_or(Error::Overflow("section offset"))?;
-        if info.offset != expected {
-            return Err(Error::SectionLayout(format!(
-                "{name} at offset {} (canonical offset is {expected}: sections are contiguous, {SECTION_ALIGN}-aligned, in table order)",
-                info.offset
-            )));
-        }
-        let sec_end = info
-            .offset
-            .checked_add(info.stored_len)
-            .ok_or(Error::Overflow("section end"))?;
-        if sec_end > file_len {
-            return Err(Error::SectionLayout(format!(
-                "{name} ends at {sec_end}, past the end of the file ({file_len})"
-            )));
-        }
         if buf[end as usize..info.offset as usize]
             .iter()
             .any(|&b| b != 0)
@@ -334,27 +403,12 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
                 "non-zero padding before {name}"
             )));
         }
-        match info.encoding {
-            ENCODING_RAW if info.decoded_len != info.stored_len => {
-                return Err(Error::SectionLayout(format!(
-                    "{name}: raw section with decoded length != stored length"
-                )));
-            }
-            ENCODING_RAW => {}
-            // PRED may be zstd from format 1.2 (spec §5.1).
-            ENCODING_ZSTD
-                if tag == TAG_METADATA || tag == TAG_PREDICTOR || known_tag(&tag).is_none() => {}
-            e => {
-                return Err(Error::SectionLayout(format!(
-                    "{name}: encoding {e} not allowed"
-                )));
-            }
-        }
+        check_encoding(&info)?;
         let bytes = &buf[info.offset as usize..sec_end as usize];
         if blake3::hash(bytes).as_bytes() != &info.hash {
             return Err(Error::SectionHashMismatch { tag: name });
         }
-        if known_tag(&tag).is_none() && flags & FLAG_REQUIRED != 0 {
+        if known_tag(&info.tag).is_none() && info.flags & FLAG_REQUIRED != 0 {
             return Err(Error::UnknownRequiredSection { tag: name });
         }
         end = sec_end;
@@ -768,4 +822,123 @@ fn parse_permutations(bytes: &[u8], layers: &[LayerEntry]) -> Result<Vec<Permuta
     }
     r.finish()?;
     Ok(out)
+}
+
+/// What a registry needs from a `.nern` without decoding it: the header, the section table and
+/// the provenance (`META`), read with at most two ranged reads from the start of the file.
+#[derive(Debug)]
+pub struct Provenance {
+    pub major: u16,
+    pub minor: u16,
+    pub file_len: u64,
+    pub sections: Vec<SectionInfo>,
+    /// `META`, decoded, hash-checked and validated as a JSON object; `None` when absent.
+    pub metadata: Option<serde_json::Value>,
+    /// Bytes fetched to learn all this.
+    pub bytes_read: u64,
+    /// Ranged reads made (1 when `META` lies within the first read, as nernc writes it).
+    pub reads: u32,
+}
+
+/// Bytes the first ranged read asks for: the largest possible header and table (64 sections,
+/// 4,160 bytes) plus room for the provenance nernc writes right after it (about 2 KB
+/// compressed). What `read_provenance` reads is at most this plus `META`'s stored length,
+/// whatever the file's size.
+pub const PROVENANCE_FIRST_READ: u64 = 8 * 1024;
+
+/// Reads the provenance through `fetch(start, len)` (a ranged read, e.g. an HTTP range request
+/// or a file seek): first `PROVENANCE_FIRST_READ` bytes (or the whole object if shorter), then
+/// `META`'s range if it lies beyond. `object_len` is the size the store reports, checked
+/// against the header (spec §4 step 3). The table is checked as `read_container` checks it (§4
+/// steps 1-4) except for the bytes of other sections, which are not read: their hashes are
+/// `read_container`'s business. `META`'s hash is checked.
+pub fn read_provenance(
+    object_len: u64,
+    limits: &Limits,
+    fetch: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<Provenance> {
+    let first_len = object_len.min(PROVENANCE_FIRST_READ);
+    let first = fetch(0, first_len)?;
+    if first.len() as u64 != first_len {
+        return Err(Error::Truncated {
+            what: "first ranged read",
+            needed: first_len,
+            available: first.len() as u64,
+        });
+    }
+    let h = parse_header(&first)?;
+    if object_len < h.file_len {
+        return Err(Error::Truncated {
+            what: "file",
+            needed: h.file_len,
+            available: object_len,
+        });
+    }
+    if object_len > h.file_len {
+        return Err(Error::LengthMismatch {
+            declared: h.file_len,
+            actual: object_len,
+        });
+    }
+    let mut t = Reader::new(&first[HEADER_LEN..h.table_len], "section table");
+    let mut sections = Vec::with_capacity(h.count as usize);
+    let mut end = h.table_end as u64;
+    let mut seen = HashSet::new();
+    for _ in 0..h.count {
+        let (info, sec_end) = next_entry(&mut t, end, h.file_len, &mut seen)?;
+        check_encoding(&info)?;
+        if known_tag(&info.tag).is_none() && info.flags & FLAG_REQUIRED != 0 {
+            return Err(Error::UnknownRequiredSection {
+                tag: info.tag_str(),
+            });
+        }
+        end = sec_end;
+        sections.push(info);
+    }
+    if end != h.file_len {
+        return Err(Error::SectionLayout(format!(
+            "{} bytes after the last section",
+            h.file_len - end
+        )));
+    }
+    let mut bytes_read = first_len;
+    let mut reads = 1;
+    let metadata = match sections.iter().find(|s| s.tag == TAG_METADATA) {
+        None => None,
+        Some(info) => {
+            let (start, len) = (info.offset, info.stored_len);
+            at_most("META stored bytes", len, limits.max_metadata_bytes, "")?;
+            let fetched;
+            let stored = if start + len <= first_len {
+                &first[start as usize..(start + len) as usize]
+            } else {
+                fetched = fetch(start, len)?;
+                bytes_read += len;
+                reads += 1;
+                if fetched.len() as u64 != len {
+                    return Err(Error::Truncated {
+                        what: "META",
+                        needed: len,
+                        available: fetched.len() as u64,
+                    });
+                }
+                &fetched[..]
+            };
+            if blake3::hash(stored).as_bytes() != &info.hash {
+                return Err(Error::SectionHashMismatch {
+                    tag: info.tag_str(),
+                });
+            }
+            Some(parse_metadata(stored, info, limits)?)
+        }
+    };
+    Ok(Provenance {
+        major: h.major,
+        minor: h.minor,
+        file_len: h.file_len,
+        sections,
+        metadata,
+        bytes_read,
+        reads,
+    })
 }

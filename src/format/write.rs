@@ -252,13 +252,18 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
     if let Some(meta) = &parts.metadata {
         let json = serde_json::to_vec(meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let packed = zstd::bulk::compress(&json, 19).map_err(|e| Error::io("<zstd>", e))?;
-        sections.push(Section {
-            tag: TAG_METADATA,
-            flags: 0,
-            encoding: ENCODING_ZSTD,
-            decoded_len: json.len() as u64,
-            payload: packed,
-        });
+        // First, right after the table: a registry reads the provenance with the table in one
+        // ranged read (spec §5.5).
+        sections.insert(
+            0,
+            Section {
+                tag: TAG_METADATA,
+                flags: 0,
+                encoding: ENCODING_ZSTD,
+                decoded_len: json.len() as u64,
+                payload: packed,
+            },
+        );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
     // they can: 4 for an int6/int5 predictor, 3 for an int4 one, 2 for a zstd PRED, 1 for an
