@@ -907,7 +907,8 @@ pub fn read_provenance(
         None => None,
         Some(info) => {
             let (start, len) = (info.offset, info.stored_len);
-            at_most("META stored bytes", len, limits.max_metadata_bytes, "")?;
+            // The same bound read_container applies, before fetching anything.
+            at_most("META decoded bytes", info.decoded_len, limits.max_metadata_bytes, "")?;
             let fetched;
             let stored = if start + len <= first_len {
                 &first[start as usize..(start + len) as usize]
