@@ -148,10 +148,17 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     };
     let (f32_file, _) = encode(&path, &base, &NoProgress).unwrap();
     let f32c = read_container(&f32_file, &Limits::default()).unwrap();
-    // The lowest minor version the file needs: 2 when PRED is zstd-compressed (format 1.2),
-    // else 1 for int8 weights, else 0.
+    // The lowest minor version the file needs: 4 with zstd tables or int6/int5 weights (1.4),
+    // 3 for int4, 2 when PRED is zstd-compressed (1.2), 1 for int8 weights, else 0.
     let want_minor = |c: &nernc::format::Container<'_>| {
         let pred = c.sections.iter().find(|s| s.tag == *b"PRED").unwrap();
+        let zstd_table = c
+            .sections
+            .iter()
+            .any(|s| (s.tag == *b"LAYR" || s.tag == *b"PASS") && s.encoding == 1);
+        if zstd_table {
+            return 4;
+        }
         match (c.predictor.config.weight_dtype, pred.encoding) {
             (WeightDtype::Int6 | WeightDtype::Int5, _) => 4,
             (WeightDtype::Int4, _) => 3,

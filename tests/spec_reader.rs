@@ -99,13 +99,15 @@ fn s2_minor_versions() {
         let c = ok(&b);
         let int8 = c.predictor.config.weight_dtype == nernc::predictor::WeightDtype::Int8;
         assert_eq!(minor(&b), u16::from(int8), "{name}");
-        // Rewritten today, PRED is zstd-compressed when that is smaller (format 1.2).
+        // Rewritten today, PRED is zstd-compressed when that is smaller (format 1.2), and so
+        // are LAYR and PASS (1.4): the tables of names always shrink.
         let again = rewrite(&c);
-        let pred_zstd = split(&again)
-            .iter()
-            .any(|e| &e.tag == b"PRED" && e.encoding == 1);
-        let want = if pred_zstd { 2 } else { u16::from(int8) };
-        assert_eq!(minor(&again), want, "{name} rewritten");
+        let entries = split(&again);
+        let zstd = |tag: &[u8; 4]| entries.iter().any(|e| &e.tag == tag && e.encoding == 1);
+        assert!(zstd(b"LAYR") && zstd(b"PASS"), "{name} rewritten");
+        assert_eq!(minor(&again), 4, "{name} rewritten");
+        assert_eq!(ok(&again).layers, c.layers);
+        assert_eq!(ok(&again).passthrough, c.passthrough);
     }
     // The int8 golden relabelled 1.0 reads exactly as before.
     let b = golden("resnet20-h16-int8");
@@ -317,6 +319,43 @@ fn s5_1_zstd_pred_reads_as_raw_and_is_checked() {
     let p = e.iter_mut().find(|e| &e.tag == b"PRED").unwrap();
     p.payload = packed[4..].to_vec();
     malformed(err(&assemble(&e)), "PRED", "zstd");
+}
+
+/// §5.2 / §5.4 (format 1.4): `LAYR` and `PASS` may be zstd-compressed; they read exactly as
+/// raw, and a wrong declared length or a non-zstd payload is refused.
+#[test]
+fn s5_2_s5_4_zstd_tables_read_as_raw_and_are_checked() {
+    let b = golden("resnet20-h16-int6");
+    let c = ok(&b);
+    for (tag, name) in [(b"LAYR", "LAYR"), (b"PASS", "PASS")] {
+        let mut e = split(&b);
+        let stored = e.iter().find(|e| &e.tag == tag).unwrap();
+        assert_eq!(stored.encoding, 1, "{name} is compressed in the golden");
+        let (packed, decoded_len) = (stored.payload.clone(), stored.decoded_len);
+        // Raw, the file holds the same tables.
+        find(&mut e, tag);
+        let raw = ok(&assemble(&e)).layers == c.layers;
+        assert!(raw);
+        let mut e = split(&b);
+        find(&mut e, tag);
+        let r = assemble(&e);
+        assert_eq!(ok(&r).passthrough, c.passthrough);
+        for (declared, needle) in [(decoded_len - 1, "zstd"), (decoded_len + 1, "declares")] {
+            let mut e = split(&b);
+            e.iter_mut().find(|e| &e.tag == tag).unwrap().decoded_len = declared;
+            malformed(err(&assemble(&e)), name, needle);
+        }
+        let mut e = split(&b);
+        e.iter_mut().find(|e| &e.tag == tag).unwrap().payload = packed[4..].to_vec();
+        malformed(err(&assemble(&e)), name, "zstd");
+    }
+    // DATA stays raw (read in place): zstd there is refused.
+    let mut e = split(&b);
+    let d = e.iter_mut().find(|e| &e.tag == b"DATA").unwrap();
+    d.decoded_len = d.payload.len() as u64;
+    d.payload = zstd::bulk::compress(&d.payload, 3).unwrap();
+    d.encoding = 1;
+    assert!(matches!(err(&assemble(&e)), Error::SectionLayout(m) if m.contains("not allowed")));
 }
 
 /// §5.1 (format 1.3): int4 codes two per byte, low nibble first, 4-bit two's complement; with

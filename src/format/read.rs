@@ -27,7 +27,7 @@ pub struct Limits {
     pub max_output_bytes: u64,
     /// Tensors in the layer table plus the passthrough index.
     pub max_tensors: u64,
-    /// Decompressed size of the `META` section.
+    /// Decompressed size of the `META` section, and of `LAYR` and `PASS` when compressed.
     pub max_metadata_bytes: u64,
 }
 
@@ -352,6 +352,8 @@ fn check_encoding(info: &SectionInfo) -> Result<()> {
         ENCODING_ZSTD
             if info.tag == TAG_METADATA
                 || info.tag == TAG_PREDICTOR
+                || info.tag == TAG_LAYERS
+                || info.tag == TAG_PASSTHROUGH
                 || known_tag(&info.tag).is_none() =>
         {
             Ok(())
@@ -442,9 +444,24 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         pred_stored
     };
     let predictor = parse_predictor(pred_bytes)?;
-    let layers = parse_layers(find(TAG_LAYERS, "LAYR")?, &predictor.config, limits)?;
-    let (passthrough, source_metadata) =
-        parse_passthrough(find(TAG_PASSTHROUGH, "PASS")?, limits, layers.len())?;
+    // LAYR and PASS may be zstd from format 1.4 (spec §5.2, §5.4): decoded within the table
+    // bound, exactly their declared length.
+    let table = |tag: [u8; 4], names: (&'static str, &'static str)| -> Result<Vec<u8>> {
+        let info = sections
+            .iter()
+            .find(|s| s.tag == tag)
+            .ok_or(Error::MissingSection(names.0))?;
+        let stored = find(tag, names.0)?;
+        if info.encoding == ENCODING_ZSTD {
+            decompress_exact(stored, info, names, limits.max_metadata_bytes)
+        } else {
+            Ok(stored.to_vec())
+        }
+    };
+    let layr = table(TAG_LAYERS, ("LAYR", "LAYR decoded bytes"))?;
+    let layers = parse_layers(&layr, &predictor.config, limits)?;
+    let pass = table(TAG_PASSTHROUGH, ("PASS", "PASS decoded bytes"))?;
+    let (passthrough, source_metadata) = parse_passthrough(&pass, limits, layers.len())?;
     let data = find(TAG_DATA, "DATA")?;
 
     // Names unique across both tables.
@@ -908,7 +925,12 @@ pub fn read_provenance(
         Some(info) => {
             let (start, len) = (info.offset, info.stored_len);
             // The same bound read_container applies, before fetching anything.
-            at_most("META decoded bytes", info.decoded_len, limits.max_metadata_bytes, "")?;
+            at_most(
+                "META decoded bytes",
+                info.decoded_len,
+                limits.max_metadata_bytes,
+                "",
+            )?;
             let fetched;
             let stored = if start + len <= first_len {
                 &first[start as usize..(start + len) as usize]

@@ -242,11 +242,15 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         compressed_if_smaller(TAG_PREDICTOR, payload)?
     };
     let pred_zstd = predictor.encoding == ENCODING_ZSTD;
+    // The tables of names compress about 6x (format 1.4); DATA stays raw for memory mapping.
+    let layers = compressed_if_smaller(TAG_LAYERS, layers_section(parts.layers)?)?;
+    let index = compressed_if_smaller(TAG_PASSTHROUGH, index.buf)?;
+    let tables_zstd = layers.encoding == ENCODING_ZSTD || index.encoding == ENCODING_ZSTD;
     let mut sections = vec![
         predictor,
-        raw(TAG_LAYERS, layers_section(parts.layers)?),
+        layers,
         raw(TAG_PERMUTATIONS, perm),
-        raw(TAG_PASSTHROUGH, index.buf),
+        index,
         raw(TAG_DATA, data),
     ];
     if let Some(meta) = &parts.metadata {
@@ -266,9 +270,10 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 4 for an int6/int5 predictor, 3 for an int4 one, 2 for a zstd PRED, 1 for an
-    // int8 predictor, else 0.
+    // they can: 4 for an int6/int5 predictor or a zstd LAYR/PASS, 3 for an int4 predictor, 2
+    // for a zstd PRED, 1 for an int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
+        _ if tables_zstd => MINOR_VERSION,
         (WeightDtype::Int6 | WeightDtype::Int5, _) => MINOR_VERSION,
         (WeightDtype::Int4, _) => 3,
         (_, true) => 2,

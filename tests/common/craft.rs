@@ -85,11 +85,11 @@ pub fn rehash_header(bytes: &mut [u8]) {
     bytes[t..t + 32].copy_from_slice(h.as_bytes());
 }
 
-/// The entry with `tag`; a zstd `PRED` (format 1.2) is decompressed to raw first, so tests edit
-/// the layout of spec §5.1 directly.
+/// The entry with `tag`; a zstd `PRED` (format 1.2), `LAYR` or `PASS` (1.4) is decompressed to
+/// raw first, so tests edit the layouts of spec §5 directly.
 pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
     let e = entries.iter_mut().find(|e| &e.tag == tag).unwrap();
-    if &e.tag == b"PRED" && e.encoding == 1 {
+    if matches!(&e.tag, b"PRED" | b"LAYR" | b"PASS") && e.encoding == 1 {
         e.payload = zstd::bulk::decompress(&e.payload, e.decoded_len as usize).unwrap();
         e.encoding = 0;
         e.decoded_len = e.payload.len() as u64;
@@ -98,9 +98,15 @@ pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
 }
 
 /// The lowest minor version describing `entries` (spec §2): 4 with an int6 or int5 predictor
-/// (dtype codes 5, 6 at byte 6 of a raw `PRED`), 3 with an int4 one (code 4), 2 with a zstd
-/// `PRED`, 1 with an int8 predictor (code 3), else 0.
+/// (dtype codes 5, 6 at byte 6 of a raw `PRED`) or a zstd `LAYR`/`PASS`, 3 with an int4
+/// predictor (code 4), 2 with a zstd `PRED`, 1 with an int8 predictor (code 3), else 0.
 fn minor_version(entries: &[Entry]) -> u16 {
+    let zstd_table = entries
+        .iter()
+        .any(|e| matches!(&e.tag, b"LAYR" | b"PASS") && e.encoding == 1);
+    if zstd_table {
+        return 4;
+    }
     match entries.iter().find(|e| &e.tag == b"PRED") {
         Some(p) if p.encoding == 0 && matches!(p.payload.get(6), Some(&5) | Some(&6)) => 4,
         Some(p) if p.encoding == 0 && p.payload.get(6) == Some(&4) => 3,
