@@ -98,6 +98,9 @@ pub enum Error {
     /// A size budget no setting fits (found before any training).
     #[error("size budget: {0}")]
     Budget(String),
+    /// Stopped on request (SIGTERM/SIGINT in `batch`) at a training step; nothing written.
+    #[error("interrupted before the encode finished; nothing written")]
+    Cancelled,
     /// The trained result misses what was asked (`--max-drop`, `--target-size`); nothing written.
     #[error("goal not met: {0}")]
     GoalNotMet(String),

@@ -13,6 +13,8 @@
 #[cfg(feature = "train")]
 pub mod arch;
 pub mod baseline;
+#[cfg(feature = "train")]
+pub mod batch;
 pub mod checkpoint;
 #[cfg(feature = "train")]
 pub mod conv;

@@ -69,6 +69,11 @@ enum Command {
     /// Train a predictor on a checkpoint's convolution weights and write a .nern file.
     #[cfg(feature = "train")]
     Encode(EncodeArgs),
+    /// Encode the inputs of a manifest (one shard of it), content-addressed, for schedulers.
+    /// Exit status: 0 all encoded or skipped, 2 a bad input or command line (do not retry),
+    /// 75 a transient failure or SIGTERM/SIGINT (retry; a rerun does what is unfinished).
+    #[cfg(feature = "train")]
+    Batch(BatchArgs),
     /// Regenerate the full checkpoint (.safetensors) from a .nern file.
     Decode(DecodeArgs),
     /// Top-1 accuracy of a checkpoint (.safetensors or .nern) on a dataset.
@@ -100,6 +105,17 @@ struct EncodeArgs {
     /// Output .nern file (written atomically).
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    settings: EncodeSettings,
+    /// Print a machine-readable summary (JSON) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `encode` and `batch` share: every setting of an encode.
+#[cfg(feature = "train")]
+#[derive(Args)]
+struct EncodeSettings {
     /// Size budget of the written file: a percent of the source (`10%`) or bytes (`120000`).
     /// nernc measures a few predictor shapes that fit (hidden width, PE levels; int8) on a
     /// short schedule, trains the best one fully, and never writes a larger file. Settings
@@ -204,9 +220,30 @@ struct EncodeArgs {
     /// Also measure the result's test accuracy and record it (not used for any choice).
     #[arg(long)]
     test_eval: bool,
-    /// Print a machine-readable summary (JSON) on stdout.
+}
+
+#[cfg(feature = "train")]
+#[derive(Args)]
+struct BatchArgs {
+    /// JSON lines, one input each: {"source": PATH or file:// URI, "id": optional}.
     #[arg(long)]
-    json: bool,
+    manifest: PathBuf,
+    /// Output directory; each file is named from the source's sha256, the settings' hash and
+    /// nernc's version, and an existing one is skipped.
+    #[arg(long)]
+    out: PathBuf,
+    /// This worker's shard, I/N (0-based): the manifest lines whose index is I modulo N.
+    #[arg(long, conflicts_with = "shards")]
+    shard: Option<String>,
+    /// Number of shards, the index from JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID or
+    /// AWS_BATCH_JOB_ARRAY_INDEX.
+    #[arg(long)]
+    shards: Option<u64>,
+    /// Write the JSON lines here instead of stdout.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[command(flatten)]
+    settings: EncodeSettings,
 }
 
 #[derive(Args)]
@@ -327,7 +364,7 @@ impl From<DtypeArg> for nernc::predictor::WeightDtype {
 }
 
 #[cfg(feature = "train")]
-impl EncodeArgs {
+impl EncodeSettings {
     fn options(&self) -> Result<nernc::encode::EncodeOptions> {
         use nernc::encode::{DataArg, DistillOptions, EncodeOptions, MaxDrop, Pinned, SizeTarget};
         let data = self.data.as_deref().map(DataArg::parse);
@@ -396,7 +433,7 @@ impl EncodeArgs {
 #[cfg(feature = "train")]
 fn encode(args: EncodeArgs) -> Result<()> {
     nernc::io::check_output_path(&args.output)?;
-    let opts = args.options()?;
+    let opts = args.settings.options()?;
     let progress = nernc::encode::BarProgress::default();
     let (bytes, report) = nernc::encode::encode(&args.input, &opts, &progress)?;
     nernc::io::write_atomic(&args.output, &bytes)?;
@@ -516,6 +553,72 @@ fn inspect(args: InspectArgs) -> Result<()> {
     }
 }
 
+#[cfg(feature = "train")]
+fn batch(args: BatchArgs) -> ExitCode {
+    use nernc::batch::{BatchJob, EXIT_BAD_INPUT, EXIT_RETRY, Shard};
+    let setup = || -> Result<(Shard, nernc::encode::EncodeOptions)> {
+        let shard = match (&args.shard, args.shards) {
+            (Some(s), _) => Shard::parse(s)?,
+            (None, Some(n)) => Shard::from_env(n, &|v| std::env::var(v).ok())?,
+            (None, None) => Shard::new(0, 1).expect("one shard"),
+        };
+        Ok((shard, args.settings.options()?))
+    };
+    let (shard, opts) = match setup() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    // SIGTERM (a scheduler stopping the pod) and SIGINT stop at the next training step.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("error: cannot handle signal {sig}: {e}");
+            return ExitCode::from(EXIT_RETRY);
+        }
+    }
+    let job = BatchJob {
+        manifest: &args.manifest,
+        out_dir: &args.out,
+        shard,
+        opts: &opts,
+        stop,
+    };
+    let result = match &args.report {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })
+            .and_then(|mut f| nernc::batch::run(&job, &mut f)),
+        None => nernc::batch::run(&job, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "batch shard {}/{}: {} encoded, {} skipped, {} failed (bad input), {} failed (retry)",
+                shard.index,
+                shard.count,
+                summary.encoded,
+                summary.skipped,
+                summary.failed_bad,
+                summary.failed_transient
+            );
+            ExitCode::from(summary.exit_status())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if nernc::batch::is_transient(&e) {
+                EXIT_RETRY
+            } else {
+                EXIT_BAD_INPUT
+            })
+        }
+    }
+}
+
 fn verify(args: VerifyArgs) -> Result<()> {
     let v = nernc::provenance::verify_source(&args.input, &args.source, &Limits::default())?;
     if args.json {
@@ -552,6 +655,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "train")]
         Command::Encode(args) => encode(args),
         Command::Decode(args) => decode(args),
+        #[cfg(feature = "train")]
+        Command::Batch(args) => return batch(args),
         #[cfg(feature = "train")]
         Command::Eval(args) => eval(args),
         Command::Inspect(args) => inspect(args),

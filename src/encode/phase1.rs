@@ -70,6 +70,9 @@ pub fn train<B: TrainBackend>(
     let history_every = (settings.steps / 20).max(1);
     progress.start(settings.steps as u64);
     for step in 0..settings.steps {
+        if progress.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let idx = sampler.batch(&mut rng, batch);
         let rows = KernelRows::of(set, &idx, device);
         let idx: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(idx, [batch]), device);

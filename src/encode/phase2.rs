@@ -213,6 +213,9 @@ pub fn distill<B: TrainBackend>(
     let history_every = (s.steps / 20).max(1);
     progress.start(s.steps as u64);
     for step in 0..s.steps {
+        if progress.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let (x, shape) = match &s.input {
             DistillInput::Real { data, indices } => {
                 let pick: Vec<usize> = (0..s.batch)

@@ -6,6 +6,11 @@ pub trait Progress {
     fn start(&self, _total: u64) {}
     fn update(&self, _position: u64, _loss: f32) {}
     fn finish(&self) {}
+    /// Asked before every training step: `true` stops the encode there with
+    /// [`crate::Error::Cancelled`] (a batch worker told to stop by its scheduler).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.
