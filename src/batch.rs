@@ -153,7 +153,7 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
         "predictor_dtype": o.predictor_dtype.name(),
         "target_size": o.target_size.map(|t| format!("{t:?}")),
         "pinned": format!("{:?}", o.pinned), "max_drop": o.max_drop.points,
-        "max_drop_enforced": o.max_drop.enforced,
+        "max_drop_enforced": o.max_drop.enforced, "passthrough_f16": o.passthrough_f16,
     });
     sha256_hex(v.to_string().as_bytes())
 }

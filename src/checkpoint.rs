@@ -37,6 +37,7 @@ pub fn parse_safetensors<'a>(path: &Path, buf: &'a [u8]) -> Result<Checkpoint<'a
             dtype,
             shape: view.shape().iter().map(|&d| d as u64).collect(),
             bytes: view.data(),
+            storage: crate::format::PassStorage::Verbatim,
         });
     }
     let metadata = meta

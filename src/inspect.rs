@@ -53,6 +53,8 @@ pub struct InspectReport {
     pub permutation_bytes: u64,
     pub passthrough_bytes: u64,
     pub passthrough_tensors: usize,
+    /// Passthrough tensors stored as binary16 (lossy, `--passthrough f16`).
+    pub passthrough_f16_tensors: usize,
     pub predictor: PredictorRow,
     pub sections: Vec<SectionRow>,
     pub layers: Vec<LayerRow>,
@@ -84,6 +86,11 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
         permutation_bytes: section_bytes(TAG_PERMUTATIONS),
         passthrough_bytes: section_bytes(TAG_DATA) + section_bytes(TAG_PASSTHROUGH),
         passthrough_tensors: c.passthrough.len(),
+        passthrough_f16_tensors: c
+            .passthrough
+            .iter()
+            .filter(|p| p.storage == crate::format::PassStorage::F16)
+            .count(),
         predictor: PredictorRow {
             pe_levels: cfg.pe_levels,
             pe_base: cfg.pe_base,
@@ -150,6 +157,13 @@ pub fn render(r: &InspectReport) -> String {
         "bytes: predictor {}  permutations {}  passthrough {} ({} tensors)",
         r.predictor_bytes, r.permutation_bytes, r.passthrough_bytes, r.passthrough_tensors
     );
+    if r.passthrough_f16_tensors > 0 {
+        let _ = writeln!(
+            s,
+            "LOSSY passthrough: {} F32 tensors stored as binary16 (the decoded checkpoint differs from the source there)",
+            r.passthrough_f16_tensors
+        );
+    }
     let _ = writeln!(s, "sections:");
     for sec in &r.sections {
         let _ = writeln!(

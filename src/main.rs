@@ -53,6 +53,14 @@ enum DtypeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PassthroughArg {
+    /// Byte for byte as in the source checkpoint.
+    Exact,
+    /// F32 tensors (BN, FC, biases) as binary16: lossy, recorded in the file (format 1.4)
+    F16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum QuantizeArg {
     Int8,
     Int4,
@@ -220,6 +228,11 @@ struct EncodeSettings {
     /// Also measure the result's test accuracy and record it (not used for any choice).
     #[arg(long)]
     test_eval: bool,
+    /// How the tensors the predictor does not cover are stored. `f16` halves the F32 ones
+    /// (lossy; the decoded checkpoint then differs from the source there, and every figure is
+    /// measured with those values).
+    #[arg(long, value_enum, default_value_t = PassthroughArg::Exact)]
+    passthrough: PassthroughArg,
 }
 
 #[cfg(feature = "train")]
@@ -388,6 +401,7 @@ impl EncodeSettings {
             predictor_dtype: self
                 .predictor_dtype
                 .map_or(defaults.predictor_dtype, Into::into),
+            passthrough_f16: matches!(self.passthrough, PassthroughArg::F16),
             target_size: self
                 .target_size
                 .as_deref()

@@ -45,7 +45,8 @@ impl HostModel {
             let tensors = crate::decode::decode_container(&c, crate::decode::default_threads())?;
             for (name, t) in tensors {
                 match t {
-                    crate::decode::DecodedTensor::Predicted { shape, data } => {
+                    crate::decode::DecodedTensor::Predicted { shape, data }
+                    | crate::decode::DecodedTensor::Widened { shape, data } => {
                         m.shapes.insert(name.clone(), shape);
                         m.values.insert(name, data);
                     }

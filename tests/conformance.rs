@@ -8,7 +8,7 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 8] = [
+const GOLDEN: [&str; 9] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
@@ -20,6 +20,8 @@ const GOLDEN: [&str; 8] = [
     // Format 1.4: int6 and int5 predictor weights (bit-packed, per-output f32 scales).
     "resnet20-h16-int6",
     "resnet20-h16-int5",
+    // Format 1.4: F32 passthrough tensors stored as binary16 (PASS dtype code 16, lossy).
+    "resnet20-h16-int6-pass16",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

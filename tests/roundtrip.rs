@@ -214,3 +214,48 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
         assert!(report.accuracy.rmse_vs_original.is_finite());
     }
 }
+
+/// `--passthrough f16`: the F32 passthrough tensors come back as the source rounded to binary16
+/// (and widened to F32), everything else byte-exact, and the file says so.
+#[test]
+fn passthrough_f16_is_rounded_recorded_and_the_rest_exact() {
+    let path = fixture("fmnist-resnet20.safetensors");
+    let opts = EncodeOptions {
+        passthrough_f16: true,
+        ..small_options(PermutationKind::None, 1)
+    };
+    let (bytes, _) = encode(&path, &opts, &NoProgress).unwrap();
+    let exact = encode(&path, &small_options(PermutationKind::None, 1), &NoProgress)
+        .unwrap()
+        .0;
+    assert!(
+        bytes.len() + 7000 < exact.len(),
+        "{} vs {}",
+        bytes.len(),
+        exact.len()
+    );
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["recipe"]["passthrough"], "f16 (lossy)");
+    let dir = tempfile::tempdir().unwrap();
+    let (nern, out) = (dir.path().join("m.nern"), dir.path().join("m.safetensors"));
+    std::fs::write(&nern, &bytes).unwrap();
+    nernc::decode::decode_file(&nern, &out, 2, &Limits::default()).unwrap();
+    let (src_b, dec_b) = (std::fs::read(&path).unwrap(), std::fs::read(&out).unwrap());
+    let (src, dec) = (
+        SafeTensors::deserialize(&src_b).unwrap(),
+        SafeTensors::deserialize(&dec_b).unwrap(),
+    );
+    for p in &c.passthrough {
+        let (a, b) = (src.tensor(&p.name).unwrap(), dec.tensor(&p.name).unwrap());
+        if a.dtype() == safetensors::Dtype::F32 {
+            for (x, y) in a.data().chunks_exact(4).zip(b.data().chunks_exact(4)) {
+                let x = f32::from_le_bytes(x.try_into().unwrap());
+                let y = f32::from_le_bytes(y.try_into().unwrap());
+                assert_eq!(y, half::f16::from_f32(x).to_f32(), "{}", p.name);
+            }
+        } else {
+            assert_eq!(a.data(), b.data(), "{} byte-exact", p.name);
+        }
+    }
+}

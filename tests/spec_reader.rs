@@ -64,6 +64,7 @@ fn rewrite(c: &nernc::format::Container<'_>) -> Vec<u8> {
             dtype: p.dtype,
             shape: p.shape.clone(),
             bytes: c.tensor_bytes(p),
+            storage: p.storage,
         })
         .collect();
     write_container(&ContainerParts {
@@ -593,6 +594,69 @@ fn s5_3_permutation_bits_are_lsb_first() {
 }
 
 // ---- §5.4 PASS and DATA --------------------------------------------------------------------
+
+/// §5.4 (format 1.4): dtype code 16 is an F32 tensor stored as binary16: 2 bytes per element in
+/// `DATA`, widened exactly to F32 in the decoded checkpoint; other tensors stay byte-exact; a
+/// length of 4 bytes per element is refused for it.
+#[test]
+fn s5_4_f32_stored_as_binary16_widens_exactly() {
+    use nernc::format::PassStorage;
+    let b = golden("resnet20-h16-int6-pass16");
+    let c = ok(&b);
+    assert_eq!(c.minor, 4);
+    let src_file = std::fs::read(fixture("fmnist-resnet20.safetensors")).unwrap();
+    let src = safetensors::SafeTensors::deserialize(&src_file).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d.safetensors");
+    let path = fixture("golden").join("resnet20-h16-int6-pass16.nern");
+    nernc::decode::decode_file(&path, &out, 1, &Limits::default()).unwrap();
+    let dec_file = std::fs::read(&out).unwrap();
+    let dec = safetensors::SafeTensors::deserialize(&dec_file).unwrap();
+    let mut halves = 0;
+    for p in &c.passthrough {
+        let (s, d) = (src.tensor(&p.name).unwrap(), dec.tensor(&p.name).unwrap());
+        assert_eq!(s.dtype(), d.dtype(), "{}", p.name);
+        assert_eq!(s.shape(), d.shape());
+        if p.storage == PassStorage::F16 {
+            halves += 1;
+            assert_eq!(p.dtype, nernc::format::TensorDtype::F32);
+            let stored = c.tensor_bytes(p);
+            assert_eq!(stored.len() * 2, s.data().len());
+            for ((h, sv), dv) in stored
+                .chunks_exact(2)
+                .zip(s.data().chunks_exact(4))
+                .zip(d.data().chunks_exact(4))
+            {
+                let h = half::f16::from_le_bytes([h[0], h[1]]);
+                let source = f32::from_le_bytes(sv.try_into().unwrap());
+                let decoded = f32::from_le_bytes(dv.try_into().unwrap());
+                // Stored: the source rounded to nearest binary16; decoded: that, exactly.
+                assert_eq!(h, half::f16::from_f32(source));
+                assert_eq!(decoded, h.to_f32());
+            }
+        } else {
+            assert_eq!(s.data(), d.data(), "{} is byte-exact", p.name);
+        }
+    }
+    // Every F32 tensor of the source's passthrough (BN, FC); num_batches_tracked stays I64.
+    assert_eq!(halves, 86);
+    // Code 16 with 4 bytes per element: the length rule refuses it.
+    let mut e = split(&b);
+    let pass = &mut find(&mut e, b"PASS").payload;
+    let name = c
+        .passthrough
+        .iter()
+        .find(|p| p.storage == PassStorage::F16)
+        .unwrap();
+    let at = pass
+        .windows(name.name.len())
+        .position(|w| w == name.name.as_bytes())
+        .unwrap()
+        + name.name.len();
+    assert_eq!(pass[at], 16, "dtype code after the name");
+    pass[at] = 10; // F32: the stored length is now half of what F32 needs
+    malformed(err(&assemble(&e)), "PASS", "needs");
+}
 
 /// §5.4: `PASS` ends after its last entry.
 #[test]

@@ -187,8 +187,17 @@ pub fn decode_layers(
 
 /// A decoded tensor, ready to write.
 pub enum DecodedTensor<'a> {
-    Predicted { shape: Vec<usize>, data: Vec<f32> },
+    Predicted {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
+    /// Stored bytes, written as they are.
     Passthrough(&'a crate::format::PassEntry, &'a [u8]),
+    /// An F32 passthrough tensor stored as binary16, widened back (exactly) to F32.
+    Widened {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
 }
 
 /// Decodes a whole container: every tensor by name, in container order (layers first).
@@ -212,10 +221,18 @@ pub fn decode_container<'a>(
         })
         .collect();
     for p in &c.passthrough {
-        out.push((
-            p.name.clone(),
-            DecodedTensor::Passthrough(p, c.tensor_bytes(p)),
-        ));
+        let bytes = c.tensor_bytes(p);
+        let t = match p.storage {
+            crate::format::PassStorage::Verbatim => DecodedTensor::Passthrough(p, bytes),
+            crate::format::PassStorage::F16 => DecodedTensor::Widened {
+                shape: p.shape.iter().map(|&d| d as usize).collect(),
+                data: bytes
+                    .chunks_exact(2)
+                    .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+                    .collect(),
+            },
+        };
+        out.push((p.name.clone(), t));
     }
     Ok(out)
 }
@@ -245,7 +262,8 @@ pub fn decode_file(
         .into_iter()
         .map(|(name, t)| {
             let tensor = match t {
-                DecodedTensor::Predicted { shape, data } => OutTensor {
+                DecodedTensor::Predicted { shape, data }
+                | DecodedTensor::Widened { shape, data } => OutTensor {
                     dtype: crate::format::TensorDtype::F32,
                     shape,
                     bytes: OutBytes::F32(data),

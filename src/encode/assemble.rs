@@ -45,7 +45,7 @@ pub fn assemble(
     r: Encoded,
     started: Instant,
 ) -> Result<(Vec<u8>, EncodeReport)> {
-    let passthrough: Vec<RawTensor<'_>> = source.passthrough().cloned().collect();
+    let passthrough: Vec<RawTensor<'_>> = source.passthrough().collect();
     let predicted_parameters: u64 = r.layers.iter().map(|l| l.elements() as u64).sum();
     let mut report = EncodeReport {
         source_bytes: source.bytes.len() as u64,
@@ -94,6 +94,7 @@ pub fn assemble(
             "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
         })),
         "predictor_dtype": cfg.weight_dtype.name(),
+        "passthrough": if opts.passthrough_f16 { "f16 (lossy)" } else { "exact" },
         "target_size": opts.target_size.map(|t| format!("{t:?}")),
         "max_drop": opts.max_drop.points,
         "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),

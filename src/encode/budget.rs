@@ -61,7 +61,7 @@ impl Sizer<'_> {
             predictor: &p,
             layers: self.layers,
             permutations: self.permutations,
-            passthrough: self.source.passthrough().cloned().collect(),
+            passthrough: self.source.passthrough().collect(),
             source_metadata: self.source.checkpoint.metadata.clone(),
             metadata: None,
             raw_predictor: true,

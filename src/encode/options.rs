@@ -50,6 +50,9 @@ pub struct EncodeOptions {
     pub pinned: Pinned,
     /// Allowed held-out accuracy drop against the original.
     pub max_drop: MaxDrop,
+    /// Store F32 passthrough tensors (BN, FC, biases) as binary16: lossy, opt-in
+    /// (`--passthrough f16`), recorded in the file by their dtype code.
+    pub passthrough_f16: bool,
     /// Phase 2 and its data were not asked for but are the defaults: on an architecture phase 2
     /// does not support, the encode goes on with reconstruction only (and says so) instead of
     /// failing.
@@ -216,6 +219,7 @@ impl Default for EncodeOptions {
             pinned: Pinned::default(),
             max_drop: MaxDrop::default(),
             phase2_by_default: false,
+            passthrough_f16: false,
         }
     }
 }

@@ -104,10 +104,11 @@ impl<B: TrainBackend> Context<'_, B> {
 
     /// The source network's held-out accuracy: what `--max-drop` is measured against.
     fn original_held_out(&self) -> Result<Option<f64>> {
-        let (Some(host), Some(h), Some(plan)) = (&self.host, self.held_out(), &self.plan) else {
+        let (Some(_), Some(h), Some(plan)) = (&self.host, self.held_out(), &self.plan) else {
             return Ok(None);
         };
-        let net = LoadedNet::<B::InnerBackend>::from_host(host, self.device)?;
+        let original = self.source.original_host_model();
+        let net = LoadedNet::<B::InnerBackend>::from_host(&original, self.device)?;
         Ok(Some(network_accuracy(&net, &h, &plan.norm, self.device)?))
     }
 
@@ -326,7 +327,11 @@ fn encode_on<B: TrainBackend>(
 ) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
     let file = MappedFile::open(input)?;
-    let source = Source::parse(input, file.bytes(), opts.permutation)?;
+    let mut source = Source::parse(input, file.bytes(), opts.permutation)?;
+    if opts.passthrough_f16 {
+        source.store_passthrough_as_f16()?;
+    }
+    let source = source;
     let mut layers = source.layers.clone();
     let source_bytes = source.bytes.len() as u64;
     // Bad budgets fail before anything loads.
@@ -374,7 +379,7 @@ fn encode_on<B: TrainBackend>(
         _ => None,
     };
     let teacher = match (&opts.distill, &student, &host) {
-        (Some(d), Some(student), Some(host)) => Some(match &d.teacher {
+        (Some(d), Some(student), Some(_)) => Some(match &d.teacher {
             Some(path) => {
                 let t = LoadedNet::<B::InnerBackend>::load(path, device)?;
                 let n = &student.net;
@@ -391,7 +396,7 @@ fn encode_on<B: TrainBackend>(
                 t
             }
             // The default teacher is the source checkpoint itself.
-            None => LoadedNet::<B::InnerBackend>::from_host(host, device)?,
+            None => LoadedNet::<B::InnerBackend>::from_host(&source.original_host_model(), device)?,
         }),
         _ => None,
     };
@@ -509,8 +514,15 @@ fn encode_on<B: TrainBackend>(
         return Err(Error::GoalNotMet(miss));
     }
     progress.stage("int4 baseline");
-    let baseline =
-        int4_baseline::<B::InnerBackend>(&source, ctx.host.as_ref(), ctx.plan.as_ref(), device)?;
+    let baseline = int4_baseline::<B::InnerBackend>(
+        &source,
+        ctx.host
+            .as_ref()
+            .map(|_| source.original_host_model())
+            .as_ref(),
+        ctx.plan.as_ref(),
+        device,
+    )?;
     let encoded = Encoded {
         predictor,
         layers: ctx.layers,

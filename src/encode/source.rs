@@ -1,11 +1,12 @@
 //! The checkpoint being encoded, parsed once: its tensors, the predicted layers (conv weights in
 //! network order) with their values, and the host model the forward passes are built from.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::checkpoint::{Checkpoint, f32_values, is_predictable, natural_cmp, parse_safetensors};
 use crate::error::{Error, Result};
-use crate::format::{LayerEntry, RawTensor, TensorDtype};
+use crate::format::{LayerEntry, PassStorage, RawTensor, TensorDtype};
 use crate::network::HostModel;
 use crate::permute::PermutationKind;
 
@@ -20,6 +21,8 @@ pub struct Source<'a> {
     pub weights: Vec<Vec<f32>>,
     /// The largest kernel size (the predictor's output is `kernel_size^2`).
     pub kernel_size: u32,
+    /// `--passthrough f16`: each F32 passthrough tensor as binary16 bytes, by name.
+    halves: HashMap<String, Vec<u8>>,
 }
 
 impl<'a> Source<'a> {
@@ -65,20 +68,76 @@ impl<'a> Source<'a> {
             layers,
             weights,
             kernel_size,
+            halves: HashMap::new(),
         })
     }
 
-    /// The tensors stored verbatim (everything the predictor does not cover).
-    pub fn passthrough(&self) -> impl Iterator<Item = &RawTensor<'a>> {
+    /// Stores every F32 passthrough tensor as binary16 from now on (lossy, `--passthrough
+    /// f16`): what is written, and the host model every accuracy is measured with. A value
+    /// beyond binary16's range is an error, not an infinity.
+    pub fn store_passthrough_as_f16(&mut self) -> Result<()> {
+        let mut halves = HashMap::new();
+        for t in self.passthrough() {
+            if t.dtype != TensorDtype::F32 {
+                continue;
+            }
+            let mut out = Vec::with_capacity(t.bytes.len() / 2);
+            for v in crate::format::le_f32s(t.bytes) {
+                if !v.is_finite() {
+                    return Err(Error::NonFinite {
+                        tensor: t.name.clone(),
+                    });
+                }
+                let h = half::f16::from_f32(v);
+                if !h.is_finite() {
+                    return Err(Error::InvalidArgument(format!(
+                        "--passthrough f16: {} holds {v}, beyond binary16's range",
+                        t.name
+                    )));
+                }
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+            halves.insert(t.name.clone(), out);
+        }
+        self.halves = halves;
+        Ok(())
+    }
+
+    /// The tensors the predictor does not cover, as they are stored: verbatim, or as binary16
+    /// after [`Self::store_passthrough_as_f16`].
+    pub fn passthrough(&self) -> impl Iterator<Item = RawTensor<'_>> {
         self.checkpoint
             .tensors
             .iter()
             .filter(|t| !is_predictable(t))
+            .map(|t| match self.halves.get(&t.name) {
+                Some(h) => RawTensor {
+                    bytes: h,
+                    storage: PassStorage::F16,
+                    ..t.clone()
+                },
+                None => t.clone(),
+            })
     }
 
-    /// The host model for forward passes, from the already parsed tensors.
-    pub fn host_model(&self) -> HostModel {
+    /// The source network exactly as in the checkpoint (the teacher, the original's accuracy,
+    /// the int4 baseline), whatever the passthrough storage.
+    pub fn original_host_model(&self) -> HostModel {
         HostModel::from_tensors(&self.checkpoint.tensors)
+    }
+
+    /// The host model for forward passes, from the already parsed tensors (with the stored
+    /// passthrough values: widened binary16 after `store_passthrough_as_f16`).
+    pub fn host_model(&self) -> HostModel {
+        let mut host = HostModel::from_tensors(&self.checkpoint.tensors);
+        for (name, h) in &self.halves {
+            let widened = h
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect();
+            host.values.insert(name.clone(), widened);
+        }
+        host
     }
 }
 

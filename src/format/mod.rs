@@ -100,12 +100,39 @@ impl LayerEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassEntry {
     pub name: String,
+    /// The tensor's dtype in the decoded checkpoint.
     pub dtype: TensorDtype,
+    /// How its bytes are stored in `DATA`.
+    pub storage: PassStorage,
     pub shape: Vec<u64>,
     /// Byte range inside the `DATA` section.
     pub offset: u64,
     pub len: u64,
 }
+
+impl PassEntry {
+    /// Bytes of the tensor in the decoded checkpoint (twice the stored ones for binary16).
+    pub fn output_len(&self) -> u64 {
+        match self.storage {
+            PassStorage::Verbatim => self.len,
+            PassStorage::F16 => self.len * 2,
+        }
+    }
+}
+
+/// How a passthrough tensor's bytes are stored (spec §5.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PassStorage {
+    /// Byte for byte as in the source.
+    #[default]
+    Verbatim,
+    /// An F32 tensor stored as IEEE binary16 (PASS dtype code 16, format 1.4): lossy, written
+    /// only when asked; decoded to F32 exactly (every binary16 value is a binary32 value).
+    F16,
+}
+
+/// `PASS` dtype code of an F32 tensor stored as binary16 (spec §5.4, format 1.4).
+pub const DTYPE_CODE_F32_AS_F16: u8 = 16;
 
 pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
     x.checked_add(align - 1).map(|v| v / align * align)

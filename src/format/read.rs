@@ -69,7 +69,12 @@ impl<'a> Container<'a> {
     /// Bytes of the decoded checkpoint's tensor data.
     pub fn output_bytes(&self) -> u64 {
         let predicted: u64 = self.layers.iter().map(|l| l.elements() as u64 * 4).sum();
-        predicted + self.passthrough.iter().map(|p| p.len).sum::<u64>()
+        predicted
+            + self
+                .passthrough
+                .iter()
+                .map(PassEntry::output_len)
+                .sum::<u64>()
     }
 
     /// The provenance metadata (`META`): a JSON object, already decoded and validated by
@@ -487,7 +492,7 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     }
     for p in &passthrough {
         output = output
-            .checked_add(p.len)
+            .checked_add(p.output_len())
             .ok_or(Error::Overflow("output bytes"))?;
     }
     const RAISE: &str = " (raise it with --max-output-bytes if the file is trusted)";
@@ -728,7 +733,14 @@ fn parse_passthrough(bytes: &[u8], limits: &Limits, layer_count: usize) -> Resul
         if name.is_empty() {
             return Err(r.err("empty tensor name"));
         }
-        let dtype = TensorDtype::from_code(r.u8()?)?;
+        let (dtype, storage) = match r.u8()? {
+            DTYPE_CODE_F32_AS_F16 => (TensorDtype::F32, PassStorage::F16),
+            code => (TensorDtype::from_code(code)?, PassStorage::Verbatim),
+        };
+        let stored_size = match storage {
+            PassStorage::Verbatim => dtype.size() as u64,
+            PassStorage::F16 => 2,
+        };
         let ndim = r.u8()?;
         if ndim > MAX_NDIM {
             return Err(r.err(format!("{name}: {ndim} dimensions (at most {MAX_NDIM})")));
@@ -745,7 +757,7 @@ fn parse_passthrough(bytes: &[u8], limits: &Limits, layer_count: usize) -> Resul
         let offset = r.u64()?;
         let len = r.u64()?;
         let want = elements
-            .checked_mul(dtype.size() as u64)
+            .checked_mul(stored_size)
             .ok_or(Error::Overflow("tensor bytes"))?;
         if len != want {
             return Err(r.err(format!(
@@ -763,6 +775,7 @@ fn parse_passthrough(bytes: &[u8], limits: &Limits, layer_count: usize) -> Resul
         entries.push(PassEntry {
             name,
             dtype,
+            storage,
             shape,
             offset,
             len,

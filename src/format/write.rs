@@ -15,9 +15,12 @@ use crate::predictor::{LinearWeights, Predictor, WeightDtype, dequantize_codes, 
 #[derive(Clone, Debug)]
 pub struct RawTensor<'a> {
     pub name: String,
+    /// The dtype in the checkpoint (and in the decoded one).
     pub dtype: TensorDtype,
     pub shape: Vec<u64>,
+    /// The bytes as stored: the tensor's own, or binary16 values for [`PassStorage::F16`].
     pub bytes: &'a [u8],
+    pub storage: PassStorage,
 }
 
 /// Everything that goes into a `.nern` file.
@@ -226,7 +229,21 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         data.resize(offset as usize, 0);
         data.extend_from_slice(t.bytes);
         index.string(&t.name, false);
-        index.u8(t.dtype.code());
+        match t.storage {
+            PassStorage::Verbatim => index.u8(t.dtype.code()),
+            PassStorage::F16 => {
+                let elements = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+                if t.dtype != TensorDtype::F32
+                    || elements.and_then(|e| e.checked_mul(2)) != Some(t.bytes.len() as u64)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: binary16 storage needs an F32 tensor and 2 bytes per element",
+                        t.name
+                    )));
+                }
+                index.u8(DTYPE_CODE_F32_AS_F16)
+            }
+        }
         index.u8(t.shape.len() as u8);
         for &d in &t.shape {
             index.u64(d);
@@ -245,7 +262,12 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
     // The tables of names compress about 6x (format 1.4); DATA stays raw for memory mapping.
     let layers = compressed_if_smaller(TAG_LAYERS, layers_section(parts.layers)?)?;
     let index = compressed_if_smaller(TAG_PASSTHROUGH, index.buf)?;
-    let tables_zstd = layers.encoding == ENCODING_ZSTD || index.encoding == ENCODING_ZSTD;
+    let tables_zstd = layers.encoding == ENCODING_ZSTD
+        || index.encoding == ENCODING_ZSTD
+        || parts
+            .passthrough
+            .iter()
+            .any(|t| t.storage == PassStorage::F16);
     let mut sections = vec![
         predictor,
         layers,
@@ -270,7 +292,7 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 4 for an int6/int5 predictor or a zstd LAYR/PASS, 3 for an int4 predictor, 2
+    // they can: 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
     // for a zstd PRED, 1 for an int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
         _ if tables_zstd => MINOR_VERSION,
