@@ -171,7 +171,7 @@ struct EncodeSettings {
     /// Positional-encoding base b (level l uses frequency pi * b^l).
     #[arg(long, default_value_t = 0.76)]
     pe_base: f64,
-    /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 600
+    /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 400
     /// on data, 150 on noise].
     #[arg(long)]
     distill_steps: Option<usize>,

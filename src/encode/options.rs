@@ -141,8 +141,10 @@ pub fn default_phase1_steps(kernels: usize) -> usize {
     (kernels / 10).clamp(2_000, 20_000)
 }
 
-/// Phase-2 steps when none are given (batch 128).
-pub const DEFAULT_DISTILL_STEPS: usize = 600;
+/// Phase-2 steps when none are given (batch 128). Measured on ResNet-20 at 600 steps: test
+/// 94.34-94.39 % (-0.19 to -0.24), held-out still rising slowly after 400; 400 keeps the whole
+/// default encode inside 10 minutes on 2 cores (600 took 11 min).
+pub const DEFAULT_DISTILL_STEPS: usize = 400;
 /// Data-free phase-2 steps when none are given (measured: 150 steps at lr 1e-5 gained 2.5 points).
 pub const DEFAULT_NOISE_DISTILL_STEPS: usize = 150;
 

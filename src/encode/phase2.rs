@@ -84,6 +84,9 @@ pub struct DistillSettings<'a> {
     pub temperature: f64,
     pub recon_weight: f64,
     pub eval_every: usize,
+    /// No held-out evaluation before this step (besides step 0): early states are never the
+    /// best ones, and each evaluation costs several training steps.
+    pub eval_from: usize,
     /// Linear learning-rate warm-up steps (0: none).
     pub warmup: usize,
     pub norm: &'a Normalization,
@@ -273,6 +276,7 @@ pub fn distill<B: TrainBackend>(
         let done = step + 1;
         if let Some(h) = &s.held_out
             && (done % s.eval_every.max(1) == 0 || done == s.steps)
+            && done >= s.eval_from
         {
             let p = stored(model.valid().to_predictor(cfg)?)?;
             let acc = held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?;

@@ -189,6 +189,13 @@ impl<B: TrainBackend> Context<'_, B> {
                 temperature: d.temperature,
                 recon_weight: d.recon_weight,
                 eval_every: d.eval_every.unwrap_or((s.distill_steps / 10).max(1)),
+                // By default the first half is not evaluated (measured: the kept step was in
+                // the last fifth in every default run); with --eval-every, every multiple is.
+                eval_from: if d.eval_every.is_some() {
+                    0
+                } else {
+                    s.distill_steps / 2
+                },
                 warmup: d.warmup.unwrap_or(0),
                 norm: &norm,
                 input: DistillInput::for_options(
