@@ -359,6 +359,34 @@ fn s5_2_s5_4_zstd_tables_read_as_raw_and_are_checked() {
     assert!(matches!(err(&assemble(&e)), Error::SectionLayout(m) if m.contains("not allowed")));
 }
 
+/// A hidden-3, L = 1 predictor (odd code counts: layer 0 is 6 x 3) with random weights stored
+/// as `dtype`, to exercise padding bits.
+fn odd_predictor(dtype: nernc::predictor::WeightDtype, seed: u64) -> nernc::predictor::Predictor {
+    let mut cfg = nernc::predictor::PredictorConfig::reference(3, 3, 1, 0.76);
+    cfg.weight_dtype = nernc::predictor::WeightDtype::F32;
+    let mut rng = nernc::rng::SplitMix64::new(seed);
+    let layers = cfg
+        .widths
+        .windows(2)
+        .map(|d| {
+            let (i, o) = (d[0] as usize, d[1] as usize);
+            nernc::predictor::LinearWeights {
+                inputs: i,
+                outputs: o,
+                weight: (0..i * o).map(|_| rng.symmetric_f32()).collect(),
+                bias: vec![0.1; o],
+                scales: Vec::new(),
+            }
+        })
+        .collect();
+    let mut p = nernc::predictor::Predictor {
+        config: cfg,
+        layers,
+    };
+    p.store_as(dtype).unwrap();
+    p
+}
+
 /// §5.1 (format 1.3): int4 codes two per byte, low nibble first, 4-bit two's complement; with
 /// an odd count the last high nibble is zero padding, and anything else there is refused.
 #[test]
@@ -392,29 +420,7 @@ fn s5_1_int4_nibbles_are_low_first_and_padding_is_zero() {
     // A predictor with an odd layer (hidden 3: the 3 x 3 layer has 9 codes, 5 bytes, the last
     // high nibble padding), written by nernc: a set padding nibble is refused.
     let mut c3 = ok(&b);
-    let mut cfg = nernc::predictor::PredictorConfig::reference(3, 3, 1, 0.76);
-    cfg.weight_dtype = nernc::predictor::WeightDtype::F32;
-    let mut rng = nernc::rng::SplitMix64::new(4);
-    let layers = cfg
-        .widths
-        .windows(2)
-        .map(|d| {
-            let (i, o) = (d[0] as usize, d[1] as usize);
-            nernc::predictor::LinearWeights {
-                inputs: i,
-                outputs: o,
-                weight: (0..i * o).map(|_| rng.symmetric_f32()).collect(),
-                bias: vec![0.1; o],
-                scales: Vec::new(),
-            }
-        })
-        .collect();
-    let mut p = nernc::predictor::Predictor {
-        config: cfg,
-        layers,
-    };
-    p.store_as(nernc::predictor::WeightDtype::Int4).unwrap();
-    c3.predictor = p;
+    c3.predictor = odd_predictor(nernc::predictor::WeightDtype::Int4, 4);
     let odd = rewrite(&c3);
     assert_eq!(ok(&odd).predictor, c3.predictor);
     let mut e = split(&odd);
@@ -480,29 +486,7 @@ fn s5_1_int6_int5_codes_are_bit_packed_lsb_first_and_padding_is_zero() {
         // An odd-sized predictor (hidden 3, L = 1: layer 0 is 6 x 3 = 18 codes), written by
         // nernc: for int5 its 90 bits leave 6 padding bits, for int6 108 bits leave 4.
         let mut c3 = ok(&b);
-        let mut cfg = nernc::predictor::PredictorConfig::reference(3, 3, 1, 0.76);
-        cfg.weight_dtype = WeightDtype::F32;
-        let mut rng = nernc::rng::SplitMix64::new(5);
-        let layers = cfg
-            .widths
-            .windows(2)
-            .map(|d| {
-                let (i, o) = (d[0] as usize, d[1] as usize);
-                nernc::predictor::LinearWeights {
-                    inputs: i,
-                    outputs: o,
-                    weight: (0..i * o).map(|_| rng.symmetric_f32()).collect(),
-                    bias: vec![0.1; o],
-                    scales: Vec::new(),
-                }
-            })
-            .collect();
-        let mut p = nernc::predictor::Predictor {
-            config: cfg,
-            layers,
-        };
-        p.store_as(dtype).unwrap();
-        c3.predictor = p;
+        c3.predictor = odd_predictor(dtype, 5);
         let odd = rewrite(&c3);
         assert_eq!(ok(&odd).predictor, c3.predictor);
         let mut e = split(&odd);

@@ -369,6 +369,21 @@ fn check_encoding(info: &SectionInfo) -> Result<()> {
     }
 }
 
+/// The file's actual size against the header's (spec §4 step 3).
+fn check_file_length(actual: u64, declared: u64) -> Result<()> {
+    if actual < declared {
+        return Err(Error::Truncated {
+            what: "file",
+            needed: declared,
+            available: actual,
+        });
+    }
+    if actual > declared {
+        return Err(Error::LengthMismatch { declared, actual });
+    }
+    Ok(())
+}
+
 /// Validates `buf` as a `.nern` file and returns its parsed contents.
 pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a>> {
     let avail = buf.len() as u64;
@@ -380,19 +395,7 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         table_len,
         table_end,
     } = parse_header(buf)?;
-    if avail < file_len {
-        return Err(Error::Truncated {
-            what: "file",
-            needed: file_len,
-            available: avail,
-        });
-    }
-    if avail > file_len {
-        return Err(Error::LengthMismatch {
-            declared: file_len,
-            actual: avail,
-        });
-    }
+    check_file_length(avail, file_len)?;
 
     // Section table: canonical, contiguous layout; every section verified against its hash.
     let mut t = Reader::new(&buf[HEADER_LEN..table_len], "section table");
@@ -897,19 +900,7 @@ pub fn read_provenance(
         });
     }
     let h = parse_header(&first)?;
-    if object_len < h.file_len {
-        return Err(Error::Truncated {
-            what: "file",
-            needed: h.file_len,
-            available: object_len,
-        });
-    }
-    if object_len > h.file_len {
-        return Err(Error::LengthMismatch {
-            declared: h.file_len,
-            actual: object_len,
-        });
-    }
+    check_file_length(object_len, h.file_len)?;
     let mut t = Reader::new(&first[HEADER_LEN..h.table_len], "section table");
     let mut sections = Vec::with_capacity(h.count as usize);
     let mut end = h.table_end as u64;
