@@ -97,11 +97,19 @@ impl Network {
 
     /// Every convolution weight the network uses, in forward order.
     pub fn conv_weights(&self) -> Vec<&str> {
-        let mut v = vec![self.stem.0.weight.as_str()];
+        self.conv_norms()
+            .into_iter()
+            .map(|(c, _)| c.weight.as_str())
+            .collect()
+    }
+
+    /// Every convolution with the BatchNorm that follows it, in forward order.
+    pub fn conv_norms(&self) -> Vec<(&Conv, &Norm)> {
+        let mut v = vec![(&self.stem.0, &self.stem.1)];
         for b in &self.blocks {
-            v.extend(b.layers.iter().map(|(c, _)| c.weight.as_str()));
-            if let Shortcut::Projection { conv, .. } = &b.shortcut {
-                v.push(conv.weight.as_str());
+            v.extend(b.layers.iter().map(|(c, n)| (c, n)));
+            if let Shortcut::Projection { conv, norm } = &b.shortcut {
+                v.push((conv, norm));
             }
         }
         v

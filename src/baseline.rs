@@ -18,6 +18,11 @@ const ZSTD_LEVEL: i32 = 19;
 pub enum QuantBits {
     Int8,
     Int4,
+    /// Codes -3..=3 (the size recipe still spends a byte per code before zstd, as
+    /// `baselines.py` does: zstd takes it near the codes' entropy).
+    Int3,
+    /// Codes -1..=1 (ternary).
+    Int2,
 }
 
 impl QuantBits {
@@ -25,6 +30,8 @@ impl QuantBits {
         match self {
             QuantBits::Int8 => 8,
             QuantBits::Int4 => 4,
+            QuantBits::Int3 => 3,
+            QuantBits::Int2 => 2,
         }
     }
 
@@ -32,6 +39,8 @@ impl QuantBits {
         match self {
             QuantBits::Int8 => "int8",
             QuantBits::Int4 => "int4",
+            QuantBits::Int3 => "int3",
+            QuantBits::Int2 => "int2",
         }
     }
 

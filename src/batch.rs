@@ -155,6 +155,11 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
         "pinned": format!("{:?}", o.pinned), "max_drop": o.max_drop.points,
         "max_drop_enforced": o.max_drop.enforced, "passthrough_f16": o.passthrough_f16,
     });
+    // Added in a later version: present only when set, so earlier settings keep their hash.
+    let mut v = v;
+    if let Some(lr) = o.tune_passthrough {
+        v["tune_passthrough_lr"] = json!(lr);
+    }
     sha256_hex(v.to_string().as_bytes())
 }
 

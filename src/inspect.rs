@@ -55,6 +55,9 @@ pub struct InspectReport {
     pub passthrough_tensors: usize,
     /// Passthrough tensors stored as binary16 (lossy, `--passthrough f16`).
     pub passthrough_f16_tensors: usize,
+    /// Passthrough tensors trained in phase 2 (lossy, `--passthrough tuned`), as the
+    /// provenance's recipe records them.
+    pub passthrough_tuned_tensors: usize,
     pub predictor: PredictorRow,
     pub sections: Vec<SectionRow>,
     pub layers: Vec<LayerRow>,
@@ -91,6 +94,11 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
             .iter()
             .filter(|p| p.storage == crate::format::PassStorage::F16)
             .count(),
+        passthrough_tuned_tensors: metadata
+            .as_ref()
+            .and_then(|m| m.pointer("/recipe/tuned_tensors"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as usize,
         predictor: PredictorRow {
             pe_levels: cfg.pe_levels,
             pe_base: cfg.pe_base,
@@ -162,6 +170,13 @@ pub fn render(r: &InspectReport) -> String {
             s,
             "LOSSY passthrough: {} F32 tensors stored as binary16 (the decoded checkpoint differs from the source there)",
             r.passthrough_f16_tensors
+        );
+    }
+    if r.passthrough_tuned_tensors > 0 {
+        let _ = writeln!(
+            s,
+            "LOSSY passthrough: {} BN/FC tensors tuned in phase 2 (the decoded checkpoint differs from the source there)",
+            r.passthrough_tuned_tensors
         );
     }
     let _ = writeln!(s, "sections:");

@@ -58,12 +58,21 @@ enum PassthroughArg {
     Exact,
     /// F32 tensors (BN, FC, biases) as binary16: lossy, recorded in the file (format 1.4)
     F16,
+    /// BN weight/bias and the FC layer trained in phase 2 beside the predictor (running
+    /// statistics kept): lossy, recorded in the recipe, no extra bytes
+    Tuned,
+    /// Tuned, then stored as binary16
+    TunedF16,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum QuantizeArg {
     Int8,
     Int4,
+    /// codes -3..=3, one byte each before zstd (the recipe of `baselines.py`)
+    Int3,
+    /// codes -1..=1 (ternary)
+    Int2,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -233,6 +242,9 @@ struct EncodeSettings {
     /// measured with those values).
     #[arg(long, value_enum, default_value_t = PassthroughArg::Exact)]
     passthrough: PassthroughArg,
+    /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
+    #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR)]
+    tune_lr: f64,
 }
 
 #[cfg(feature = "train")]
@@ -401,7 +413,15 @@ impl EncodeSettings {
             predictor_dtype: self
                 .predictor_dtype
                 .map_or(defaults.predictor_dtype, Into::into),
-            passthrough_f16: matches!(self.passthrough, PassthroughArg::F16),
+            passthrough_f16: matches!(
+                self.passthrough,
+                PassthroughArg::F16 | PassthroughArg::TunedF16
+            ),
+            tune_passthrough: matches!(
+                self.passthrough,
+                PassthroughArg::Tuned | PassthroughArg::TunedF16
+            )
+            .then_some(self.tune_lr),
             target_size: self
                 .target_size
                 .as_deref()
@@ -504,6 +524,8 @@ fn eval(args: EvalArgs) -> Result<()> {
         quantize: args.quantize.map(|q| match q {
             QuantizeArg::Int8 => nernc::baseline::QuantBits::Int8,
             QuantizeArg::Int4 => nernc::baseline::QuantBits::Int4,
+            QuantizeArg::Int3 => nernc::baseline::QuantBits::Int3,
+            QuantizeArg::Int2 => nernc::baseline::QuantBits::Int2,
         }),
     };
     let r = nernc::eval::evaluate(

@@ -137,14 +137,8 @@ impl<B: Backend> FixedParams<B> {
             folded.insert(c.weight.clone(), (scale, tensor1(&bias, device)));
             Ok(())
         };
-        fold(&net.stem.0, &net.stem.1)?;
-        for b in &net.blocks {
-            for (c, n) in &b.layers {
-                fold(c, n)?;
-            }
-            if let Shortcut::Projection { conv, norm } = &b.shortcut {
-                fold(conv, norm)?;
-            }
+        for (c, n) in net.conv_norms() {
+            fold(c, n)?;
         }
         let w = m.f32(&net.fc_weight)?;
         let fc_weight = Tensor::<B, 2>::from_data(
@@ -162,6 +156,99 @@ impl<B: Backend> FixedParams<B> {
             fc_bias,
         })
     }
+}
+
+impl<B: Backend> FixedParams<B> {
+    /// The parameters with each conv's folded BN scale multiplied by a per-channel gain and its
+    /// folded bias shifted, and deltas added to the FC weight `[features, classes]` and bias:
+    /// what phase 2 trains when it tunes the passthrough (`--passthrough tuned`).
+    pub fn adjusted(
+        &self,
+        convs: &[(&str, Tensor<B, 1>, Tensor<B, 1>)],
+        fc_weight_delta: Tensor<B, 2>,
+        fc_bias_delta: Option<Tensor<B, 1>>,
+    ) -> Self {
+        let mut folded = self.folded.clone();
+        for (name, gain, shift) in convs {
+            let (scale, bias) = &self.folded[*name];
+            let c_out = gain.dims()[0];
+            folded.insert(
+                name.to_string(),
+                (
+                    scale.clone() * gain.clone().reshape([c_out, 1, 1, 1]),
+                    bias.clone() + shift.clone(),
+                ),
+            );
+        }
+        FixedParams {
+            folded,
+            fc_weight: self.fc_weight.clone() + fc_weight_delta,
+            fc_bias: match (&self.fc_bias, fc_bias_delta) {
+                (Some(b), Some(d)) => Some(b.clone() + d),
+                (b, _) => b.clone(),
+            },
+        }
+    }
+}
+
+/// The BatchNorm and FC tensors of `m` after [`FixedParams::adjusted`] with host values: each
+/// BN's `weight` becomes `weight * gain` and its `bias` absorbs the shift (the folded bias
+/// `(conv_bias - mean) * scale * gain + bias'` equals the adjusted one), the FC weight
+/// `[classes, features]` and bias get their deltas. Returns the changed tensors by name.
+pub fn adjusted_tensors(
+    net: &Network,
+    m: &HostModel,
+    convs: &[(String, Vec<f32>, Vec<f32>)],
+    fc_weight_delta: &[f32],
+    fc_bias_delta: Option<&[f32]>,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut out = Vec::new();
+    let norms: HashMap<&str, (&Conv, &Norm)> = net
+        .conv_norms()
+        .into_iter()
+        .map(|(c, n)| (c.weight.as_str(), (c, n)))
+        .collect();
+    for (name, gain, shift) in convs {
+        let Some((c, n)) = norms.get(name.as_str()) else {
+            return Err(Error::Training(format!(
+                "{name} is not a conv of the network"
+            )));
+        };
+        let (g, b) = (m.f32(&n.tensor("weight"))?, m.f32(&n.tensor("bias"))?);
+        let (mean, var) = (
+            m.f32(&n.tensor("running_mean"))?,
+            m.f32(&n.tensor("running_var"))?,
+        );
+        let conv_bias = match &c.bias {
+            Some(name) => Some(m.f32(name)?),
+            None => None,
+        };
+        let mut new_g = Vec::with_capacity(g.len());
+        let mut new_b = Vec::with_capacity(g.len());
+        for i in 0..g.len() {
+            let scale = g[i] / (var[i] + BN_EPS).sqrt();
+            let centred = conv_bias.map_or(0.0, |v| v[i]) - mean[i];
+            new_g.push(g[i] * gain[i]);
+            new_b.push(b[i] + shift[i] + centred * scale * (1.0 - gain[i]));
+        }
+        out.push((n.tensor("weight"), new_g));
+        out.push((n.tensor("bias"), new_b));
+    }
+    // The delta is in the forward pass's `[features, classes]` layout.
+    let w = m.f32(&net.fc_weight)?;
+    let (classes, features) = (net.num_classes, net.features);
+    let mut new_w = w.to_vec();
+    for k in 0..classes {
+        for f in 0..features {
+            new_w[k * features + f] += fc_weight_delta[f * classes + k];
+        }
+    }
+    out.push((net.fc_weight.clone(), new_w));
+    if let (Some(name), Some(d)) = (&net.fc_bias, fc_bias_delta) {
+        let b = m.f32(name)?;
+        out.push((name.clone(), b.iter().zip(d).map(|(b, d)| b + d).collect()));
+    }
+    Ok(out)
 }
 
 /// The checkpoint's own conv weights on a device.

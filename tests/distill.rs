@@ -80,3 +80,122 @@ fn phase_two_keeps_the_best_held_out_state_and_records_it() {
     let report = nernc::inspect::inspect(&c2, &Limits::default()).unwrap();
     assert!(nernc::inspect::render(&report).contains("held-out"));
 }
+
+/// `--passthrough tuned`: phase 2 also trains the BN affine parameters and the FC layer; the
+/// file stores them (running statistics and everything else byte-exact), its recorded test
+/// accuracy is the decoded checkpoint's as `nernc eval` measures it, and `inspect` says LOSSY.
+#[test]
+fn tuned_passthrough_is_stored_measured_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("fmnist-resnet20.safetensors");
+    let nern = dir.path().join("t.nern");
+    let out = dir.path().join("t.safetensors");
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let o = nernc(&[
+        "encode",
+        &p(&src),
+        "-o",
+        &p(&nern),
+        "--hidden",
+        "16",
+        "--steps",
+        "40",
+        "--batch",
+        "1024",
+        "--held-out",
+        "300",
+        "--distill-steps",
+        "6",
+        "--distill-batch",
+        "32",
+        "--eval-every",
+        "3",
+        "--passthrough",
+        "tuned",
+        "--tune-lr",
+        "0.01",
+        "--test-eval",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let test = report["accuracy"]["test"].as_f64().unwrap();
+
+    let o = nernc(&["decode", &p(&nern), "-o", &p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (sb, db) = (std::fs::read(&src).unwrap(), std::fs::read(&out).unwrap());
+    let s = safetensors::SafeTensors::deserialize(&sb).unwrap();
+    let d = safetensors::SafeTensors::deserialize(&db).unwrap();
+    let (mut changed, mut kept) = (Vec::new(), 0);
+    for name in s.names() {
+        let (a, b) = (s.tensor(name).unwrap(), d.tensor(name).unwrap());
+        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
+        if name.ends_with("conv1.weight")
+            || name.ends_with("conv2.weight")
+            || name.ends_with("downsample.0.weight")
+        {
+            continue;
+        }
+        if a.data() == b.data() {
+            kept += 1;
+            // Only BN weight/bias and the FC layer may change.
+            continue;
+        }
+        changed.push(name.to_string());
+    }
+    assert!(
+        changed.iter().all(|n| {
+            n.starts_with("fc.")
+                || n.ends_with("bn1.weight")
+                || n.ends_with("bn1.bias")
+                || n.ends_with("bn2.weight")
+                || n.ends_with("bn2.bias")
+                || n.ends_with("downsample.1.weight")
+                || n.ends_with("downsample.1.bias")
+        }),
+        "{changed:?}"
+    );
+    assert!(changed.iter().any(|n| n == "fc.weight"), "{changed:?}");
+    assert!(changed.len() > 20, "{changed:?}");
+    // Running statistics and counters are untouched.
+    assert!(kept >= 3 * 21, "{kept}");
+
+    // What the encoder recorded is what the decoded checkpoint scores.
+    let o = nernc(&[
+        "eval",
+        &p(&out),
+        "--data",
+        "/usr/share/datasets/fashion-mnist",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["images"], 10000);
+    let measured = e["model"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (measured - test).abs() < 1e-9,
+        "eval {measured} vs recorded {test}"
+    );
+
+    let o = nernc(&["inspect", &p(&nern)]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("LOSSY passthrough"), "{text}");
+    assert!(text.contains("tuned"), "{text}");
+
+    // Without phase 2 there is nothing to tune it with: refused before training, nothing written.
+    let none = dir.path().join("none.nern");
+    let o = nernc(&[
+        "encode",
+        &p(&src),
+        "-o",
+        &p(&none),
+        "--steps",
+        "5",
+        "--distill-steps",
+        "0",
+        "--passthrough",
+        "tuned",
+    ]);
+    assert_clean_failure(&o, "needs phase 2");
+    assert!(!none.exists());
+}

@@ -64,6 +64,20 @@ fn eval_quantize_reports_the_plain_baseline_beside_the_original() {
     // int8 agrees with the original more than int4 does.
     assert!(r8["agreement"].as_f64().unwrap() >= r4["agreement"].as_f64().unwrap());
     assert!(r4["agreement"].as_f64().unwrap() < 100.0);
+    // The lower widths of the frontier: smaller files (measured 7.56 % at int3), less agreement.
+    let (r3, r2) = (run("int3"), run("int2"));
+    let pct = |r: &serde_json::Value| r["quantized"]["percent"].as_f64().unwrap();
+    let agree = |r: &serde_json::Value| r["agreement"].as_f64().unwrap();
+    assert!(
+        pct(&r2) < pct(&r3) && pct(&r3) < pct(&r4),
+        "{} {} {}",
+        pct(&r2),
+        pct(&r3),
+        pct(&r4)
+    );
+    assert!((pct(&r3) - 7.56).abs() < 0.1, "int3 {} %", pct(&r3));
+    assert!(agree(&r2) < agree(&r3) && agree(&r3) < agree(&r4));
+    assert_eq!(r3["quantized"]["method"], "int3 per-channel conv + zstd-19");
     // A .nern is not a baseline's input, and FGSM is not combined with it.
     let g = fixture("golden/resnet20-h16-infilter.nern");
     let o = nernc(&[

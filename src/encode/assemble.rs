@@ -12,6 +12,7 @@ use super::report::{
     RoundReport,
 };
 use super::source::Source;
+use super::tune::TunedPassthrough;
 use crate::error::{Error, Result};
 use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
 use crate::io::sha256_hex;
@@ -22,6 +23,8 @@ use crate::predictor::Predictor;
 pub struct Encoded {
     /// The predictor as stored (already rounded to its storage dtype).
     pub predictor: Predictor,
+    /// Passthrough tensors phase 2 tuned (`--passthrough tuned`), stored instead of the source's.
+    pub tuned: Option<TunedPassthrough>,
     /// The layer table with each layer's permutation kind.
     pub layers: Vec<LayerEntry>,
     pub permutations: Vec<Permutation>,
@@ -45,7 +48,15 @@ pub fn assemble(
     r: Encoded,
     started: Instant,
 ) -> Result<(Vec<u8>, EncodeReport)> {
-    let passthrough: Vec<RawTensor<'_>> = source.passthrough().collect();
+    let tuned_bytes = r
+        .tuned
+        .as_ref()
+        .map(|t| source.tuned_bytes(t))
+        .transpose()?;
+    let passthrough: Vec<RawTensor<'_>> = match &tuned_bytes {
+        Some(b) => source.passthrough_with(b).collect(),
+        None => source.passthrough().collect(),
+    };
     let predicted_parameters: u64 = r.layers.iter().map(|l| l.elements() as u64).sum();
     let mut report = EncodeReport {
         source_bytes: source.bytes.len() as u64,
@@ -94,7 +105,14 @@ pub fn assemble(
             "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
         })),
         "predictor_dtype": cfg.weight_dtype.name(),
-        "passthrough": if opts.passthrough_f16 { "f16 (lossy)" } else { "exact" },
+        "passthrough": match (opts.passthrough_f16, r.tuned.is_some()) {
+            (false, false) => "exact",
+            (true, false) => "f16 (lossy)",
+            (false, true) => "tuned (lossy: BN weight/bias and FC trained in phase 2)",
+            (true, true) => "tuned f16 (lossy: BN weight/bias and FC trained in phase 2, stored as binary16)",
+        },
+        "tune_lr": opts.tune_passthrough.filter(|_| r.tuned.is_some()),
+        "tuned_tensors": r.tuned.as_ref().map(|t| t.tensors.len()),
         "target_size": opts.target_size.map(|t| format!("{t:?}")),
         "max_drop": opts.max_drop.points,
         "resumed_from": opts.resume.as_ref().map(|p| p.display().to_string()),

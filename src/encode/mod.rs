@@ -9,7 +9,8 @@
 //! - `search`: permutation tables;
 //! - `kernels`, `mlp`, `schedule`: the training data, the predictor as a burn module, the
 //!   learning-rate schedule, shared by both phases;
-//! - `phase1`: reconstruction rounds; `phase2`: distillation;
+//! - `phase1`: reconstruction rounds; `phase2`: distillation; `tune`: the BN/FC corrections
+//!   phase 2 trains with `--passthrough tuned`;
 //! - `assemble`: the container and its provenance; `report`: what the caller is told;
 //! - `pipeline`: runs them in order; `progress`: the progress bar.
 
@@ -27,13 +28,15 @@ mod schedule;
 pub mod search;
 mod selection;
 mod source;
+mod tune;
 
 use std::path::Path;
 
 pub use budget::META_RESERVE;
 pub use options::{
-    DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS, DataArg, DeviceKind, DistillOptions,
-    DistillSource, EncodeOptions, MaxDrop, Pinned, SizeTarget, default_phase1_steps,
+    DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS, DEFAULT_TUNE_LR, DataArg, DeviceKind,
+    DistillOptions, DistillSource, EncodeOptions, MaxDrop, Pinned, SizeTarget,
+    default_phase1_steps,
 };
 pub use progress::{BarProgress, NoProgress, Progress};
 pub use report::{

@@ -53,6 +53,9 @@ pub struct EncodeOptions {
     /// Store F32 passthrough tensors (BN, FC, biases) as binary16: lossy, opt-in
     /// (`--passthrough f16`), recorded in the file by their dtype code.
     pub passthrough_f16: bool,
+    /// Train the BN affine parameters and the FC layer in phase 2 beside the predictor, at this
+    /// peak learning rate (`--passthrough tuned`): lossy, opt-in, recorded in the recipe.
+    pub tune_passthrough: Option<f64>,
     /// Phase 2 and its data were not asked for but are the defaults: on an architecture phase 2
     /// does not support, the encode goes on with reconstruction only (and says so) instead of
     /// failing.
@@ -222,9 +225,14 @@ impl Default for EncodeOptions {
             max_drop: MaxDrop::default(),
             phase2_by_default: false,
             passthrough_f16: false,
+            tune_passthrough: None,
         }
     }
 }
+
+/// Peak learning rate of the tuned passthrough (`--tune-lr`): ten times the predictor's, since a
+/// BN gain or shift moves one channel where a predictor weight moves thousands of kernels.
+pub const DEFAULT_TUNE_LR: f64 = 5e-4;
 
 impl DistillSource {
     /// The phase-2 learning rate when none is given. Small: Adam moves every weight by about
@@ -335,6 +343,16 @@ impl EncodeOptions {
             }
             if !(d.recon_weight.is_finite() && d.recon_weight >= 0.0) {
                 return bad("--recon-weight must be >= 0");
+            }
+        }
+        if let Some(lr) = o.tune_passthrough {
+            if o.distill.is_none() {
+                return bad(
+                    "--passthrough tuned trains the passthrough in phase 2: it needs phase 2",
+                );
+            }
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad("--tune-lr must be positive");
             }
         }
         if o.pe_levels == 0 || o.pe_levels > 256 || !(o.pe_base.is_finite() && o.pe_base > 0.0) {

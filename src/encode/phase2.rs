@@ -18,6 +18,7 @@ use super::progress::Progress;
 use super::schedule::{PHASE2_FLOOR, cosine, warmed_up};
 use super::selection::DataPlan;
 use super::selection::{HeldOut, held_out_accuracy};
+use super::tune::{PassTune, TunedPassthrough};
 use crate::data::{Augment, Dataset, DatasetKind, Normalization, noise_batch};
 use crate::device::TrainBackend;
 use crate::error::{Error, Result};
@@ -97,6 +98,17 @@ pub struct DistillSettings<'a> {
     pub storage: WeightDtype,
     /// Augmentation of real phase-2 images (none for noise).
     pub augment: Augment,
+    /// Also train the BN affine parameters and the FC layer (`--passthrough tuned`).
+    pub tune: Option<TuneSettings>,
+}
+
+/// How phase 2 tunes the passthrough.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TuneSettings {
+    /// Peak Adam learning rate of the corrections (same cosine schedule as the predictor's).
+    pub lr: f64,
+    /// The passthrough is stored as binary16: every candidate is rounded so before it is measured.
+    pub f16: bool,
 }
 
 pub struct DistillOutcome {
@@ -107,6 +119,10 @@ pub struct DistillOutcome {
     pub held_out_history: Vec<(usize, f64)>,
     /// Step of the kept state (by held-out accuracy, or the last step without held-out data).
     pub best_step: usize,
+    /// The kept state's tuned passthrough tensors (with [`DistillSettings::tune`]).
+    pub passthrough: Option<TunedPassthrough>,
+    /// Images the teacher forward ran on (fewer than steps x batch with the logit cache).
+    pub teacher_images: usize,
 }
 
 /// Maps position-ordered predictions `[N, K*K]` to every layer's conv weight, original order.
@@ -161,6 +177,72 @@ impl<B: Backend> KernelLayout<B> {
     }
 }
 
+/// The teacher's logits of training images, computed the first time an image is drawn (in one
+/// forward pass over the batch's new images) and reused after. BN runs on running statistics, so
+/// an image's logits do not depend on the rest of its batch but for float rounding (measured:
+/// about 1e-6 apart, the GEMMs block batches differently): the targets are the ones recomputing
+/// them gives, to rounding, and the same seed still gives the same file.
+struct TeacherCache {
+    classes: usize,
+    logits: Vec<f32>,
+    known: Vec<bool>,
+    /// Images the teacher ran on so far.
+    computed: usize,
+}
+
+impl TeacherCache {
+    fn new(images: usize, classes: usize) -> Self {
+        TeacherCache {
+            classes,
+            logits: vec![0.0; images * classes],
+            known: vec![false; images],
+            computed: 0,
+        }
+    }
+
+    /// Logits `[pick.len(), classes]` of the images `pick` of `data`.
+    fn logits<B: crate::device::ConvBackend>(
+        &mut self,
+        teacher: &LoadedNet<B>,
+        data: &Dataset,
+        pick: &[usize],
+        norm: &Normalization,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        let mut missing: Vec<usize> = pick.iter().copied().filter(|&i| !self.known[i]).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        self.computed += missing.len();
+        if !missing.is_empty() {
+            let x = input_tensor::<B>(
+                data.batch(&missing, norm).0,
+                missing.len(),
+                data.shape,
+                device,
+            );
+            let fresh = teacher
+                .logits(x)
+                .into_data()
+                .into_vec::<f32>()
+                .map_err(|e| Error::Training(format!("{e:?}")))?;
+            let k = self.classes;
+            for (row, &i) in fresh.chunks_exact(k).zip(&missing) {
+                self.logits[i * k..(i + 1) * k].copy_from_slice(row);
+                self.known[i] = true;
+            }
+        }
+        let k = self.classes;
+        let mut out = Vec::with_capacity(pick.len() * k);
+        for &i in pick {
+            out.extend_from_slice(&self.logits[i * k..(i + 1) * k]);
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(out, [pick.len(), k]),
+            device,
+        ))
+    }
+}
+
 /// Runs phase 2 from `start` (the phase-1 predictor).
 #[allow(clippy::too_many_arguments)]
 pub fn distill<B: TrainBackend>(
@@ -186,11 +268,25 @@ pub fn distill<B: TrainBackend>(
     // The autodiff copy of the fixed parameters; held-out checks use the caller's `student`.
     let fixed = FixedParams::<B>::new(net, source, device)?;
     let mut model = Mlp::<B>::from_predictor(start, device);
-    let mut optim = AdamConfig::new()
+    let adam = AdamConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .init::<B, Mlp<B>>();
+        .with_epsilon(1e-8);
+    let mut optim = adam.init::<B, Mlp<B>>();
+    let mut tune = s.tune.map(|_| {
+        (
+            PassTune::<B>::new(net, source, device),
+            adam.init::<B, PassTune<B>>(),
+        )
+    });
+    // The student a candidate is measured with: the caller's, or one with the tuned passthrough.
+    let tuned_student = |t: &TunedPassthrough| -> Result<LoadedNet<B::InnerBackend>> {
+        Ok(LoadedNet {
+            net: net.clone(),
+            fixed: FixedParams::new(net, &t.apply(source), device)?,
+            convs: Default::default(),
+        })
+    };
 
     // Every candidate is kept as stored, so the outcome's figures are of the stored weights.
     let stored = |mut p: Predictor| -> Result<Predictor> {
@@ -198,18 +294,32 @@ pub fn distill<B: TrainBackend>(
         Ok(p)
     };
     let mut best = stored(start.clone())?;
+    let mut best_pass = match (&tune, s.tune) {
+        (Some((t, _)), Some(ts)) => Some(t.valid().stored(net, source, ts.f16)?),
+        _ => None,
+    };
     let mut best_step = 0;
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
     if let Some(h) = &s.held_out {
         // Step 0 is the starting predictor; reuse its figure when the caller measured it on
         // the same storage.
-        best_acc = match start_accuracy {
-            Some(a) if s.storage == WeightDtype::F32 => a,
+        best_acc = match (start_accuracy, &best_pass) {
+            (Some(a), None) if s.storage == WeightDtype::F32 => a,
+            (_, Some(t)) => {
+                held_out_accuracy(&best, layers, perms, &tuned_student(t)?, h, s.norm, device)?
+            }
             _ => held_out_accuracy(&best, layers, perms, student, h, s.norm, device)?,
         };
         held_out_history.push((0, best_acc));
     }
+    // The teacher's logits of an un-augmented image never change: each is computed once.
+    let mut cache = match &s.input {
+        DistillInput::Real { data, .. } if s.augment.is_none() => {
+            Some(TeacherCache::new(data.len(), teacher.net.num_classes))
+        }
+        _ => None,
+    };
     let t = s.temperature;
     let mut loss_history = Vec::new();
     let report_every = (s.steps / 200).clamp(1, 10);
@@ -219,9 +329,10 @@ pub fn distill<B: TrainBackend>(
         if progress.cancelled() {
             return Err(Error::Cancelled);
         }
+        let mut pick = Vec::new();
         let (x, shape) = match &s.input {
             DistillInput::Real { data, indices } => {
-                let pick: Vec<usize> = (0..s.batch)
+                pick = (0..s.batch)
                     .map(|_| indices[rng.below(indices.len() as u64) as usize])
                     .collect();
                 let x = if s.augment.is_none() {
@@ -236,14 +347,23 @@ pub fn distill<B: TrainBackend>(
             }
         };
         let x_inner = input_tensor::<B::InnerBackend>(x, s.batch, shape, device);
-        let teacher_logits = teacher.logits(x_inner.clone());
+        let teacher_logits = match (&mut cache, &s.input) {
+            (Some(c), DistillInput::Real { data, .. }) => {
+                c.logits(teacher, data, &pick, s.norm, device)?
+            }
+            _ => teacher.logits(x_inner.clone()),
+        };
         let target = softmax(Tensor::<B, 2>::from_inner(teacher_logits) / t, 1);
         let pred = match s.storage.max_code() {
             Some(max) => model.forward_quantized_ste(&kernels, &all_rows, max),
             None => model.forward(&kernels, &all_rows),
         };
         let convs = layout.convs(pred.clone());
-        let logits = forward(net, &fixed, &convs, Tensor::from_inner(x_inner));
+        let step_fixed = match &tune {
+            Some((t, _)) => t.apply(net, &fixed),
+            None => fixed.clone(),
+        };
+        let logits = forward(net, &step_fixed, &convs, Tensor::from_inner(x_inner));
         let log_p = log_softmax(logits / t, 1);
         // KL(teacher || student), batch mean, scaled by T^2 so gradients keep their size.
         let kl = (target.clone() * (target.clamp_min(1e-12).log() - log_p)).sum() / s.batch as f64
@@ -259,9 +379,16 @@ pub fn distill<B: TrainBackend>(
         } else {
             None
         };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = loss.backward();
+        let model_grads = GradientsParams::from_module(&mut grads, &model);
         let lr = warmed_up(cosine(s.lr, PHASE2_FLOOR, step, s.steps), step, s.warmup);
-        model = optim.step(lr, model, grads);
+        model = optim.step(lr, model, model_grads);
+        if let (Some((t, opt)), Some(ts)) = (tune.take(), s.tune) {
+            let g = GradientsParams::from_module(&mut grads, &t);
+            let lr = warmed_up(cosine(ts.lr, PHASE2_FLOOR, step, s.steps), step, s.warmup);
+            let mut opt = opt;
+            tune = Some((opt.step(lr, t, g), opt));
+        }
         if let Some(v) = value {
             if !v.is_finite() {
                 return Err(Error::Training(format!(
@@ -279,11 +406,21 @@ pub fn distill<B: TrainBackend>(
             && done >= s.eval_from
         {
             let p = stored(model.valid().to_predictor(cfg)?)?;
-            let acc = held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?;
+            let pass = match (&tune, s.tune) {
+                (Some((t, _)), Some(ts)) => Some(t.valid().stored(net, source, ts.f16)?),
+                _ => None,
+            };
+            let acc = match &pass {
+                Some(t) => {
+                    held_out_accuracy(&p, layers, perms, &tuned_student(t)?, h, s.norm, device)?
+                }
+                None => held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?,
+            };
             held_out_history.push((done, acc));
             if acc > best_acc {
                 best_acc = acc;
                 best = p;
+                best_pass = pass;
                 best_step = done;
             }
         }
@@ -291,10 +428,15 @@ pub fn distill<B: TrainBackend>(
     progress.finish();
     if s.held_out.is_none() {
         best = stored(model.valid().to_predictor(cfg)?)?;
+        if let (Some((t, _)), Some(ts)) = (&tune, s.tune) {
+            best_pass = Some(t.valid().stored(net, source, ts.f16)?);
+        }
         best_step = s.steps;
     }
     Ok(DistillOutcome {
+        teacher_images: cache.as_ref().map_or(s.steps * s.batch, |c| c.computed),
         predictor: best,
+        passthrough: best_pass,
         loss_history,
         held_out_history,
         best_step,
@@ -306,6 +448,60 @@ mod tests {
     use super::*;
     use crate::format::TensorDtype;
     use crate::permute::PermutationKind;
+
+    /// A cached logit is the one the teacher gives the image inside any other batch, to float
+    /// rounding: the cache changes no target beyond it.
+    #[test]
+    fn cached_teacher_logits_equal_batch_logits() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let teacher =
+            LoadedNet::<B>::load(&root.join("fixtures/fmnist-resnet20.safetensors"), &device)
+                .unwrap();
+        // Deterministic images: the fixture's own statistics are irrelevant here.
+        let mut rng = SplitMix64::new(7);
+        let n = 40;
+        let data = Dataset {
+            kind: DatasetKind::FashionMnist,
+            images: (0..n * 28 * 28).map(|_| rng.below(256) as u8).collect(),
+            labels: vec![0; n],
+            shape: [1, 28, 28],
+            classes: 10,
+        };
+        let norm = DatasetKind::FashionMnist.normalization();
+        let mut cache = TeacherCache::new(n, 10);
+        // Fill the cache in odd batches (with repeats), then ask for another mix.
+        cache
+            .logits(&teacher, &data, &[3, 5, 3], &norm, &device)
+            .unwrap();
+        cache
+            .logits(
+                &teacher,
+                &data,
+                &(0..n).rev().collect::<Vec<_>>(),
+                &norm,
+                &device,
+            )
+            .unwrap();
+        let pick = [7, 0, 39, 7, 12, 5, 3, 21];
+        let cached = cache
+            .logits(&teacher, &data, &pick, &norm, &device)
+            .unwrap();
+        let x = input_tensor::<B>(data.batch(&pick, &norm).0, pick.len(), data.shape, &device);
+        let direct = teacher.logits(x);
+        let a = cached.into_data().into_vec::<f32>().unwrap();
+        let b = direct.into_data().into_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "cached logits {worst} away from the batch's");
+        // Repeated images get the same row.
+        assert_eq!(a[..10], a[30..40]);
+    }
 
     /// The student's conv weights come from position-ordered predictions: each kernel goes back
     /// to its original place, and a 1x1 layer takes the centre of the K x K prediction.

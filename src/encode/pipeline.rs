@@ -10,7 +10,7 @@ use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_d
 use super::kernels::KernelSet;
 use super::options::{DistillOptions, DistillSource, EncodeOptions, default_phase1_steps};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
-use super::phase2::{DistillInput, DistillSettings, distill};
+use super::phase2::{DistillInput, DistillSettings, TuneSettings, distill};
 use super::progress::{NoProgress, Progress};
 use super::report::{
     AccuracyReport, CandidateReport, DistillReport, EncodeReport, GoalReport, RoundReport, rmse,
@@ -20,6 +20,7 @@ use super::selection::{
     DataPlan, HeldOut, held_out_accuracy, int4_baseline, load_data, network_accuracy,
 };
 use super::source::Source;
+use super::tune::TunedPassthrough;
 use crate::arch::Network;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
@@ -70,6 +71,8 @@ struct Trained {
     distill: Option<DistillReport>,
     /// Held-out accuracy (%) of the stored predictor, when there is data.
     held_out: Option<f64>,
+    /// The passthrough tensors phase 2 tuned (`--passthrough tuned`).
+    passthrough: Option<TunedPassthrough>,
 }
 
 /// How long one training run goes.
@@ -159,6 +162,7 @@ impl<B: TrainBackend> Context<'_, B> {
         let mut predictor = phase1.predictor;
 
         let mut distill_report = None;
+        let mut passthrough = None;
         if let (Some(d), Some(net), Some(host), Some(teacher), Some(student)) = (
             s.distill,
             &self.net,
@@ -207,6 +211,10 @@ impl<B: TrainBackend> Context<'_, B> {
                 held_out: self.held_out(),
                 storage: s.storage,
                 augment: d.augment,
+                tune: opts.tune_passthrough.map(|lr| TuneSettings {
+                    lr,
+                    f16: opts.passthrough_f16,
+                }),
             };
             let out = distill::<B>(
                 device,
@@ -243,8 +251,10 @@ impl<B: TrainBackend> Context<'_, B> {
                 kept_step: out.best_step,
                 rmse_vs_original: self.conv_rmse(&out.predictor),
                 seconds: t_distill.elapsed().as_secs_f64(),
+                teacher_images: out.teacher_images,
             });
             predictor = out.predictor;
+            passthrough = out.passthrough;
         }
 
         // Every figure from here on is of the weights as stored. Phase 2 already selected and
@@ -267,6 +277,7 @@ impl<B: TrainBackend> Context<'_, B> {
             kept_round: phase1.kept_round,
             distill: distill_report,
             held_out,
+            passthrough,
         })
     }
 
@@ -359,7 +370,9 @@ fn encode_on<B: TrainBackend>(
     let mut host = needs_net.then(|| source.host_model());
     let net = match host.as_ref().map(|h| h.network()).transpose() {
         Ok(net) => net,
-        Err(Error::UnsupportedArchitecture(why)) if opts.phase2_by_default => {
+        Err(Error::UnsupportedArchitecture(why))
+            if opts.phase2_by_default && opts.tune_passthrough.is_none() =>
+        {
             notes.push(format!(
                 "phase 2 and accuracy figures skipped: {why} (phase 2 runs the network; \
                  reconstruction does not need to understand it)"
@@ -482,7 +495,16 @@ fn encode_on<B: TrainBackend>(
     let trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
     let predictor = trained.predictor;
     let stored_rmse = ctx.conv_rmse(&predictor);
-    let test_accuracy = match (&ctx.student, &ctx.plan) {
+    // The network as decoded: with the tuned passthrough when phase 2 tuned it.
+    let tuned_student = match (&trained.passthrough, &ctx.student, &ctx.host) {
+        (Some(t), Some(st), Some(host)) => Some(LoadedNet::<B::InnerBackend> {
+            net: st.net.clone(),
+            fixed: FixedParams::new(&st.net, &t.apply(host), device)?,
+            convs: Default::default(),
+        }),
+        _ => None,
+    };
+    let test_accuracy = match (tuned_student.as_ref().or(ctx.student.as_ref()), &ctx.plan) {
         (
             Some(st),
             Some(DataPlan {
@@ -532,6 +554,7 @@ fn encode_on<B: TrainBackend>(
     )?;
     let encoded = Encoded {
         predictor,
+        tuned: trained.passthrough,
         layers: ctx.layers,
         permutations: ctx.permutations,
         rounds: trained.rounds,

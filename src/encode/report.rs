@@ -190,6 +190,9 @@ pub struct DistillReport {
     pub kept_step: usize,
     pub rmse_vs_original: f64,
     pub seconds: f64,
+    /// Images the teacher ran on: steps x batch, less the un-augmented training images whose
+    /// logits were cached from an earlier step.
+    pub teacher_images: usize,
 }
 
 impl EncodeReport {

@@ -10,6 +10,8 @@ use crate::format::{LayerEntry, PassStorage, RawTensor, TensorDtype};
 use crate::network::HostModel;
 use crate::permute::PermutationKind;
 
+use super::tune::TunedPassthrough;
+
 pub struct Source<'a> {
     pub path: &'a Path,
     /// The whole file (its size and hash go into the provenance).
@@ -118,6 +120,48 @@ impl<'a> Source<'a> {
                 },
                 None => t.clone(),
             })
+    }
+
+    /// The stored bytes of tuned passthrough tensors (see [`super::tune`]): little-endian F32, or
+    /// binary16 after [`Self::store_passthrough_as_f16`] (the values are already rounded so).
+    pub fn tuned_bytes(&self, tuned: &TunedPassthrough) -> Result<HashMap<String, Vec<u8>>> {
+        let mut out = HashMap::new();
+        for (name, values) in &tuned.tensors {
+            let Some(t) = self.passthrough().find(|t| &t.name == name) else {
+                return Err(Error::Training(format!(
+                    "tuned {name} is not a passthrough tensor"
+                )));
+            };
+            let width = match t.storage {
+                PassStorage::F16 => 2,
+                PassStorage::Verbatim => 4,
+            };
+            if t.dtype != TensorDtype::F32 || t.bytes.len() != values.len() * width {
+                return Err(Error::Training(format!(
+                    "tuned {name} does not match its stored tensor"
+                )));
+            }
+            let bytes = match t.storage {
+                PassStorage::F16 => values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                PassStorage::Verbatim => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            out.insert(name.clone(), bytes);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::passthrough`] with the tensors of `tuned` (from [`Self::tuned_bytes`]) replaced.
+    pub fn passthrough_with<'s>(
+        &'s self,
+        tuned: &'s HashMap<String, Vec<u8>>,
+    ) -> impl Iterator<Item = RawTensor<'s>> {
+        self.passthrough().map(move |t| match tuned.get(&t.name) {
+            Some(bytes) => RawTensor { bytes, ..t },
+            None => t,
+        })
     }
 
     /// The source network exactly as in the checkpoint (the teacher, the original's accuracy,

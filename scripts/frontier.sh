@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The rate-accuracy frontier: nernc at several size budgets on each fixture beside plain
+# per-channel quantisation (int8/int4/int3/int2, `nernc eval --quantize`, the recipe of
+# ../shared/bench/baselines.py) and, when a torch venv is given, quantisation-aware training
+# (../shared/bench/qat_baseline.py). Every figure is on the 10,000 Fashion-MNIST test images;
+# nernc's choices use held-out training images only.
+#
+# Finished points are skipped (their JSON is kept under $OUT), so the frontier can be built over
+# several runs and machines; the table says on which device each row ran.
+#
+#   scripts/frontier.sh                      # all fixtures, budgets 6 8 9 10 11 %, seed 0
+#   FIXTURES="fmnist-resnet20" BUDGETS="9 11" SEEDS="0 1" scripts/frontier.sh
+#   DEVICE=cuda NERNC_BIN=./nernc scripts/frontier.sh
+#   TORCH_VENV=/tmp/torchenv scripts/frontier.sh    # adds the QAT rows (slow: minutes per bit width)
+#
+# Output: $OUT/frontier.md (the table) and $OUT/frontier.svg (size % against test accuracy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FIXTURES=${FIXTURES:-"fmnist-resnet20 fmnist-resnet56 fmnist-resnet20w4"}
+BUDGETS=${BUDGETS:-"6 8 9 10 11"}
+SEEDS=${SEEDS:-0}
+DEVICE=${DEVICE:-cpu}
+OUT=${OUT:-out/frontier}
+# The recipe every budget runs (the budget chooses the hidden width that fits).
+RECIPE=${RECIPE:-"--predictor-dtype int6 --pe-levels 20 --passthrough tuned-f16 --distill-steps 800"}
+DATA=/usr/share/datasets/fashion-mnist
+bin=${NERNC_BIN:-}
+if [ -z "$bin" ]; then
+  if [ "$DEVICE" = cuda ]; then
+    cargo build --release --quiet --features cuda
+  else
+    cargo build --release --quiet
+  fi
+  bin=target/release/nernc
+fi
+[ -d "$DATA" ] || { echo "frontier.sh: Fashion-MNIST is needed at $DATA (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
+mkdir -p "$OUT"
+
+fixture_path() {
+  if [ -f "fixtures/$1.safetensors" ]; then echo "fixtures/$1.safetensors"; else echo "../shared/fixtures/$1.safetensors"; fi
+}
+
+for f in $FIXTURES; do
+  src=$(fixture_path "$f")
+  [ -f "$src" ] || { echo "frontier.sh: no checkpoint $f" >&2; exit 1; }
+  for bits in int8 int4 int3 int2; do
+    j="$OUT/$f-ptq-$bits.json"
+    [ -s "$j" ] && continue
+    echo "== $f: plain per-channel $bits" >&2
+    "$bin" eval "$src" --data "$DATA" --quantize "$bits" --json > "$j.tmp" && mv "$j.tmp" "$j"
+  done
+  if [ -n "${TORCH_VENV:-}" ]; then
+    j="$OUT/$f-qat.json"
+    if [ ! -s "$j" ]; then
+      echo "== $f: quantisation-aware training, 2/3/4 bits (PyTorch)" >&2
+      "$TORCH_VENV/bin/python" ../shared/bench/qat_baseline.py "$src" --bits 2,3,4 --steps 600 | tail -1 > "$j.tmp" && mv "$j.tmp" "$j"
+    fi
+  fi
+  for b in $BUDGETS; do
+    for s in $SEEDS; do
+      j="$OUT/$f-$b-s$s.json"
+      [ -s "$j" ] && continue
+      echo "== $f: nernc --target-size $b% --seed $s ($DEVICE)" >&2
+      start=$(date +%s)
+      # shellcheck disable=SC2086
+      "$bin" encode "$src" -o "$OUT/$f-$b-s$s.nern" --target-size "$b%" --seed "$s" \
+        --device "$DEVICE" --data "$DATA" --test-eval --json $RECIPE > "$j.tmp"
+      echo "{\"wall_seconds\": $(( $(date +%s) - start )), \"host\": \"$(hostname)\"}" > "$j.wall"
+      mv "$j.tmp" "$j"
+    done
+  done
+done
+
+python3 scripts/frontier_table.py "$OUT" $FIXTURES
