@@ -16,9 +16,9 @@
 # Output: $OUT/frontier.md (the table) and $OUT/frontier.svg (size % against test accuracy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FIXTURES=${FIXTURES:-"fmnist-resnet20 fmnist-resnet56 fmnist-resnet20w4"}
-BUDGETS=${BUDGETS:-"6 8 9 10 11"}
-SEEDS=${SEEDS:-0}
+FIXTURES=${FIXTURES-"fmnist-resnet20 fmnist-resnet56 fmnist-resnet20w4"}
+BUDGETS=${BUDGETS-"6 8 9 10 11"}
+SEEDS=${SEEDS-0}
 DEVICE=${DEVICE:-cpu}
 OUT=${OUT:-out/frontier}
 # The recipe every budget runs (the budget chooses the hidden width that fits).
