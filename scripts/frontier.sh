@@ -22,7 +22,7 @@ SEEDS=${SEEDS-0}
 DEVICE=${DEVICE:-cpu}
 OUT=${OUT:-out/frontier}
 # The recipe every budget runs (the budget chooses the hidden width that fits).
-RECIPE=${RECIPE:-"--predictor-dtype int6 --pe-levels 20 --passthrough tuned-f16 --distill-steps 800"}
+RECIPE=${RECIPE:-"--predictor-dtype int6 --pe-levels 20 --passthrough f16 --distill-steps 800"}
 DATA=/usr/share/datasets/fashion-mnist
 bin=${NERNC_BIN:-}
 if [ -z "$bin" ]; then

@@ -64,7 +64,9 @@ colors = {"plain": "#888888", "QAT": "#d95f02", "nernc": "#1b9e77"}
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * max(1, len(fixtures))}" height="{H}" '
        'font-family="sans-serif" font-size="11">']
 for i, fx in enumerate(fixtures):
-    pts = [(r[2], r[4], r[1].split()[0]) for r in rows if r[0] == fx and r[4] is not None]
+    # Points below 80 % (collapsed settings, e.g. int2) stay in the table but off the plot.
+    pts = [(r[2], r[4], r[1].split()[0]) for r in rows
+           if r[0] == fx and r[4] is not None and r[4] >= 80.0]
     x0 = i * W
     svg.append(f'<text x="{x0 + W / 2}" y="14" text-anchor="middle">{fx}</text>')
     if not pts:
@@ -72,7 +74,7 @@ for i, fx in enumerate(fixtures):
     xs = [p[0] for p in pts]
     ys = [p[1] for p in pts]
     xlo, xhi = 0.0, max(xs) * 1.05
-    ylo, yhi = max(min(ys) - 0.5, min(ys) if min(ys) < 80 else 80.0), max(ys) + 0.3
+    ylo, yhi = min(ys) - 0.5, max(ys) + 0.3
     X = lambda v: x0 + PAD + (v - xlo) / (xhi - xlo) * (W - 1.5 * PAD)
     Y = lambda v: H - PAD + (-(v - ylo) / (yhi - ylo)) * (H - 1.6 * PAD)
     svg.append(f'<line x1="{X(xlo)}" y1="{Y(ylo)}" x2="{X(xhi)}" y2="{Y(ylo)}" stroke="black"/>')
