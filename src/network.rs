@@ -107,19 +107,42 @@ fn tensor1<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
     Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
+/// The tensors a conv's BatchNorm folds from: BN weight, bias, running mean and variance, and
+/// the conv's own bias if it has one.
+struct NormTensors<'a> {
+    g: &'a [f32],
+    b: &'a [f32],
+    mean: &'a [f32],
+    var: &'a [f32],
+    conv_bias: Option<&'a [f32]>,
+}
+
+impl<'a> NormTensors<'a> {
+    fn read(m: &'a HostModel, c: &Conv, n: &Norm) -> Result<Self> {
+        Ok(NormTensors {
+            g: m.f32(&n.tensor("weight"))?,
+            b: m.f32(&n.tensor("bias"))?,
+            mean: m.f32(&n.tensor("running_mean"))?,
+            var: m.f32(&n.tensor("running_var"))?,
+            conv_bias: match &c.bias {
+                Some(name) => Some(m.f32(name)?),
+                None => None,
+            },
+        })
+    }
+}
+
 impl<B: Backend> FixedParams<B> {
     pub fn new(net: &Network, m: &HostModel, device: &B::Device) -> Result<Self> {
         let mut folded = HashMap::new();
         let mut fold = |c: &Conv, n: &Norm| -> Result<()> {
-            let (g, b) = (m.f32(&n.tensor("weight"))?, m.f32(&n.tensor("bias"))?);
-            let (mean, var) = (
-                m.f32(&n.tensor("running_mean"))?,
-                m.f32(&n.tensor("running_var"))?,
-            );
-            let conv_bias = match &c.bias {
-                Some(name) => Some(m.f32(name)?),
-                None => None,
-            };
+            let NormTensors {
+                g,
+                b,
+                mean,
+                var,
+                conv_bias,
+            } = NormTensors::read(m, c, n)?;
             let scale: Vec<f32> = g
                 .iter()
                 .zip(var)
@@ -194,42 +217,25 @@ impl<B: Backend> FixedParams<B> {
 /// The BatchNorm and FC tensors of `m` after [`FixedParams::adjusted`] with host values: each
 /// BN's `weight` becomes `weight * gain` and its `bias` absorbs the shift (the folded bias
 /// `(conv_bias - mean) * scale * gain + bias'` equals the adjusted one), the FC weight
-/// `[classes, features]` and bias get their deltas. Returns the changed tensors by name.
+/// `[classes, features]` and bias get their deltas. `convs` holds (gain, shift) per conv in
+/// [`Network::conv_norms`] order. Returns the changed tensors by name.
 pub fn adjusted_tensors(
     net: &Network,
     m: &HostModel,
-    convs: &[(String, Vec<f32>, Vec<f32>)],
+    convs: &[(Vec<f32>, Vec<f32>)],
     fc_weight_delta: &[f32],
     fc_bias_delta: Option<&[f32]>,
 ) -> Result<Vec<(String, Vec<f32>)>> {
     let mut out = Vec::new();
-    let norms: HashMap<&str, (&Conv, &Norm)> = net
-        .conv_norms()
-        .into_iter()
-        .map(|(c, n)| (c.weight.as_str(), (c, n)))
-        .collect();
-    for (name, gain, shift) in convs {
-        let Some((c, n)) = norms.get(name.as_str()) else {
-            return Err(Error::Training(format!(
-                "{name} is not a conv of the network"
-            )));
-        };
-        let (g, b) = (m.f32(&n.tensor("weight"))?, m.f32(&n.tensor("bias"))?);
-        let (mean, var) = (
-            m.f32(&n.tensor("running_mean"))?,
-            m.f32(&n.tensor("running_var"))?,
-        );
-        let conv_bias = match &c.bias {
-            Some(name) => Some(m.f32(name)?),
-            None => None,
-        };
-        let mut new_g = Vec::with_capacity(g.len());
-        let mut new_b = Vec::with_capacity(g.len());
-        for i in 0..g.len() {
-            let scale = g[i] / (var[i] + BN_EPS).sqrt();
-            let centred = conv_bias.map_or(0.0, |v| v[i]) - mean[i];
-            new_g.push(g[i] * gain[i]);
-            new_b.push(b[i] + shift[i] + centred * scale * (1.0 - gain[i]));
+    for ((c, n), (gain, shift)) in net.conv_norms().into_iter().zip(convs) {
+        let t = NormTensors::read(m, c, n)?;
+        let mut new_g = Vec::with_capacity(t.g.len());
+        let mut new_b = Vec::with_capacity(t.g.len());
+        for i in 0..t.g.len() {
+            let scale = t.g[i] / (t.var[i] + BN_EPS).sqrt();
+            let centred = t.conv_bias.map_or(0.0, |v| v[i]) - t.mean[i];
+            new_g.push(t.g[i] * gain[i]);
+            new_b.push(t.b[i] + shift[i] + centred * scale * (1.0 - gain[i]));
         }
         out.push((n.tensor("weight"), new_g));
         out.push((n.tensor("bias"), new_b));

@@ -279,13 +279,25 @@ pub fn distill<B: TrainBackend>(
             adam.init::<B, PassTune<B>>(),
         )
     });
-    // The student a candidate is measured with: the caller's, or one with the tuned passthrough.
-    let tuned_student = |t: &TunedPassthrough| -> Result<LoadedNet<B::InnerBackend>> {
-        Ok(LoadedNet {
-            net: net.clone(),
-            fixed: FixedParams::new(net, &t.apply(source), device)?,
-            convs: Default::default(),
-        })
+    // The tuned passthrough as it would be stored now (with --passthrough tuned).
+    let tuned_now = |tune: &Option<(PassTune<B>, _)>| -> Result<Option<TunedPassthrough>> {
+        match (tune, s.tune) {
+            (Some((t, _)), Some(ts)) => Ok(Some(t.stored(net, source, ts.f16)?)),
+            _ => Ok(None),
+        }
+    };
+    // Held-out accuracy of a candidate: with the caller's student, or one with its tuned
+    // passthrough.
+    let measure = |p: &Predictor, pass: &Option<TunedPassthrough>, h: &HeldOut<'_>| match pass {
+        Some(t) => {
+            let tuned = LoadedNet::<B::InnerBackend> {
+                net: net.clone(),
+                fixed: FixedParams::new(net, &t.apply(source), device)?,
+                convs: Default::default(),
+            };
+            held_out_accuracy(p, layers, perms, &tuned, h, s.norm, device)
+        }
+        None => held_out_accuracy(p, layers, perms, student, h, s.norm, device),
     };
 
     // Every candidate is kept as stored, so the outcome's figures are of the stored weights.
@@ -294,10 +306,7 @@ pub fn distill<B: TrainBackend>(
         Ok(p)
     };
     let mut best = stored(start.clone())?;
-    let mut best_pass = match (&tune, s.tune) {
-        (Some((t, _)), Some(ts)) => Some(t.valid().stored(net, source, ts.f16)?),
-        _ => None,
-    };
+    let mut best_pass = tuned_now(&tune)?;
     let mut best_step = 0;
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
@@ -306,10 +315,7 @@ pub fn distill<B: TrainBackend>(
         // the same storage.
         best_acc = match (start_accuracy, &best_pass) {
             (Some(a), None) if s.storage == WeightDtype::F32 => a,
-            (_, Some(t)) => {
-                held_out_accuracy(&best, layers, perms, &tuned_student(t)?, h, s.norm, device)?
-            }
-            _ => held_out_accuracy(&best, layers, perms, student, h, s.norm, device)?,
+            _ => measure(&best, &best_pass, h)?,
         };
         held_out_history.push((0, best_acc));
     }
@@ -406,16 +412,8 @@ pub fn distill<B: TrainBackend>(
             && done >= s.eval_from
         {
             let p = stored(model.valid().to_predictor(cfg)?)?;
-            let pass = match (&tune, s.tune) {
-                (Some((t, _)), Some(ts)) => Some(t.valid().stored(net, source, ts.f16)?),
-                _ => None,
-            };
-            let acc = match &pass {
-                Some(t) => {
-                    held_out_accuracy(&p, layers, perms, &tuned_student(t)?, h, s.norm, device)?
-                }
-                None => held_out_accuracy(&p, layers, perms, student, h, s.norm, device)?,
-            };
+            let pass = tuned_now(&tune)?;
+            let acc = measure(&p, &pass, h)?;
             held_out_history.push((done, acc));
             if acc > best_acc {
                 best_acc = acc;
@@ -428,9 +426,7 @@ pub fn distill<B: TrainBackend>(
     progress.finish();
     if s.held_out.is_none() {
         best = stored(model.valid().to_predictor(cfg)?)?;
-        if let (Some((t, _)), Some(ts)) = (&tune, s.tune) {
-            best_pass = Some(t.valid().stored(net, source, ts.f16)?);
-        }
+        best_pass = tuned_now(&tune)?;
         best_step = s.steps;
     }
     Ok(DistillOutcome {

@@ -94,12 +94,8 @@ impl<B: Backend> PassTune<B> {
     /// `f16` (the passthrough is stored so): exactly what the file will hold.
     pub fn stored(&self, net: &Network, host: &HostModel, f16: bool) -> Result<TunedPassthrough> {
         let mut convs = Vec::new();
-        for ((c, _), (g, s)) in net
-            .conv_norms()
-            .into_iter()
-            .zip(self.gains.iter().zip(&self.shifts))
-        {
-            convs.push((c.weight.clone(), to_vec(g.val())?, to_vec(s.val())?));
+        for (g, s) in self.gains.iter().zip(&self.shifts) {
+            convs.push((to_vec(g.val())?, to_vec(s.val())?));
         }
         let fc_w = to_vec(self.fc_weight.val())?;
         let fc_b = match self.fc_bias.first() {
@@ -152,30 +148,17 @@ mod tests {
         let device = Default::default();
         let mut tune = PassTune::<B>::new(&net, &host, &device);
         // A correction far from the identity.
-        tune.gains = tune
-            .gains
-            .into_iter()
-            .map(|g| {
-                let n = g.val().dims()[0];
-                Param::from_tensor(Tensor::random(
-                    [n],
-                    Distribution::Uniform(0.5, 1.5),
-                    &device,
-                ))
-            })
-            .collect();
-        tune.shifts = tune
-            .shifts
-            .into_iter()
-            .map(|s| {
-                let n = s.val().dims()[0];
-                Param::from_tensor(Tensor::random(
-                    [n],
-                    Distribution::Uniform(-0.3, 0.3),
-                    &device,
-                ))
-            })
-            .collect();
+        let random = |params: Vec<Param<Tensor<B, 1>>>, lo: f64, hi: f64| -> Vec<_> {
+            params
+                .into_iter()
+                .map(|p| {
+                    let n = p.val().dims()[0];
+                    Param::from_tensor(Tensor::random([n], Distribution::Uniform(lo, hi), &device))
+                })
+                .collect()
+        };
+        tune.gains = random(tune.gains, 0.5, 1.5);
+        tune.shifts = random(tune.shifts, -0.3, 0.3);
         let dims = tune.fc_weight.val().dims();
         tune.fc_weight = Param::from_tensor(Tensor::random(
             dims,
