@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench encode [--features cuda]`; `NERNC_BENCH_STEPS` sets the timed steps,
 //! `NERNC_BENCH_DEVICES` (`cpu`, `cuda` or `cpu,cuda`) the devices, `NERNC_BENCH_MODEL` another
-//! checkpoint (the bench binary then runs away from the source tree, e.g. on a GPU machine).
+//! checkpoint (the bench binary then runs away from the source tree, e.g. on a GPU machine),
+//! `NERNC_BENCH_PHASES` (`1`, `2` or `1,2`, the default) the tables (e.g. to profile one phase).
 
 use std::path::Path;
 
@@ -26,9 +27,21 @@ fn main() {
         std::path::PathBuf::from,
     );
     let devices = bench_devices();
+    let phases = std::env::var("NERNC_BENCH_PHASES").unwrap_or_else(|_| "1,2".into());
+    let wants = |p: &str| phases.split(',').any(|x| x.trim() == p);
+    if wants("1") {
+        phase1(&devices, &input, steps);
+    }
+    if wants("2") {
+        phase2(&devices, &input, (steps / 4).max(3));
+    }
+}
+
+/// Phase-1 throughput table.
+fn phase1(devices: &[DeviceKind], input: &Path, steps: usize) {
     println!("| device | hidden | batch | timed steps | kernels/s | ms/step |");
     println!("|---|---|---|---|---|---|");
-    for &device in &devices {
+    for &device in devices {
         for hidden in [140u32, 180, 320] {
             let opts = EncodeOptions {
                 hidden,
@@ -39,7 +52,7 @@ fn main() {
                 pe_levels: 40,
                 ..EncodeOptions::default()
             };
-            match training_throughput(&input, &opts) {
+            match training_throughput(input, &opts) {
                 Ok(kps) => println!(
                     "| {} | {hidden} | 4096 | {steps} | {kps:.0} | {:.1} |",
                     device.name(),
@@ -52,7 +65,6 @@ fn main() {
             }
         }
     }
-    phase2(&devices, &input, (steps / 4).max(3));
 }
 
 /// The devices to measure: `NERNC_BENCH_DEVICES`, else the CPU (plus CUDA with the older

@@ -351,7 +351,7 @@ fn gemm_scalar(
 }
 
 /// The SIMD paths. Both ISAs share one kernel, written once in [`simd_kernel!`]: a module
-/// defines its vector type, lane count, tile height and eight small primitives, then expands the
+/// defines its vector type, lane count, tile height and nine small primitives, then expands the
 /// macro. Every output element is one lane: bias, then one FMA per `kk` ascending, then ReLU.
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_kernel {
@@ -379,6 +379,9 @@ macro_rules! simd_kernel {
                     let strip_width = (width - s).min(2 * V);
                     let cols = (n - col0 - s).min(strip_width);
                     let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(V))];
+                    // Whole strips use plain loads and stores: AVX2's masked store is
+                    // microcoded on some CPUs (AMD Zen 1: several times a plain store).
+                    let full = cols == strip_width;
                     let (ap, cp) = (a.as_ptr(), c.as_mut_ptr().wrapping_add(col0 + s));
                     let (bp, wp) = (
                         bias.as_ptr().wrapping_add(col0 + s),
@@ -388,9 +391,9 @@ macro_rules! simd_kernel {
                     // bias[..n] are in bounds; the masks keep loads/stores to valid columns.
                     unsafe {
                         if strip_width == 2 * V {
-                            strip::<2>(ap, lda, m, k, wp, stride, bp, masks, cp, ldc, relu);
+                            strip::<2>(ap, lda, m, k, wp, stride, bp, (masks, full), cp, ldc, relu);
                         } else {
-                            strip::<1>(ap, lda, m, k, wp, stride, bp, masks, cp, ldc, relu);
+                            strip::<1>(ap, lda, m, k, wp, stride, bp, (masks, full), cp, ldc, relu);
                         }
                     }
                     s += strip_width;
@@ -400,8 +403,8 @@ macro_rules! simd_kernel {
         }
 
         /// All `m` rows of one strip of `NV` vectors. Safety: `a`/`c` valid for `m` rows of
-        /// `k`/`masks` columns, `w` for `k` rows of stride `wstride` holding `NV * V` floats,
-        /// `bias` for the masked columns.
+        /// `k`/`masks` columns (all `NV * V` when `full`), `w` for `k` rows of stride `wstride`
+        /// holding `NV * V` floats, `bias` for the masked columns.
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
         unsafe fn strip<const NV: usize>(
@@ -412,7 +415,7 @@ macro_rules! simd_kernel {
             w: *const f32,
             wstride: usize,
             bias: *const f32,
-            masks: [Mask; 2],
+            masks: ([Mask; 2], bool),
             c: *mut f32,
             ldc: usize,
             relu: bool,
@@ -447,15 +450,22 @@ macro_rules! simd_kernel {
             w: *const f32,
             wstride: usize,
             bias: *const f32,
-            masks: [Mask; 2],
+            masks: ([Mask; 2], bool),
             c: *mut f32,
             ldc: usize,
             relu: bool,
         ) {
+            let (masks, full) = masks;
             let mut acc = [[zero(); NV]; R];
             for v in 0..NV {
-                // SAFETY: the mask only enables lanes of valid columns of bias.
-                let b = unsafe { load_masked(bias.wrapping_add(v * V), masks[v]) };
+                // SAFETY: the mask only enables lanes of valid columns of bias (all when full).
+                let b = unsafe {
+                    if full {
+                        load(bias.wrapping_add(v * V))
+                    } else {
+                        load_masked(bias.wrapping_add(v * V), masks[v])
+                    }
+                };
                 for row in acc.iter_mut() {
                     row[v] = b;
                 }
@@ -477,8 +487,15 @@ macro_rules! simd_kernel {
             for (r, row) in acc.iter().enumerate() {
                 for v in 0..NV {
                     let out = if relu { relu0_vec(row[v]) } else { row[v] };
-                    // SAFETY: the mask only enables valid columns of row r of c.
-                    unsafe { store_masked(c.wrapping_add(r * ldc + v * V), masks[v], out) };
+                    let p = c.wrapping_add(r * ldc + v * V);
+                    // SAFETY: the mask only enables valid columns of row r of c (all when full).
+                    unsafe {
+                        if full {
+                            store(p, out)
+                        } else {
+                            store_masked(p, masks[v], out)
+                        }
+                    };
                 }
             }
         }
@@ -530,6 +547,11 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn store_masked(p: *mut f32, m: Mask, v: __m512) {
         unsafe { _mm512_mask_storeu_ps(p, m, v) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        unsafe { _mm512_storeu_ps(p, v) }
     }
     #[inline]
     fn lane_mask(valid: usize) -> Mask {
@@ -588,6 +610,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     unsafe fn store_masked(p: *mut f32, m: Mask, v: __m256) {
         unsafe { _mm256_maskstore_ps(p, m, v) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        unsafe { _mm256_storeu_ps(p, v) }
     }
     #[inline]
     #[target_feature(enable = "avx2")]
