@@ -17,9 +17,25 @@ pub trait Progress {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// An indicatif bar on stderr with loss and ETA; hidden when stderr is not a terminal.
+/// An indicatif bar on stderr with loss and ETA. When stderr is not a terminal (a log file, a
+/// scheduler's log) the bar hides itself and a plain line is written instead at the start of
+/// each stage and then at most every [`LOG_EVERY`] seconds, so long encodes still show where
+/// they are.
 pub struct BarProgress {
     bar: indicatif::ProgressBar,
+    /// `Some` when stderr is not a terminal: the plain-line log's state.
+    log: Option<std::sync::Mutex<PlainLog>>,
+}
+
+/// Seconds between plain progress lines.
+pub const LOG_EVERY: u64 = 60;
+
+#[derive(Default)]
+struct PlainLog {
+    stage: String,
+    total: u64,
+    started: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
 }
 
 impl Default for BarProgress {
@@ -34,21 +50,50 @@ impl Default for BarProgress {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> ");
         bar.set_style(style);
-        BarProgress { bar }
+        use std::io::IsTerminal;
+        let log = (!std::io::stderr().is_terminal()).then(Default::default);
+        BarProgress { bar, log }
+    }
+}
+
+impl BarProgress {
+    fn with_log(&self, f: impl FnOnce(&mut PlainLog)) {
+        if let Some(log) = &self.log {
+            // A poisoned lock only means an earlier line panicked; the state is still usable.
+            f(&mut log.lock().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 }
 
 impl Progress for BarProgress {
     fn stage(&self, message: &str) {
         self.bar.set_prefix(message.to_string());
+        self.with_log(|l| l.stage = message.to_string());
     }
     fn start(&self, total: u64) {
         self.bar.reset();
         self.bar.set_length(total);
+        self.with_log(|l| {
+            let now = std::time::Instant::now();
+            (l.total, l.started, l.last) = (total, Some(now), Some(now));
+            eprintln!("{}: {total} steps", l.stage);
+        });
     }
     fn update(&self, position: u64, loss: f32) {
         self.bar.set_position(position);
         self.bar.set_message(format!("{loss:.3e}"));
+        self.with_log(|l| {
+            let now = std::time::Instant::now();
+            let due = l.last.is_none_or(|t| now.duration_since(t).as_secs() >= LOG_EVERY);
+            if due || position == l.total {
+                l.last = Some(now);
+                let secs = l.started.map_or(0, |t| now.duration_since(t).as_secs());
+                eprintln!(
+                    "{}: step {position}/{} loss {loss:.3e} ({secs} s)",
+                    l.stage, l.total
+                );
+            }
+        });
     }
     fn finish(&self) {
         self.bar.finish_and_clear();
