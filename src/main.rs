@@ -547,9 +547,13 @@ fn inspect(args: InspectArgs) -> Result<()> {
     let limits = Limits::default();
     if args.provenance {
         let p = nernc::provenance::provenance_of_file(&args.input, &limits)?;
+        let title = args.input.file_name().and_then(|n| n.to_str());
+        let annotations = nernc::provenance::oci_annotations(&p, title);
         if args.json {
             return print_json(&serde_json::json!({
                 "version": format!("{}.{}", p.major, p.minor),
+                "media_type": nernc::provenance::MEDIA_TYPE,
+                "oci_annotations": annotations,
                 "file_bytes": p.file_len,
                 "bytes_read": p.bytes_read,
                 "reads": p.reads,
@@ -570,6 +574,13 @@ fn inspect(args: InspectArgs) -> Result<()> {
                 s.offset,
                 s.stored_len
             );
+        }
+        text += &format!(
+            "media type {}; OCI annotations (spec §9):\n",
+            nernc::provenance::MEDIA_TYPE
+        );
+        for (k, v) in &annotations {
+            text += &format!("  {k}: {v}\n");
         }
         text += &match &p.metadata {
             Some(m) => format!("{m}\n"),

@@ -168,8 +168,16 @@ fn verify_tells_the_source_from_another_checkpoint() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["reads"], 1);
     assert!(v["bytes_read"].as_u64().unwrap() <= PROVENANCE_FIRST_READ);
-    assert_eq!(
-        v["metadata"]["source"]["sha256"],
-        sha256_hex(&std::fs::read(&r20).unwrap())
-    );
+    let src_sha = sha256_hex(&std::fs::read(&r20).unwrap());
+    assert_eq!(v["metadata"]["source"]["sha256"], src_sha);
+    // What an OCI push needs (spec §9), copied from META.
+    assert_eq!(v["media_type"], "application/vnd.nernc.nern.v1");
+    let a = &v["oci_annotations"];
+    assert_eq!(a["io.nernc.source.sha256"], src_sha);
+    assert_eq!(a["io.nernc.format.version"], v["version"]);
+    assert_eq!(a["io.nernc.recipe.sha256"], v["metadata"]["recipe_sha256"]);
+    assert_eq!(a["io.nernc.source.bytes"], "1106080");
+    assert_eq!(a["org.opencontainers.image.title"], "m.nern");
+    // No data, no accuracy: the key is absent rather than "null".
+    assert!(a.get("io.nernc.accuracy.test").is_none(), "{a}");
 }

@@ -84,7 +84,9 @@ impl Progress for BarProgress {
         self.bar.set_message(format!("{loss:.3e}"));
         self.with_log(|l| {
             let now = std::time::Instant::now();
-            let due = l.last.is_none_or(|t| now.duration_since(t).as_secs() >= LOG_EVERY);
+            let due = l
+                .last
+                .is_none_or(|t| now.duration_since(t).as_secs() >= LOG_EVERY);
             if due || position == l.total {
                 l.last = Some(now);
                 let secs = l.started.map_or(0, |t| now.duration_since(t).as_secs());
