@@ -343,6 +343,8 @@ fn one(
     record["nern_sha256"] = sha256_hex(&bytes).into();
     record["nern_bytes"] = (bytes.len() as u64).into();
     record["percent"] = (100.0 * bytes.len() as f64 / report.source_bytes as f64).into();
+    // The encoder's own time: `seconds` less this is the batch's overhead for the input.
+    record["encode_seconds"] = report.total_seconds.into();
     record["held_out"] = report.accuracy.held_out.into();
     record["test"] = report.accuracy.test.into();
     match tmp.persist_noclobber(&out) {

@@ -98,6 +98,12 @@ fn encodes_skips_on_rerun_and_reports_bad_inputs() {
     );
     let published = std::fs::read(output).unwrap();
     assert_eq!(first["nern_sha256"], nernc::io::sha256_hex(&published));
+    // The encoder's own time is part of the input's time (the rest is the batch's overhead).
+    let (secs, enc) = (first["seconds"].as_f64(), first["encode_seconds"].as_f64());
+    assert!(
+        enc.is_some_and(|e| e > 0.0 && e <= secs.unwrap()),
+        "{first}"
+    );
     assert_eq!(entries(&out).len(), 2, "two files, nothing temporary");
     let mtime = std::fs::metadata(output).unwrap().modified().unwrap();
 
