@@ -32,6 +32,7 @@ pub const LOG_EVERY: u64 = 60;
 
 #[derive(Default)]
 struct PlainLog {
+    /// The stage's name ("training" until a stage is named).
     stage: String,
     total: u64,
     started: Option<std::time::Instant>,
@@ -51,7 +52,12 @@ impl Default for BarProgress {
         .progress_chars("=> ");
         bar.set_style(style);
         use std::io::IsTerminal;
-        let log = (!std::io::stderr().is_terminal()).then(Default::default);
+        let log = (!std::io::stderr().is_terminal()).then(|| {
+            std::sync::Mutex::new(PlainLog {
+                stage: "training".into(),
+                ..PlainLog::default()
+            })
+        });
         BarProgress { bar, log }
     }
 }
