@@ -22,7 +22,7 @@ mkdir -p "$OUTDIR"
 
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q torch safetensors numpy
+    "$VENV/bin/pip" install -q torch safetensors numpy zstandard  # zstandard: qat_baseline.py (frontier.sh)
 fi
 
 runs=()
