@@ -10,22 +10,15 @@ use std::time::Instant;
 
 use nernc::decode::gemm::gemm_bias_rows;
 
+/// CPU time of this process, in seconds.
 fn cpu_seconds() -> f64 {
-    let mut t = Timespec::default();
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-unsafe extern "C" {
-    fn clock_gettime(clock: i32, t: *mut Timespec) -> i32;
 }
 
 fn main() {

@@ -91,25 +91,6 @@ fn encode_fails(dir: &Path, input: &Path, expect: &str) {
     encode_fails_with(dir, input, &[], expect);
 }
 
-/// `nernc encode` (tiny settings plus `extra`) fails cleanly and leaves `dir` as it was.
-fn encode_fails_with(dir: &Path, input: &Path, extra: &[&str], expect: &str) {
-    let before = entries(dir);
-    let out = dir.join("out.nern");
-    let args = [
-        "encode",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--hidden",
-        "8",
-    ];
-    let o = nernc(&[&args[..], extra].concat());
-    assert_clean_failure(&o, expect);
-    assert_eq!(entries(dir), before, "encode left files behind");
-}
-
 #[test]
 fn checkpoints_without_conv_weights_or_with_bad_tensors_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -206,24 +206,8 @@ fn tuned_passthrough_is_stored_measured_and_recorded() {
 fn tuned_passthrough_with_a_bad_learning_rate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("fmnist-resnet20.safetensors");
-    let out = dir.path().join("bad.nern");
     for lr in ["-1", "nan", "0"] {
-        let o = nernc(&[
-            "encode",
-            src.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--steps",
-            "5",
-            "--passthrough",
-            "tuned",
-            &format!("--tune-lr={lr}"),
-        ]);
-        assert_clean_failure(&o, "--tune-lr must be positive");
-        assert!(
-            entries(dir.path()).is_empty(),
-            "{lr}: {:?}",
-            entries(dir.path())
-        );
+        let extra = ["--passthrough", "tuned", &format!("--tune-lr={lr}")];
+        encode_fails_with(dir.path(), &src, &extra, "--tune-lr must be positive");
     }
 }

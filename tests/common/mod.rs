@@ -33,6 +33,25 @@ pub fn assert_clean_failure(o: &Output, expect: &str) {
     );
 }
 
+/// `nernc encode` (tiny settings plus `extra`) fails cleanly and leaves `dir` as it was.
+pub fn encode_fails_with(dir: &Path, input: &Path, extra: &[&str], expect: &str) {
+    let before = entries(dir);
+    let out = dir.join("out.nern");
+    let args = [
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--hidden",
+        "8",
+    ];
+    let o = nernc(&[&args[..], extra].concat());
+    assert_clean_failure(&o, expect);
+    assert_eq!(entries(dir), before, "encode left files behind");
+}
+
 /// Files in `dir` (to check nothing, not even a temporary file, was left behind).
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
