@@ -2,7 +2,8 @@
 # Fault campaign for `nernc batch` (issue 12's goal: 20 runs with SIGTERM at random moments,
 # 0 partial outputs, 0 lost inputs, 0 duplicates).
 #
-#   scripts/batch-faults.sh [ROUNDS]     (default 20; NERNC_BIN to use another binary)
+#   scripts/batch-faults.sh [ROUNDS]     (default 20; NERNC_BIN: another binary; NERNC_STORE=s3:
+#                                         sources and outputs on a loopback S3 server)
 #
 # Each round starts a local indexed job over a manifest of 6 distinct checkpoints (copies of the
 # ResNet-20 fixture with one conv weight changed): shard 0 and shard 1 of 2, plus a second
@@ -19,19 +20,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-20}
-bin=${NERNC_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release --quiet
-  bin=target/release/nernc
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+source scripts/lib.sh
+nernc_setup
+nernc_store
 # Quick, data-free settings: each input takes about a second, so kills land mid-encode.
 QUICK=(--hidden 16 --steps 150 --batch 512 --data noise --distill-steps 0)
 
-python3 - fixtures/fmnist-resnet20.safetensors "$work" <<'EOF'
+python3 - fixtures/fmnist-resnet20.safetensors "$work" "$src_dir" "$src_uri" <<'EOF'
 import json, struct, sys
-src, work = sys.argv[1], sys.argv[2]
+src, work, src_dir, src_uri = sys.argv[1:5]
 blob = bytearray(open(src, "rb").read())
 n = struct.unpack("<Q", blob[:8])[0]
 header = json.loads(blob[8:8 + n])
@@ -41,27 +38,28 @@ with open(f"{work}/manifest.jsonl", "w") as m:
         b = bytearray(blob)
         v = struct.unpack("<f", b[start:start + 4])[0]
         b[start:start + 4] = struct.pack("<f", v + 1e-3 * (i + 1))
-        path = f"{work}/ckpt-{i}.safetensors"
-        open(path, "wb").write(b)
-        m.write(json.dumps({"source": path, "id": f"ckpt-{i}"}) + "\n")
+        open(f"{src_dir}/ckpt-{i}.safetensors", "wb").write(b)
+        m.write(json.dumps({"source": f"{src_uri}/ckpt-{i}.safetensors", "id": f"ckpt-{i}"}) + "\n")
 EOF
 
 # How long one shard takes here: the kills are drawn uniformly inside that window.
 t0=$(date +%s.%N)
-JOB_COMPLETION_INDEX=0 "$bin" batch --manifest "$work/manifest.jsonl" --out "$work/calibrate" \
+JOB_COMPLETION_INDEX=0 "$bin" batch --manifest "$work/manifest.jsonl" --out "$(out_uri calibrate)" \
   --shards 2 "${QUICK[@]}" > /dev/null 2>&1
 window=$(python3 -c "print(max(0.5, $(date +%s.%N) - $t0))")
-echo "one shard (3 inputs) takes ${window}s here; SIGTERM lands uniformly in [0.1, that]"
+echo "outputs: $store_label; one shard (3 inputs) takes ${window}s here; SIGTERM lands uniformly in [0.1, that]"
 
 violations=0
 landed=0
 for round in $(seq 1 "$ROUNDS"); do
-  out="$work/out-$round"
+  out=$(out_dir "out-$round")
+  out_at=$(out_uri "out-$round")
+  mkdir -p "$out"
   rep="$work/rep-$round"
   mkdir -p "$rep"
   declare -A pid=()
   start_worker() { # name index run
-    JOB_COMPLETION_INDEX=$2 "$bin" batch --manifest "$work/manifest.jsonl" --out "$out" \
+    JOB_COMPLETION_INDEX=$2 "$bin" batch --manifest "$work/manifest.jsonl" --out "$out_at" \
       --shards 2 --report "$rep/$1-$3.jsonl" "${QUICK[@]}" 2> "$rep/$1-$3.err" &
     pid[$1]=$!
   }

@@ -3,7 +3,8 @@
 # of N small checkpoints made for it (default 1,000): tiny CIFAR ResNets (one basic block per
 # stage, widths 4/8/16, random weights, each distinct) and `--steps 1`, so training is negligible.
 #
-#   scripts/batch-overhead.sh [N]      (NERNC_BIN to use another binary)
+#   scripts/batch-overhead.sh [N]      (NERNC_BIN: another binary; NERNC_STORE=s3: sources
+#                                       and outputs on a loopback S3 server, scripts/lib.sh)
 #
 # Two runs over the same manifest: the first encodes every input, the second finds every output
 # published and skips it. Overhead per input = (the run's wall time - the encoder's own time,
@@ -13,17 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
-bin=${NERNC_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release --quiet
-  bin=target/release/nernc
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+source scripts/lib.sh
+nernc_setup
+nernc_store
 
-python3 - "$work" "$N" <<'EOF'
+python3 - "$work" "$N" "$src_dir" "$src_uri" <<'EOF'
 import json, random, struct, sys
-work, n = sys.argv[1], int(sys.argv[2])
+work, n, src_dir, src_uri = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
 def tensors(rng):
     t = {}
@@ -75,18 +72,17 @@ with open(f"{work}/manifest.jsonl", "w") as m:
             off += len(b)
         h = json.dumps(header, separators=(",", ":")).encode()
         h += b" " * (-len(h) % 8)
-        path = f"{work}/ckpt-{i:04}.safetensors"
-        with open(path, "wb") as f:
+        with open(f"{src_dir}/ckpt-{i:04}.safetensors", "wb") as f:
             f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-        m.write(json.dumps({"source": path, "id": f"ckpt-{i}"}) + "\n")
+        m.write(json.dumps({"source": f"{src_uri}/ckpt-{i:04}.safetensors", "id": f"ckpt-{i}"}) + "\n")
 EOF
-size=$(stat -c %s "$work/ckpt-0000.safetensors")
-echo "$N checkpoints of $size bytes (tiny CIFAR ResNet, widths 4/8/16)"
+size=$(stat -c %s "$src_dir/ckpt-0000.safetensors")
+echo "$N checkpoints of $size bytes (tiny CIFAR ResNet, widths 4/8/16); sources and outputs: $store_label"
 
 run() { # label report
   local t0 t1
   t0=$(date +%s.%N)
-  "$bin" batch --manifest "$work/manifest.jsonl" --out "$work/out" --report "$2" \
+  "$bin" batch --manifest "$work/manifest.jsonl" --out "$(out_uri out)" --report "$2" \
     --hidden 8 --steps 1 --batch 64 --data noise --distill-steps 0 2> "$work/$1.err" || {
       echo "batch failed:" >&2; tail -5 "$work/$1.err" >&2; exit 1; }
   t1=$(date +%s.%N)

@@ -11,6 +11,15 @@ if cargo tree --no-default-features -e normal 2>/dev/null | grep -q '^.*burn'; t
   echo "decode-only build depends on burn" >&2
   exit 1
 fi
+# ... nor on the object-store client (feature `store`: +9 MB stripped, its own HTTP and TLS).
+if cargo tree --no-default-features -e normal 2>/dev/null | grep -q 'object_store'; then
+  echo "decode-only build depends on object_store" >&2
+  exit 1
+fi
+# The real S3-protocol server tests/object_store.rs starts (3 minutes to build, once).
+if ! command -v s3s-fs >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  cargo install s3s-fs@0.14.1 --features binary --locked
+fi
 cargo test --release
 # The core's tests (format, decoder, spec conformance) also pass without the encoder.
 cargo test --release --no-default-features

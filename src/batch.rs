@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -17,8 +16,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::encode::{EncodeOptions, Progress, encode};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFailure};
 use crate::io::{MappedFile, sha256_hex};
+use crate::store::Location;
 
 /// Exit status: some input was bad (do not retry).
 pub const EXIT_BAD_INPUT: u8 = 2;
@@ -173,20 +173,6 @@ pub fn output_name(source_sha256: &str, settings: &str) -> String {
     )
 }
 
-/// A local path from a manifest source: a plain path or a `file://` URI. Other schemes are
-/// refused by name (object stores are not built into this nernc).
-pub fn local_path(source: &str) -> Result<PathBuf> {
-    if let Some(rest) = source.strip_prefix("file://") {
-        return Ok(PathBuf::from(rest));
-    }
-    if let Some((scheme, _)) = source.split_once("://") {
-        return Err(Error::InvalidArgument(format!(
-            "unsupported URI scheme {scheme}:// (this nernc reads local paths and file:// URIs)"
-        )));
-    }
-    Ok(PathBuf::from(source))
-}
-
 /// Whether a failure is worth retrying (75) rather than a bad input (2).
 pub fn is_transient(e: &Error) -> bool {
     match e {
@@ -198,14 +184,16 @@ pub fn is_transient(e: &Error) -> bool {
                 | std::io::ErrorKind::InvalidInput
                 | std::io::ErrorKind::UnexpectedEof
         ),
+        Error::Store { kind, .. } => *kind == StoreFailure::Transient,
         _ => false,
     }
 }
 
 /// Everything a batch run is told.
 pub struct BatchJob<'a> {
-    pub manifest: &'a Path,
-    pub out_dir: &'a Path,
+    pub manifest: &'a Location,
+    /// A directory, or an object-store prefix (`s3://bucket/prefix`).
+    pub out_dir: &'a Location,
     pub shard: Shard,
     pub opts: &'a EncodeOptions,
     /// Set by SIGTERM/SIGINT: stops at the next training step.
@@ -247,13 +235,12 @@ impl Progress for StopProgress {
 /// unreadable manifest, an output directory that cannot be written) are returned; per-input
 /// failures are reported and counted.
 pub fn run(job: &BatchJob<'_>, report: &mut dyn Write) -> Result<BatchSummary> {
-    let text = std::fs::read_to_string(job.manifest).map_err(|e| Error::io(job.manifest, e))?;
-    std::fs::create_dir_all(job.out_dir).map_err(|e| Error::io(job.out_dir, e))?;
-    let probe =
-        tempfile::NamedTempFile::new_in(job.out_dir).map_err(|e| Error::io(job.out_dir, e))?;
-    drop(probe);
+    let text = String::from_utf8(job.manifest.read()?).map_err(|_| {
+        Error::InvalidArgument(format!("manifest {} is not UTF-8 text", job.manifest))
+    })?;
+    check_out_dir(job.out_dir)?;
     let (entries, bad_lines) = parse_manifest(&text);
-    let settings = settings_hash(job.opts);
+    let settings = &settings_hash(job.opts);
     let mut summary = BatchSummary::default();
     let mut emit = |v: serde_json::Value| -> Result<()> {
         writeln!(report, "{v}").map_err(|e| Error::io("<report>", e))
@@ -282,7 +269,7 @@ pub fn run(job: &BatchJob<'_>, report: &mut dyn Write) -> Result<BatchSummary> {
             continue;
         }
         let outcome = if first {
-            one(e, job, &settings, &progress, &mut record)
+            one(e, job, settings, &progress, &mut record)
         } else {
             Err(Error::InvalidArgument(format!(
                 "duplicate source {} (already on an earlier line)",
@@ -310,6 +297,19 @@ pub fn run(job: &BatchJob<'_>, report: &mut dyn Write) -> Result<BatchSummary> {
     Ok(summary)
 }
 
+/// Fails early when outputs cannot be written: a local directory is created and probed with a
+/// temporary file; an object-store prefix must answer (credentials, bucket) to a HEAD.
+fn check_out_dir(out: &Location) -> Result<()> {
+    match out.local_path() {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+            Ok(())
+        }
+        None => out.join(".nernc-probe")?.check_output(),
+    }
+}
+
 /// Encodes one input unless its output exists; `Ok(true)` when it published a new file.
 fn one(
     e: &ManifestEntry,
@@ -318,28 +318,21 @@ fn one(
     progress: &dyn Progress,
     record: &mut serde_json::Value,
 ) -> Result<bool> {
-    let path = local_path(&e.source)?;
-    let file = MappedFile::open(&path)?;
+    let source = std::path::Path::new(&e.source);
+    let file = MappedFile::open(source)?;
     let digest = sha256_hex(file.bytes());
     let name = output_name(&digest, settings);
-    let out = job.out_dir.join(&name);
+    let out = job.out_dir.join(&name)?;
     record["source_sha256"] = digest.into();
     record["source_bytes"] = (file.bytes().len() as u64).into();
-    record["output"] = out.display().to_string().into();
+    record["output"] = out.to_string().into();
     record["settings_sha256"] = settings.into();
-    if out.exists() {
+    if out.exists()? {
         record["status"] = "skipped".into();
         return Ok(false);
     }
     drop(file);
-    let (bytes, report) = encode(&path, job.opts, progress)?;
-    // Create-if-absent: the temporary file is linked to its name only if nothing is there, so
-    // two workers on the same input publish once and neither overwrites the other.
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(job.out_dir).map_err(|err| Error::io(job.out_dir, err))?;
-    tmp.write_all(&bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|err| Error::io(&out, err))?;
+    let (bytes, report) = encode(source, job.opts, progress)?;
     record["nern_sha256"] = sha256_hex(&bytes).into();
     record["nern_bytes"] = (bytes.len() as u64).into();
     record["percent"] = (100.0 * bytes.len() as f64 / report.source_bytes as f64).into();
@@ -347,17 +340,11 @@ fn one(
     record["encode_seconds"] = report.total_seconds.into();
     record["held_out"] = report.accuracy.held_out.into();
     record["test"] = report.accuracy.test.into();
-    match tmp.persist_noclobber(&out) {
-        Ok(_) => {
-            record["status"] = "encoded".into();
-            Ok(true)
-        }
-        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
-            record["status"] = "skipped".into();
-            Ok(false)
-        }
-        Err(err) => Err(Error::io(&out, err.error)),
-    }
+    // Create-if-absent (a no-clobber link, or a conditional PUT): two workers on the same input
+    // publish once and neither overwrites the other.
+    let created = out.create_new(&bytes)?;
+    record["status"] = if created { "encoded" } else { "skipped" }.into();
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -384,11 +371,6 @@ mod tests {
             ]
         );
         assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [3, 4]);
-        assert_eq!(
-            local_path(&ok[1].source).unwrap(),
-            PathBuf::from("/x/b.safetensors")
-        );
-        assert!(local_path("s3://bucket/k").is_err());
     }
 
     #[test]

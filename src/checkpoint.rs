@@ -276,10 +276,19 @@ pub fn write_safetensors(
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<()> {
     let (order, header) = layout(tensors, metadata)?;
-    crate::io::write_atomic_with(path, |file, _| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        write_parts(&mut out, &order, &header).map_err(|e| Error::io(path, e))
-    })
+    match crate::store::Location::from_arg(path)? {
+        crate::store::Location::Local(local) => crate::io::write_atomic_with(&local, |file, _| {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            write_parts(&mut out, &order, &header).map_err(|e| Error::io(path, e))
+        }),
+        // An object is written by one PUT of the whole file.
+        #[allow(unreachable_patterns)]
+        remote => {
+            let mut bytes = Vec::new();
+            write_parts(&mut bytes, &order, &header).map_err(|e| Error::io(path, e))?;
+            remote.write(&bytes)
+        }
+    }
 }
 
 #[cfg(test)]

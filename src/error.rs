@@ -11,6 +11,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An object store (or a URI naming one) failed; `kind` says whether a retry can help.
+    #[error("{uri}: {detail}")]
+    Store {
+        uri: String,
+        kind: StoreFailure,
+        detail: String,
+    },
 
     // ---- container structure -------------------------------------------------------------
     #[error("not a .nern file (bad magic bytes)")]
@@ -104,6 +111,22 @@ pub enum Error {
     /// The trained result misses what was asked (`--max-drop`, `--target-size`); nothing written.
     #[error("goal not met: {0}")]
     GoalNotMet(String),
+}
+
+/// What kind of object-store failure an [`Error::Store`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// A malformed or unsupported URI, or a client configuration the store refuses.
+    Config,
+    /// No credentials in the environment (nothing was sent).
+    Credentials,
+    /// The store refused the credentials or the operation.
+    Denied,
+    NotFound,
+    /// A create-if-absent write found the object there.
+    AlreadyExists,
+    /// The network or the store failed in a way a retry may fix.
+    Transient,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -38,6 +38,20 @@ pub fn check_output_path(path: &Path) -> Result<()> {
     parent_dir(path).map(|_| ())
 }
 
+/// A temporary file in `path`'s directory, to be renamed or linked to `path`.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_dir(path)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".nernc-").suffix(".tmp");
+    // Temporary files are private (0600) by default; the output is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |file, _| {
@@ -52,16 +66,7 @@ pub fn write_atomic_with(
     fill: impl FnOnce(&mut std::fs::File, &Path) -> Result<()>,
 ) -> Result<()> {
     check_output_path(path)?;
-    let dir = parent_dir(path)?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".nernc-").suffix(".tmp");
-    // Temporary files are private (0600) by default; the output is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let mut tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = temp_beside(path)?;
     let tmp_path = tmp.path().to_path_buf();
     fill(tmp.as_file_mut(), &tmp_path)?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
@@ -69,26 +74,61 @@ pub fn write_atomic_with(
     Ok(())
 }
 
-/// An input file (a source checkpoint or a `.nern`) mapped read-only into memory.
+/// Writes `bytes` to `path` only if nothing is there: the synced temporary file is linked to
+/// its name without replacing, so of two writers of the same path exactly one publishes.
+/// `Ok(false)` when the path already existed.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    check_output_path(path)?;
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(path, e.error)),
+    }
+}
+
+/// An input (a source checkpoint or a `.nern`): a local file mapped read-only into memory, or
+/// an object-store URI ([`crate::store::Location`]) read whole.
 pub struct MappedFile {
+    /// The path or URI as given.
     pub path: PathBuf,
-    map: Mmap,
+    content: Content,
+}
+
+enum Content {
+    Mapped(Mmap),
+    Read(Vec<u8>),
 }
 
 impl MappedFile {
+    /// Opens `path`; a path of the form `scheme://...` is a URI (`file://`, `s3://`, `gs://`,
+    /// `az://`).
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only; nernc never writes the input and writes outputs by rename,
-        // so a concurrent writer of the same path would have to be another program.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let content = match crate::store::Location::from_arg(path)? {
+            crate::store::Location::Local(local) => {
+                let file = std::fs::File::open(&local).map_err(|e| Error::io(path, e))?;
+                // SAFETY: the map is read-only; nernc never writes the input and writes outputs
+                // by rename, so a concurrent writer of the same path would have to be another
+                // program.
+                Content::Mapped(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?)
+            }
+            #[allow(unreachable_patterns)]
+            remote => Content::Read(remote.read()?),
+        };
         Ok(MappedFile {
             path: path.to_path_buf(),
-            map,
+            content,
         })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        match &self.content {
+            Content::Mapped(m) => m,
+            Content::Read(v) => v,
+        }
     }
 }
 

@@ -37,5 +37,6 @@ pub mod permute;
 pub mod predictor;
 pub mod provenance;
 pub mod rng;
+pub mod store;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StoreFailure};

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use nernc::format::{Limits, read_container};
+#[cfg(feature = "train")]
+use nernc::store::Location;
 use nernc::{Error, Result};
 
 #[derive(Parser)]
@@ -466,11 +468,12 @@ impl EncodeSettings {
 
 #[cfg(feature = "train")]
 fn encode(args: EncodeArgs) -> Result<()> {
-    nernc::io::check_output_path(&args.output)?;
+    let output = Location::from_arg(&args.output)?;
+    output.check_output()?;
     let opts = args.settings.options()?;
     let progress = nernc::encode::BarProgress::default();
     let (bytes, report) = nernc::encode::encode(&args.input, &opts, &progress)?;
-    nernc::io::write_atomic(&args.output, &bytes)?;
+    output.write(&bytes)?;
     if args.json {
         print_json(&report)
     } else {
@@ -626,9 +629,19 @@ fn batch(args: BatchArgs) -> ExitCode {
             return ExitCode::from(EXIT_RETRY);
         }
     }
+    let (manifest, out_dir) = match (
+        Location::from_arg(&args.manifest),
+        Location::from_arg(&args.out),
+    ) {
+        (Ok(m), Ok(o)) => (m, o),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let job = BatchJob {
-        manifest: &args.manifest,
-        out_dir: &args.out,
+        manifest: &manifest,
+        out_dir: &out_dir,
         shard,
         opts: &opts,
         stop,

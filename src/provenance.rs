@@ -2,8 +2,6 @@
 //! from the start of the file (`inspect --provenance`), and whether a checkpoint is the one a
 //! file was made from (`verify`).
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -55,18 +53,12 @@ pub fn oci_annotations(
     a
 }
 
-/// The provenance of the `.nern` at `path`, read with positioned reads of the ranges
-/// [`read_provenance`] asks for (what a range request does on an object store).
+/// The provenance of the `.nern` at `path` (a path or an object-store URI), read with
+/// positioned reads or ranged GETs of the ranges [`read_provenance`] asks for.
 pub fn provenance_of_file(path: &Path, limits: &Limits) -> Result<Provenance> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut fetch = |start: u64, n: u64| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; n as usize];
-        f.seek(SeekFrom::Start(start))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| Error::io(path, e))?;
-        Ok(buf)
-    };
+    let mut reader = crate::store::Location::from_arg(path)?.ranged()?;
+    let len = reader.len;
+    let mut fetch = |start: u64, n: u64| reader.read(start, n);
     read_provenance(len, limits, &mut fetch)
 }
 

@@ -254,7 +254,7 @@ pub fn decode_file(
     limits: &crate::format::Limits,
 ) -> Result<DecodeSummary> {
     let started = std::time::Instant::now();
-    crate::io::check_output_path(output)?;
+    crate::store::Location::from_arg(output)?.check_output()?;
     let file = crate::io::MappedFile::open(input)?;
     let container = crate::format::read_container(file.bytes(), limits)?;
     let tensors = decode_container(&container, threads)?;
