@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use nernc::format::{Limits, read_container};
-#[cfg(feature = "train")]
 use nernc::store::Location;
 use nernc::{Error, Result};
 
@@ -14,7 +13,14 @@ use nernc::{Error, Result};
 #[command(
     name = "nernc",
     version,
-    about = "Learned compression of CNN checkpoints (.nern)"
+    about = "Learned compression of CNN checkpoints (.nern)",
+    after_help = "Paths: every input and output is a local path, file://PATH, or (in builds with the \
+`store` feature, the default) s3://BUCKET/KEY, gs://BUCKET/KEY or az://CONTAINER/KEY. Credentials \
+come only from the standard environment variables (AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, \
+AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, \
+GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME + a key, \
+SAS or token; AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for other S3 servers); without them a URI \
+fails before any request, and no cloud metadata endpoint is ever asked."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -107,9 +113,9 @@ enum Command {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// The .nern file.
+    /// The .nern file (path or URI).
     input: PathBuf,
-    /// The checkpoint to compare with the file's recorded source.
+    /// The checkpoint to compare with the file's recorded source (path or URI).
     #[arg(long)]
     source: PathBuf,
     #[arg(long)]
@@ -119,9 +125,9 @@ struct VerifyArgs {
 #[cfg(feature = "train")]
 #[derive(Args)]
 struct EncodeArgs {
-    /// Source checkpoint (.safetensors, PyTorch state_dict layout).
+    /// Source checkpoint (.safetensors, PyTorch state_dict layout): a path or a URI.
     input: PathBuf,
-    /// Output .nern file (written atomically).
+    /// Output .nern file, a path or a URI (written atomically: rename, or one PUT).
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]
@@ -252,11 +258,13 @@ struct EncodeSettings {
 #[cfg(feature = "train")]
 #[derive(Args)]
 struct BatchArgs {
-    /// JSON lines, one input each: {"source": PATH or file:// URI, "id": optional}.
+    /// JSON lines, one input each: {"source": PATH or URI, "id": optional}; itself a path or
+    /// a URI.
     #[arg(long)]
     manifest: PathBuf,
-    /// Output directory; each file is named from the source's sha256, the settings' hash and
-    /// nernc's version, and an existing one is skipped.
+    /// Output directory or object-store prefix (s3://BUCKET/PREFIX); each file is named from
+    /// the source's sha256, the settings' hash and nernc's version, an existing one is skipped,
+    /// and new ones are published create-if-absent (no-clobber link, or a conditional PUT).
     #[arg(long)]
     out: PathBuf,
     /// This worker's shard, I/N (0-based): the manifest lines whose index is I modulo N.
@@ -275,9 +283,9 @@ struct BatchArgs {
 
 #[derive(Args)]
 struct DecodeArgs {
-    /// The .nern file to decode.
+    /// The .nern file to decode (path or URI).
     input: PathBuf,
-    /// Output .safetensors file (written atomically).
+    /// Output .safetensors file, a path or a URI (written atomically: rename, or one PUT).
     #[arg(short, long)]
     output: PathBuf,
     /// Worker threads (default: all cores). The output does not depend on it.
@@ -294,7 +302,7 @@ struct DecodeArgs {
 #[cfg(feature = "train")]
 #[derive(Args)]
 struct EvalArgs {
-    /// The model to evaluate (.safetensors or .nern).
+    /// The model to evaluate (.safetensors or .nern; path or URI).
     model: PathBuf,
     /// Dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist).
     #[arg(long)]
@@ -331,13 +339,17 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// The .nern file to describe.
+    /// The .nern file to describe (path or URI).
     input: PathBuf,
     /// Read only the header, section table and provenance (META), with ranged reads from the
     /// start of the file, as a registry would on an object store; reports the bytes read.
     /// Other sections' hashes are not checked.
+    /// This is the default for an object-store URI (s3://, gs://, az://).
     #[arg(long)]
     provenance: bool,
+    /// For an object-store URI: fetch the whole file and check every section, as for a local one.
+    #[arg(long, conflicts_with = "provenance")]
+    full: bool,
     #[arg(long)]
     json: bool,
 }
@@ -548,7 +560,8 @@ fn eval(args: EvalArgs) -> Result<()> {
 
 fn inspect(args: InspectArgs) -> Result<()> {
     let limits = Limits::default();
-    if args.provenance {
+    let remote = Location::from_arg(&args.input)?.local_path().is_none();
+    if args.provenance || (remote && !args.full) {
         let p = nernc::provenance::provenance_of_file(&args.input, &limits)?;
         let title = args.input.file_name().and_then(|n| n.to_str());
         let annotations = nernc::provenance::oci_annotations(&p, title);

@@ -264,6 +264,29 @@ fn encode_decode_inspect_verify_and_eval_on_s3_uris() {
     let meta_end = meta["offset"].as_u64().unwrap() + meta["stored_bytes"].as_u64().unwrap();
     let read = v["bytes_read"].as_u64().unwrap();
     assert!(read <= meta_end.max(8192) && read < file_len, "{v}");
+    // A plain `inspect` of a URI reads only the header and META too; `--full` fetches it all.
+    let o = run({
+        let mut c = s3.nernc();
+        c.args(["inspect", &uri("r20.nern")]);
+        c
+    });
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ranged read"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let full = run({
+        let mut c = s3.nernc();
+        c.args(["inspect", "--full", &uri("r20.nern")]);
+        c
+    });
+    assert!(full.status.success(), "{}", stderr(&full));
+    assert_eq!(
+        full.stdout,
+        nernc(&["inspect", nern.to_str().unwrap()]).stdout,
+        "--full of the object differs from inspect of the same bytes"
+    );
     // verify: both sides remote.
     let o = run({
         let mut c = s3.nernc();

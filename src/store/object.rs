@@ -356,6 +356,28 @@ mod tests {
     }
 
     #[test]
+    fn gcs_and_azure_clients_build_offline_from_explicit_settings() {
+        // No server for these here: what can be checked offline is that the URI and the
+        // explicit settings make a client (no request is sent before a read or write).
+        let gs = env(&[("GOOGLE_SKIP_SIGNATURE", "true")]);
+        let loc = ObjectLocation::parse("gs://bucket/a/m.nern", "gs", &gs).unwrap();
+        assert_eq!(loc.file_name().as_deref(), Some("m.nern"));
+        assert_eq!(loc.join("x").unwrap().uri(), "gs://bucket/a/m.nern/x");
+        let az = env(&[("AZURE_STORAGE_USE_EMULATOR", "true")]);
+        let loc = ObjectLocation::parse("az://container/m.nern", "az", &az).unwrap();
+        assert_eq!(loc.uri(), "az://container/m.nern");
+        // A malformed Azure key is a configuration error, found before any request.
+        let bad = env(&[
+            ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "not base64!"),
+        ]);
+        match ObjectLocation::parse("az://container/m.nern", "az", &bad) {
+            Err(Error::Store { kind, .. }) => assert_eq!(kind, StoreFailure::Config),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn uris_need_a_bucket_and_a_clean_key() {
         let ok = env(&[("AWS_SKIP_SIGNATURE", "true")]);
         let e = ObjectLocation::parse("s3:///key", "s3", &ok).unwrap_err();
