@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::encode::{EncodeOptions, Progress, encode};
+use crate::encode::{EncodeOptions, Progress, encode_file};
 use crate::error::{Error, Result, StoreFailure};
 use crate::io::{MappedFile, sha256_hex};
 use crate::store::Location;
@@ -331,8 +331,7 @@ fn one(
         record["status"] = "skipped".into();
         return Ok(false);
     }
-    drop(file);
-    let (bytes, report) = encode(source, job.opts, progress)?;
+    let (bytes, report) = encode_file(&file, job.opts, progress)?;
     record["nern_sha256"] = sha256_hex(&bytes).into();
     record["nern_bytes"] = (bytes.len() as u64).into();
     record["percent"] = (100.0 * bytes.len() as f64 / report.source_bytes as f64).into();

@@ -54,6 +54,17 @@ pub fn encode(
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     opts.check()?;
+    encode_file(&crate::io::MappedFile::open(input)?, opts, progress)
+}
+
+/// [`encode`] of a source already opened (`batch` has read it to hash it; an object is not
+/// fetched twice).
+pub fn encode_file(
+    input: &crate::io::MappedFile,
+    opts: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<(Vec<u8>, EncodeReport)> {
+    opts.check()?;
     keep_freed_memory();
     run_on(
         opts.device,

@@ -35,7 +35,7 @@ use crate::rng::SplitMix64;
 
 /// `encode` as a job for [`crate::device::run_on`].
 pub struct EncodeJob<'a> {
-    pub input: &'a Path,
+    pub input: &'a MappedFile,
     pub opts: &'a EncodeOptions,
     pub progress: &'a dyn Progress,
 }
@@ -339,13 +339,12 @@ impl<B: TrainBackend> Context<'_, B> {
 
 fn encode_on<B: TrainBackend>(
     device: &B::Device,
-    input: &Path,
+    file: &MappedFile,
     opts: &EncodeOptions,
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
-    let file = MappedFile::open(input)?;
-    let mut source = Source::parse(input, file.bytes(), opts.permutation)?;
+    let mut source = Source::parse(&file.path, file.bytes(), opts.permutation)?;
     if opts.passthrough_f16 {
         source.store_passthrough_as_f16()?;
     }
@@ -387,7 +386,7 @@ fn encode_on<B: TrainBackend>(
         None => None,
     };
     if let (Some(net), Some(plan)) = (&net, &plan) {
-        check_fit(net, &plan.train, &input.display().to_string())?;
+        check_fit(net, &plan.train, &file.path.display().to_string())?;
     }
     // The student's conv weights come from the predictor; only its fixed parameters load here.
     let student = match (&net, &host) {

@@ -150,13 +150,25 @@ fn store_error(uri: &str, e: object_store::Error) -> Error {
         | E::NotSupported { .. }
         | E::NotImplemented { .. }
         | E::UnknownConfigurationKey { .. } => StoreFailure::Config,
-        _ => StoreFailure::Transient,
+        _ => match http_status(&e.to_string()) {
+            // A request the store refuses as malformed (an invalid bucket name, say) fails the
+            // same way every time: not worth a retry.
+            Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => StoreFailure::Config,
+            _ => StoreFailure::Transient,
+        },
     };
     Error::Store {
         uri: uri.into(),
         kind,
         detail: e.to_string(),
     }
+}
+
+/// The HTTP status in a client error's message ("... status code: 400 Bad Request ..."). The
+/// client does not expose it as a value; without one the failure counts as transient.
+fn http_status(message: &str) -> Option<u16> {
+    let rest = &message[message.find("status code: ")? + "status code: ".len()..];
+    rest.get(..3)?.parse().ok()
 }
 
 impl ObjectLocation {
@@ -375,6 +387,33 @@ mod tests {
             Err(Error::Store { kind, .. }) => assert_eq!(kind, StoreFailure::Config),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn client_errors_are_not_retried_server_errors_are() {
+        let generic = |m: &str| object_store::Error::Generic {
+            store: "S3",
+            source: m.to_string().into(),
+        };
+        let kind = |m: &str| match store_error("s3://b/k", generic(m)) {
+            Error::Store { kind, .. } => kind,
+            other => panic!("{other}"),
+        };
+        let msg = |code: &str| {
+            format!(
+                "Error performing HEAD http://h/k - Server returned non-2xx status code: {code}: "
+            )
+        };
+        assert_eq!(kind(&msg("400 Bad Request")), StoreFailure::Config);
+        assert_eq!(kind(&msg("429 Too Many Requests")), StoreFailure::Transient);
+        assert_eq!(
+            kind(&msg("503 Service Unavailable")),
+            StoreFailure::Transient
+        );
+        assert_eq!(
+            kind("error sending request: connection refused"),
+            StoreFailure::Transient
+        );
     }
 
     #[test]
