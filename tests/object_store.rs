@@ -170,6 +170,13 @@ fn objects_are_created_once_read_by_range_and_replaced_whole() {
     assert_eq!(child.to_string(), uri("a/b.bin"));
     assert!(child.create_new(b"x").unwrap());
     assert!(s3.object_path("a/b.bin").exists());
+    // A `.nern` is published with its media type (spec §9).
+    let nern = Location::parse_with_env(&uri("a/m.nern"), &env).unwrap();
+    assert!(nern.create_new(b"x").unwrap());
+    assert_eq!(
+        nern.content_type().unwrap().as_deref(),
+        Some(nernc::provenance::MEDIA_TYPE)
+    );
     // Wrong secret: refused by the server, not retried as transient.
     let mut bad = env.clone();
     bad.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");

@@ -127,6 +127,15 @@ impl Location {
         }
     }
 
+    /// The media type a store recorded for this object (`None` for local files).
+    pub fn content_type(&self) -> Result<Option<String>> {
+        match self {
+            Location::Local(_) => Ok(None),
+            #[cfg(feature = "store")]
+            Location::Object(o) => o.content_type(),
+        }
+    }
+
     /// Checks before long work that an output can be written here: a local parent directory
     /// exists; an object store answers for the bucket with these credentials.
     pub fn check_output(&self) -> Result<()> {

@@ -8,7 +8,9 @@
 use std::sync::{Arc, OnceLock};
 
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 
 use crate::error::{Error, Result, StoreFailure};
 
@@ -281,6 +283,19 @@ impl ObjectLocation {
             .map(|b| b.to_vec())
     }
 
+    /// The object's `Content-Type`, if the store records one.
+    pub(super) fn content_type(&self) -> Result<Option<String>> {
+        let opts = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        self.block(self.store.get_opts(&self.key, opts)).map(|r| {
+            r.attributes
+                .get(&Attribute::ContentType)
+                .map(|v| v.as_ref().to_string())
+        })
+    }
+
     pub(super) fn len(&self) -> Result<u64> {
         self.block(self.store.head(&self.key)).map(|m| m.size)
     }
@@ -299,12 +314,18 @@ impl ObjectLocation {
     /// One PUT of the whole object (atomic on every store). With `create`, the PUT is
     /// conditional (`PutMode::Create`): `Ok(false)` when the object already existed.
     pub(super) fn put(&self, bytes: &[u8], create: bool) -> Result<bool> {
+        let mut attributes = Attributes::new();
+        // Spec §9: a published `.nern` carries its media type.
+        if self.key.extension() == Some("nern") {
+            attributes.insert(Attribute::ContentType, crate::provenance::MEDIA_TYPE.into());
+        }
         let opts = PutOptions {
             mode: if create {
                 PutMode::Create
             } else {
                 PutMode::Overwrite
             },
+            attributes,
             ..PutOptions::default()
         };
         let payload = PutPayload::from(bytes.to_vec());
