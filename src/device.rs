@@ -35,10 +35,10 @@ impl DeviceKind {
     /// The device with its backend, as reports record it.
     pub fn describe(self) -> String {
         match self {
-            DeviceKind::Cpu => format!(
-                "cpu (burn Flex, {} threads)",
-                crate::decode::default_threads()
-            ),
+            DeviceKind::Cpu => match training_threads() {
+                1 => "cpu (burn Flex, 1 thread)".into(),
+                n => format!("cpu (burn Flex, {n} threads)"),
+            },
             DeviceKind::Cuda => "cuda (burn-cuda)".into(),
         }
     }
@@ -155,7 +155,7 @@ fn host_forward(
         bias.to_contiguous(),
     );
     let g = geometry(dims4(&x), dims4(&weight), stride, pad);
-    let threads = crate::decode::default_threads();
+    let threads = training_threads();
     let y = crate::conv::forward(f32s(&x), f32s(&weight), Some(f32s(&bias)), &g, threads);
     let y = flex(y, [g.batch, g.cout, g.out_h(), g.out_w()]);
     (x, weight, g, y)
@@ -198,7 +198,7 @@ impl Backward<Flex, 3> for HostConvBackward {
             weight,
             geometry: g,
         } = ops.state;
-        let threads = crate::decode::default_threads();
+        let threads = training_threads();
         let (dx, dw, db) = crate::conv::backward(
             f32s(&x),
             f32s(&weight),
@@ -248,6 +248,12 @@ impl ConvBackend for CpuAutodiff {
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
+}
+
+/// Threads CPU training runs on: burn Flex's rayon pool, which the host convolution shares
+/// (`RAYON_NUM_THREADS` sets it; the machine's core count otherwise).
+pub fn training_threads() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Runs `job` on the backend of `kind`.
