@@ -155,7 +155,9 @@ fn host_forward(
         bias.to_contiguous(),
     );
     let g = geometry(dims4(&x), dims4(&weight), stride, pad);
-    let threads = training_threads();
+    // The core count, not the pool's size: the weight gradient sums per-chunk partials, so the
+    // chunk count fixes the rounding, and the file must not depend on RAYON_NUM_THREADS.
+    let threads = crate::decode::default_threads();
     let y = crate::conv::forward(f32s(&x), f32s(&weight), Some(f32s(&bias)), &g, threads);
     let y = flex(y, [g.batch, g.cout, g.out_h(), g.out_w()]);
     (x, weight, g, y)
@@ -198,7 +200,8 @@ impl Backward<Flex, 3> for HostConvBackward {
             weight,
             geometry: g,
         } = ops.state;
-        let threads = training_threads();
+        // As in the forward pass: the chunk count, hence the rounding, follows the core count.
+        let threads = crate::decode::default_threads();
         let (dx, dw, db) = crate::conv::backward(
             f32s(&x),
             f32s(&weight),
