@@ -50,8 +50,9 @@ enum DtypeArg {
     Bf16,
     /// Symmetric int8 with one f32 scale per output unit (format 1.1; about a quarter of f32)
     Int8,
-    /// Symmetric 6-bit codes (-31..=31), bit-packed, one f32 scale per output unit (format 1.4).
-    /// Use with phase 2, which trains through the rounding
+    /// Symmetric 6-bit codes (-31..=31), one f32 scale per output unit (format 1.4; stored a
+    /// byte per code when that compresses smaller, 1.5). Use with phase 2, which trains
+    /// through the rounding
     Int6,
     /// Symmetric 5-bit codes (-15..=15), bit-packed (format 1.4)
     Int5,

@@ -8,7 +8,7 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 9] = [
+const GOLDEN: [&str; 10] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
@@ -22,6 +22,9 @@ const GOLDEN: [&str; 9] = [
     "resnet20-h16-int5",
     // Format 1.4: F32 passthrough tensors stored as binary16 (PASS dtype code 16, lossy).
     "resnet20-h16-int6-pass16",
+    // Format 1.5: a trained int6 predictor (hidden 195) in code layout 1 (codes one byte each,
+    // all layers' codes first).
+    "resnet20-h195-int6-bytecodes",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

@@ -434,6 +434,62 @@ fn s5_1_int4_nibbles_are_low_first_and_padding_is_zero() {
     malformed(err(&assemble(&e)), "PRED", "padding");
 }
 
+/// §5.1 (format 1.5): code layout 1. PRED byte 7 = 1: every layer's codes first, one signed byte
+/// each (`[in][out]` row-major, inside the dtype's range), then each layer's scales and bias;
+/// the weights are `f32(Q) * s` as in layout 0. A code outside the range, layout 1 with a float
+/// dtype, and an unknown layout are refused.
+#[test]
+fn s5_1_code_layout_1_stores_every_code_first_one_byte_each() {
+    use nernc::predictor::WeightDtype;
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let b = golden("resnet20-h195-int6-bytecodes");
+    let c = ok(&b);
+    assert_eq!(c.minor, 5);
+    let mut e = split(&b);
+    let pred = find(&mut e, b"PRED").payload.clone();
+    assert_eq!((pred[6], pred[7]), (WeightDtype::Int6.code(), 1));
+    let widths = c.predictor.config.widths.clone();
+    let codes_at = 24 + 4 * widths.len();
+    let mut at = codes_at;
+    let mut codes = Vec::new();
+    for d in widths.windows(2) {
+        let n = d[0] as usize * d[1] as usize;
+        codes.push(pred[at..at + n].to_vec());
+        at += n;
+    }
+    for ((layer, d), q) in c.predictor.layers.iter().zip(widths.windows(2)).zip(&codes) {
+        let wo = d[1] as usize;
+        let scales = f32s(&pred[at..at + 4 * wo]);
+        at += 4 * wo;
+        for (m, &byte) in q.iter().enumerate() {
+            let code = byte as i8;
+            assert!((-31..=31).contains(&code), "code {code}");
+            assert_eq!(layer.weight[m], f32::from(code) * scales[m % wo], "{m}");
+        }
+        assert_eq!(layer.bias, f32s(&pred[at..at + 4 * wo]));
+        at += 4 * wo;
+    }
+    assert_eq!(at, pred.len(), "section length");
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut e = split(&b);
+        f(&mut find(&mut e, b"PRED").payload);
+        assemble(&e)
+    };
+    // -32 is int6's minimum, 32 is outside it.
+    assert!(read_container(&with(&|p| p[codes_at] = (-32i8) as u8), &Limits::default()).is_ok());
+    malformed(err(&with(&|p| p[codes_at] = 32)), "PRED", "outside");
+    malformed(err(&with(&|p| p[7] = 2)), "PRED", "unknown code layout");
+    malformed(
+        err(&with(&|p| p[6] = WeightDtype::F32.code())),
+        "PRED",
+        "integer weight dtype",
+    );
+}
+
 /// §5.1 (format 1.4): int6 and int5 codes are one LSB-first bit stream per layer (stream bit t
 /// is bit t mod 8 of byte t / 8), q-bit two's complement; the unused bits of the last byte are
 /// zero, and anything else there is refused. Read here bit by bit, independently of the writer.

@@ -23,7 +23,7 @@ use crate::permute::PermutationKind;
 pub const MAGIC: [u8; 8] = *b"\x89NERN\r\n\x1a";
 pub const MAJOR_VERSION: u16 = 1;
 /// Newest minor version this implementation reads and writes (1.1 added int8 predictors).
-pub const MINOR_VERSION: u16 = 4;
+pub const MINOR_VERSION: u16 = 5;
 /// Fixed header: magic, version, section count, file length, reserved.
 pub const HEADER_LEN: usize = 32;
 pub const SECTION_ENTRY_LEN: usize = 64;

@@ -533,7 +533,7 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
     let coords = r.u8()?;
     let activation = r.u8()?;
     let dtype = r.u8()?;
-    r.zeros(1, "PRED reserved")?;
+    let layout = r.u8()?;
     let pe_base = r.f64()?;
     let kernel_size = r.u32()?;
     let depth = r.u32()?;
@@ -544,6 +544,14 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
         return Err(r.err(format!("unknown activation {activation}")));
     }
     let weight_dtype = WeightDtype::from_code(dtype).ok_or(Error::UnknownPredictorDtype(dtype))?;
+    // Code layout (byte 7; reserved, zero, before 1.5): 1 = every layer's codes first, one byte
+    // each, then each layer's scales and bias (integer dtypes only).
+    let byte_codes = match layout {
+        0 => false,
+        1 if weight_dtype.max_code().is_some() => true,
+        1 => return Err(r.err("code layout 1 needs an integer weight dtype")),
+        other => return Err(r.err(format!("unknown code layout {other}"))),
+    };
     if pe_levels == 0 || pe_levels > MAX_PE_LEVELS {
         return Err(r.err(format!("pe_levels {pe_levels} outside 1..={MAX_PE_LEVELS}")));
     }
@@ -581,12 +589,38 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
     };
     // Declared parameters must fill the section exactly (bounds the allocation by its size).
     let declared = config.widths.windows(2).try_fold(0u64, |acc, d| {
-        let layer = weight_dtype.layer_bytes(u64::from(d[0]), u64::from(d[1]))?;
+        let (i, o) = (u64::from(d[0]), u64::from(d[1]));
+        let layer = if byte_codes {
+            i.checked_mul(o)?.checked_add(o.checked_mul(8)?)?
+        } else {
+            weight_dtype.layer_bytes(i, o)?
+        };
         acc.checked_add(layer)
     });
     if declared != Some(r.remaining() as u64) {
         return Err(r.err("weight bytes do not match the declared shape"));
     }
+    // Layout 1: all codes come first, one byte each, in range for the dtype.
+    let mut byte_code_layers = Vec::new();
+    if byte_codes {
+        let bits = weight_dtype.code_bits().unwrap_or(8);
+        let (lo, hi) = (-(1i16 << (bits - 1)), (1i16 << (bits - 1)) - 1);
+        for dims in config.widths.windows(2) {
+            let codes: Vec<i8> = r
+                .bytes(dims[0] as usize * dims[1] as usize)?
+                .iter()
+                .map(|&b| b as i8)
+                .collect();
+            if codes.iter().any(|&c| !(lo..=hi).contains(&i16::from(c))) {
+                return Err(r.err(format!(
+                    "a code is outside {lo}..={hi}, the range of {}",
+                    weight_dtype.name()
+                )));
+            }
+            byte_code_layers.push(codes);
+        }
+    }
+    let mut byte_code_layers = byte_code_layers.into_iter();
     let mut layers = Vec::with_capacity(config.depth());
     for dims in config.widths.windows(2) {
         let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
@@ -598,15 +632,20 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
                     weight_dtype.name()
                 )));
             }
-            let bits = weight_dtype.code_bits().unwrap_or(8);
-            let n = inputs * outputs;
-            let packed = r.bytes((n * bits as usize).div_ceil(8))?;
-            let q = unpack_codes(packed, n, bits).ok_or_else(|| {
-                r.err(format!(
-                    "{} padding bits after the last code are not zero",
-                    weight_dtype.name()
-                ))
-            })?;
+            let q = match byte_code_layers.next() {
+                Some(q) => q,
+                None => {
+                    let bits = weight_dtype.code_bits().unwrap_or(8);
+                    let n = inputs * outputs;
+                    let packed = r.bytes((n * bits as usize).div_ceil(8))?;
+                    unpack_codes(packed, n, bits).ok_or_else(|| {
+                        r.err(format!(
+                            "{} padding bits after the last code are not zero",
+                            weight_dtype.name()
+                        ))
+                    })?
+                }
+            };
             let weight = dequantize_codes(&q, &scales);
             (weight, r.f32s(outputs)?, scales)
         } else {

@@ -82,14 +82,17 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
+/// `PRED` (spec §5.1). With `byte_codes` (layout 1, integer dtypes, since 1.5) every layer's
+/// codes come first, one byte each, then each layer's scales and bias.
+fn predictor_section(p: &Predictor, byte_codes: bool) -> Result<Vec<u8>> {
     let mut w = Writer::default();
     let c = &p.config;
+    let byte_codes = byte_codes && c.weight_dtype.max_code().is_some();
     w.u32(c.pe_levels);
     w.u8(0); // coordinate convention: raw integers
     w.u8(0); // activation: ReLU
     w.u8(c.weight_dtype.code());
-    w.u8(0);
+    w.u8(u8::from(byte_codes)); // code layout
     w.f64(c.pe_base);
     w.u32(c.kernel_size);
     w.u32(c.depth() as u32);
@@ -99,6 +102,7 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
     if p.layers.len() != c.depth() {
         return Err(Error::InvalidArgument("predictor depth mismatch".into()));
     }
+    let mut tails = Vec::new();
     for (layer, dims) in p.layers.iter().zip(c.widths.windows(2)) {
         if layer.inputs != dims[0] as usize
             || layer.outputs != dims[1] as usize
@@ -111,6 +115,14 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
         }
         if let (Some(max), Some(bits)) = (c.weight_dtype.max_code(), c.weight_dtype.code_bits()) {
             let (q, scales) = int_weights(layer, max)?;
+            if byte_codes {
+                w.bytes(&pack_codes(&q, 8));
+                let mut tail = Writer::default();
+                tail.f32s(&scales);
+                tail.f32s(&layer.bias);
+                tails.push(tail.buf);
+                continue;
+            }
             w.f32s(&scales);
             w.bytes(&pack_codes(&q, bits));
             w.f32s(&layer.bias);
@@ -123,6 +135,9 @@ fn predictor_section(p: &Predictor) -> Result<Vec<u8>> {
                 _ => w.f32s(&[v]),
             }
         }
+    }
+    for tail in tails {
+        w.bytes(&tail);
     }
     Ok(w.buf)
 }
@@ -252,11 +267,29 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         index.u64(t.bytes.len() as u64);
     }
 
-    let payload = predictor_section(parts.predictor)?;
+    let payload = predictor_section(parts.predictor, false)?;
+    let mut byte_codes = false;
     let predictor = if parts.raw_predictor {
         raw(TAG_PREDICTOR, payload)
     } else {
-        compressed_if_smaller(TAG_PREDICTOR, payload)?
+        let packed = compressed_if_smaller(TAG_PREDICTOR, payload)?;
+        // Codes of fewer than 8 bits, one byte each and all together (layout 1): zstd's entropy
+        // coder then sees whole symbols, not a bit stream straddling bytes. On int6 ResNet-20
+        // predictors (hidden 195) the codes went from 6 to about 5.2 bits each, PRED -8.5 %.
+        // Written only when smaller, so small predictors keep the packed layout.
+        let bits = parts.predictor.config.weight_dtype.code_bits();
+        if bits.is_some_and(|b| b < 8) {
+            let bytes =
+                compressed_if_smaller(TAG_PREDICTOR, predictor_section(parts.predictor, true)?)?;
+            if bytes.payload.len() < packed.payload.len() {
+                byte_codes = true;
+                bytes
+            } else {
+                packed
+            }
+        } else {
+            packed
+        }
     };
     let pred_zstd = predictor.encoding == ENCODING_ZSTD;
     // The tables of names compress about 6x (format 1.4); DATA stays raw for memory mapping.
@@ -292,11 +325,12 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
+    // they can: 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
     // for a zstd PRED, 1 for an int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
-        _ if tables_zstd => MINOR_VERSION,
-        (WeightDtype::Int6 | WeightDtype::Int5, _) => MINOR_VERSION,
+        _ if byte_codes => MINOR_VERSION,
+        _ if tables_zstd => 4,
+        (WeightDtype::Int6 | WeightDtype::Int5, _) => 4,
         (WeightDtype::Int4, _) => 3,
         (_, true) => 2,
         (WeightDtype::Int8, false) => 1,
