@@ -19,7 +19,7 @@ for i in range(n):
         if enc == 1:
             raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=decoded)
         pred_stored = stored
-L, conv, act, dtype, _ = struct.unpack_from("<IBBBB", raw, 0)
+L, conv, act, dtype, layout = struct.unpack_from("<IBBBB", raw, 0)
 K, D = struct.unpack_from("<II", raw, 16)
 widths = struct.unpack_from(f"<{D+1}I", raw, 24)
 q = {3: 8, 4: 4, 5: 6, 6: 5}[dtype]
@@ -29,14 +29,24 @@ int8_layout = bytearray(header)
 int8_layout[6] = 3
 ent_bits = 0.0
 hist_total = collections.Counter()
+byte_codes = []
+if layout == 1:  # format 1.5: every layer's codes first, one byte each
+    for i in range(D):
+        m = widths[i] * widths[i + 1]
+        byte_codes.append(raw[pos:pos + m]); pos += m
 for i in range(D):
     wi, wo = widths[i], widths[i + 1]
-    scales = raw[pos:pos + 4 * wo]; pos += 4 * wo
     m = wi * wo
-    nbytes = (m * q + 7) // 8
-    packed = raw[pos:pos + nbytes]; pos += nbytes
-    bias = raw[pos:pos + 4 * wo]; pos += 4 * wo
-    if q == 8:
+    if layout == 1:
+        scales = raw[pos:pos + 4 * wo]; pos += 4 * wo
+        packed = byte_codes[i]
+        bias = raw[pos:pos + 4 * wo]; pos += 4 * wo
+    else:
+        scales = raw[pos:pos + 4 * wo]; pos += 4 * wo
+        nbytes = (m * q + 7) // 8
+        packed = raw[pos:pos + nbytes]; pos += nbytes
+        bias = raw[pos:pos + 4 * wo]; pos += 4 * wo
+    if q == 8 or layout == 1:
         codes = [x - 256 if x > 127 else x for x in packed]
     else:
         bits = int.from_bytes(packed, "little")
@@ -54,8 +64,8 @@ z = zstandard.ZstdCompressor(level=19)
 alt = len(z.compress(bytes(int8_layout)))
 packed_z = len(z.compress(raw))
 ncodes = sum(hist_total.values())
-side = len(raw) - sum(widths[i] * widths[i+1] for i in range(D)) * q / 8
-print(f"{path}: dtype q={q}, widths {widths}")
+side = len(raw) - sum(widths[i] * widths[i+1] for i in range(D)) * (1 if layout == 1 else q / 8)
+print(f"{path}: dtype q={q}, code layout {layout}, widths {widths}")
 print(f"  PRED stored now: {pred_stored} bytes (raw {len(raw)}, zstd-19 of packed {packed_z})")
 print(f"  codes one per byte + zstd-19 (int8 container): {alt} bytes ({100 * (alt - pred_stored) / pred_stored:+.1f} %)")
 print(f"  order-0 entropy of codes, per layer: {ent_bits / ncodes:.3f} bits/code -> {ent_bits / 8 + side:.0f} bytes with scales/biases/header raw")
