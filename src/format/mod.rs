@@ -22,7 +22,7 @@ use crate::permute::PermutationKind;
 /// `\x89NERN\r\n\x1a`: a non-ASCII first byte and CR/LF/EOF catch text-mode transfers (as PNG).
 pub const MAGIC: [u8; 8] = *b"\x89NERN\r\n\x1a";
 pub const MAJOR_VERSION: u16 = 1;
-/// Newest minor version this implementation reads and writes (1.1 added int8 predictors).
+/// Newest minor version this implementation reads and writes (1.5 added PRED code layout 1).
 pub const MINOR_VERSION: u16 = 5;
 /// Fixed header: magic, version, section count, file length, reserved.
 pub const HEADER_LEN: usize = 32;
