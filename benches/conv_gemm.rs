@@ -6,20 +6,12 @@
 //!
 //! `cargo bench --bench conv_gemm [-- INDEX]` (INDEX: only that row).
 
+mod common;
+use common::cpu_seconds;
+
 use std::time::Instant;
 
 use nernc::decode::gemm::gemm_bias_rows;
-
-/// CPU time of this process, in seconds.
-fn cpu_seconds() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
 
 fn main() {
     let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());

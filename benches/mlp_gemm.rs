@@ -12,6 +12,9 @@
 //! the products would gain about 1.14x, some 10 % of phase 1: the predictor's matmuls stay
 //! burn's.
 
+mod common;
+use common::cpu_seconds;
+
 use std::time::Instant;
 
 use burn::backend::Flex;
@@ -19,16 +22,6 @@ use burn::tensor::{Tensor, TensorData};
 use nernc::decode::gemm::gemm_bias_rows;
 
 type B = Flex;
-
-fn cpu_seconds() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
 
 /// CPU ms per call of `f`, over enough calls for about a second of work.
 fn time(mut f: impl FnMut()) -> f64 {

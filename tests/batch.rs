@@ -10,20 +10,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Tiny, data-free settings: the batch logic is what is tested.
-const QUICK: [&str; 10] = [
-    "--hidden",
-    "8",
-    "--steps",
-    "2",
-    "--batch",
-    "256",
-    "--data",
-    "noise",
-    "--distill-steps",
-    "0",
-];
-
 fn batch(manifest: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "batch",

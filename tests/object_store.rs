@@ -108,6 +108,15 @@ impl S3Server {
         self.root.path().join(BUCKET).join(key)
     }
 
+    /// `nernc ARGS` with this server's credentials, run to completion.
+    fn run(&self, args: &[&str]) -> Output {
+        run({
+            let mut c = self.nernc();
+            c.args(args);
+            c
+        })
+    }
+
     /// `nernc` with this server's credentials and no others from the test's environment.
     fn nernc(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_nernc"));
@@ -192,20 +201,6 @@ fn objects_are_created_once_read_by_range_and_replaced_whole() {
     );
 }
 
-/// Tiny, data-free encode settings.
-const QUICK: [&str; 10] = [
-    "--hidden",
-    "8",
-    "--steps",
-    "2",
-    "--batch",
-    "256",
-    "--data",
-    "noise",
-    "--distill-steps",
-    "0",
-];
-
 fn run(mut c: Command) -> Output {
     c.output().expect("run nernc")
 }
@@ -234,27 +229,19 @@ fn encode_decode_inspect_verify_and_eval_on_s3_uris() {
         local.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run({
-        let mut c = s3.nernc();
-        c.args([
-            "decode",
-            &uri("r20.nern"),
-            "-o",
-            &uri("out/r20.safetensors"),
-        ]);
-        c
-    });
+    let o = s3.run(&[
+        "decode",
+        &uri("r20.nern"),
+        "-o",
+        &uri("out/r20.safetensors"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(s3.object_path("out/r20.safetensors")).unwrap(),
         std::fs::read(&local).unwrap()
     );
     // Provenance in at most two ranged reads, far less than the file.
-    let o = run({
-        let mut c = s3.nernc();
-        c.args(["inspect", "--provenance", "--json", &uri("r20.nern")]);
-        c
-    });
+    let o = s3.run(&["inspect", "--provenance", "--json", &uri("r20.nern")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["reads"].as_u64().unwrap() <= 2, "{v}");
@@ -272,22 +259,14 @@ fn encode_decode_inspect_verify_and_eval_on_s3_uris() {
     let read = v["bytes_read"].as_u64().unwrap();
     assert!(read <= meta_end.max(8192) && read < file_len, "{v}");
     // A plain `inspect` of a URI reads only the header and META too; `--full` fetches it all.
-    let o = run({
-        let mut c = s3.nernc();
-        c.args(["inspect", &uri("r20.nern")]);
-        c
-    });
+    let o = s3.run(&["inspect", &uri("r20.nern")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("ranged read"),
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    let full = run({
-        let mut c = s3.nernc();
-        c.args(["inspect", "--full", &uri("r20.nern")]);
-        c
-    });
+    let full = s3.run(&["inspect", "--full", &uri("r20.nern")]);
     assert!(full.status.success(), "{}", stderr(&full));
     assert_eq!(
         full.stdout,
@@ -295,23 +274,15 @@ fn encode_decode_inspect_verify_and_eval_on_s3_uris() {
         "--full of the object differs from inspect of the same bytes"
     );
     // verify: both sides remote.
-    let o = run({
-        let mut c = s3.nernc();
-        c.args([
-            "verify",
-            &uri("r20.nern"),
-            "--source",
-            &uri("src.safetensors"),
-        ]);
-        c
-    });
+    let o = s3.run(&[
+        "verify",
+        &uri("r20.nern"),
+        "--source",
+        &uri("src.safetensors"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // eval reads a remote model (and reference) as it reads a local one.
-    let o = run({
-        let mut c = s3.nernc();
-        c.args(["eval", &uri("src.safetensors"), "--limit", "20", "--json"]);
-        c
-    });
+    let o = s3.run(&["eval", &uri("src.safetensors"), "--limit", "20", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -350,16 +321,12 @@ fn missing_or_wrong_credentials_fail_before_any_work_and_write_nothing() {
         &nernc(&["inspect", "ftp://host/x.nern"]),
         "unsupported URI scheme",
     );
-    let o = run({
-        let mut c = s3.nernc();
-        c.args([
-            "decode",
-            &uri("absent.nern"),
-            "-o",
-            &uri("absent.safetensors"),
-        ]);
-        c
-    });
+    let o = s3.run(&[
+        "decode",
+        &uri("absent.nern"),
+        "-o",
+        &uri("absent.safetensors"),
+    ]);
     assert_clean_failure(&o, "not found");
     assert_eq!(entries(&s3.root.path().join(BUCKET)), Vec::<String>::new());
 }

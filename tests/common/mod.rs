@@ -10,6 +10,20 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Tiny, data-free encode settings, for tests of what surrounds training (batch, storage).
+pub const QUICK: [&str; 10] = [
+    "--hidden",
+    "8",
+    "--steps",
+    "2",
+    "--batch",
+    "256",
+    "--data",
+    "noise",
+    "--distill-steps",
+    "0",
+];
+
 pub fn nernc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nernc"))
         .args(args)
