@@ -160,6 +160,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
     if let Some(lr) = o.tune_passthrough {
         v["tune_passthrough_lr"] = json!(lr);
     }
+    if let Some(t) = o.time_limit {
+        v["time_limit_seconds"] = json!(t);
+    }
     sha256_hex(v.to_string().as_bytes())
 }
 

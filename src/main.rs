@@ -153,6 +153,13 @@ struct EncodeSettings {
     /// (exit status 3).
     #[arg(long, allow_negative_numbers = true)]
     max_drop: Option<f64>,
+    /// Wall-clock limit of the whole encode: `600`, `600s`, `9m`, `2h`. A few real steps of
+    /// each phase are timed first; if the schedule would not fit, both phases' step counts are
+    /// scaled down by one factor (never up). The counts run are printed and recorded: a rerun
+    /// with them (`--steps N --distill-steps M`) gives the same file; the limit itself makes the
+    /// schedule depend on this machine's speed.
+    #[arg(long, allow_hyphen_values = true)]
+    time_limit: Option<String>,
     /// Hidden width of the predictor MLP [default: 180, or chosen by --target-size].
     #[arg(long)]
     hidden: Option<u32>,
@@ -441,6 +448,11 @@ impl EncodeSettings {
                 .target_size
                 .as_deref()
                 .map(SizeTarget::parse)
+                .transpose()?,
+            time_limit: self
+                .time_limit
+                .as_deref()
+                .map(nernc::encode::clock::parse_duration)
                 .transpose()?,
             pinned: Pinned {
                 hidden: self.hidden.is_some(),

@@ -9,7 +9,7 @@ use super::budget::META_RESERVE;
 use super::options::EncodeOptions;
 use super::report::{
     AccuracyReport, BaselineReport, CandidateReport, DistillReport, EncodeReport, GoalReport,
-    RoundReport,
+    RoundReport, TimeLimitReport,
 };
 use super::source::Source;
 use super::tune::TunedPassthrough;
@@ -39,6 +39,7 @@ pub struct Encoded {
     pub goal: GoalReport,
     /// What the encode did differently from what was asked, and why.
     pub notes: Vec<String>,
+    pub time_limit: Option<TimeLimitReport>,
 }
 
 /// The `.nern` bytes and the report; `started` is when the encode began.
@@ -74,6 +75,7 @@ pub fn assemble(
         goal: r.goal,
         candidates: r.candidates,
         notes: r.notes,
+        time_limit: r.time_limit,
         device: opts.device.describe(),
     };
     let cfg = &r.predictor.config;
@@ -121,6 +123,12 @@ pub fn assemble(
         "dataset": opts.data_dir.as_ref().map(|_| opts.dataset.name()),
         "held_out_images": report.accuracy.held_out_images,
     });
+    // Added in a later version: present only when set, so earlier recipes keep their hash. The
+    // step counts above are the ones run, which reproduce the file without the limit.
+    let mut recipe = recipe;
+    if let Some(t) = opts.time_limit {
+        recipe["time_limit_seconds"] = json!(t);
+    }
     let names: Vec<&str> = r
         .layers
         .iter()
@@ -152,6 +160,7 @@ pub fn assemble(
         "goal": report.goal,
         "candidates": report.candidates,
         "notes": report.notes,
+        "time_limit": report.time_limit,
         "timings": {
             "permutation_seconds": report.permutation_seconds,
             "total_seconds": report.total_seconds,

@@ -6,6 +6,8 @@
 //! - `source`: the input checkpoint, parsed once;
 //! - `selection`: held-out training images and the accuracy of a predictor on them;
 //! - `budget`: what a predictor costs in the file, and the shapes that fill a size budget;
+//! - `clock`: what the rest of an encode costs in time, and the step counts a `--time-limit`
+//!   leaves;
 //! - `search`: permutation tables;
 //! - `kernels`, `mlp`, `schedule`: the training data, the predictor as a burn module, the
 //!   learning-rate schedule, shared by both phases;
@@ -16,6 +18,7 @@
 
 mod assemble;
 mod budget;
+pub mod clock;
 mod kernels;
 mod mlp;
 mod options;

@@ -56,6 +56,9 @@ pub struct EncodeOptions {
     /// Train the BN affine parameters and the FC layer in phase 2 beside the predictor, at this
     /// peak learning rate (`--passthrough tuned`): lossy, opt-in, recorded in the recipe.
     pub tune_passthrough: Option<f64>,
+    /// Wall-clock limit of the whole encode in seconds (`--time-limit`): the step counts are
+    /// scaled down to fit after a short calibration (see `encode::clock`).
+    pub time_limit: Option<f64>,
     /// Phase 2 and its data were not asked for but are the defaults: on an architecture phase 2
     /// does not support, the encode goes on with reconstruction only (and says so) instead of
     /// failing.
@@ -226,6 +229,7 @@ impl Default for EncodeOptions {
             phase2_by_default: false,
             passthrough_f16: false,
             tune_passthrough: None,
+            time_limit: None,
         }
     }
 }
@@ -354,6 +358,11 @@ impl EncodeOptions {
             if !(lr.is_finite() && lr > 0.0) {
                 return bad("--tune-lr must be positive");
             }
+        }
+        if let Some(t) = o.time_limit
+            && !(t.is_finite() && t > 0.0)
+        {
+            return bad("--time-limit must be a positive duration");
         }
         if o.pe_levels == 0 || o.pe_levels > 256 || !(o.pe_base.is_finite() && o.pe_base > 0.0) {
             return bad("positional encoding: levels in 1..=256, base positive");

@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use super::assemble::{Encoded, assemble};
 use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
+use super::clock::{Costs, Plan, distill_evals, probe_steps};
 use super::kernels::KernelSet;
 use super::options::{DistillOptions, DistillSource, EncodeOptions, default_phase1_steps};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillSettings, TuneSettings, distill};
 use super::progress::{NoProgress, Progress};
 use super::report::{
-    AccuracyReport, CandidateReport, DistillReport, EncodeReport, GoalReport, RoundReport, rmse,
+    AccuracyReport, CandidateReport, DistillReport, EncodeReport, GoalReport, RoundReport,
+    TimeLimitReport, rmse,
 };
 use super::search::search;
 use super::selection::{
@@ -22,6 +24,7 @@ use super::selection::{
 use super::source::Source;
 use super::tune::TunedPassthrough;
 use crate::arch::Network;
+use crate::data::Normalization;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
@@ -32,6 +35,10 @@ use crate::network::{FixedParams, HostModel};
 use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::{Predictor, PredictorConfig, WeightDtype};
 use crate::rng::SplitMix64;
+
+/// Mixed into the seed of `--time-limit`'s calibration runs, so they draw nothing from the
+/// encode's own sequence.
+const CALIBRATION_SEED: u64 = 0x7469_6d65_6c69_6d69;
 
 /// `encode` as a job for [`crate::device::run_on`].
 pub struct EncodeJob<'a> {
@@ -163,7 +170,7 @@ impl<B: TrainBackend> Context<'_, B> {
 
         let mut distill_report = None;
         let mut passthrough = None;
-        if let (Some(d), Some(net), Some(host), Some(teacher), Some(student)) = (
+        if let (Some(d), Some(_), Some(host), Some(teacher), Some(student)) = (
             s.distill,
             &self.net,
             &self.host,
@@ -179,43 +186,8 @@ impl<B: TrainBackend> Context<'_, B> {
                 original,
                 cfg.kernel_size as usize,
             );
-            let norm = match &self.plan {
-                Some(p) => p.norm.clone(),
-                None => opts
-                    .norm
-                    .clone()
-                    .unwrap_or_else(|| opts.dataset.normalization()),
-            };
-            let settings = DistillSettings {
-                steps: s.distill_steps,
-                batch: d.batch,
-                lr: d.lr,
-                temperature: d.temperature,
-                recon_weight: d.recon_weight,
-                eval_every: d.eval_every.unwrap_or((s.distill_steps / 10).max(1)),
-                // By default the first half is not evaluated (measured: the kept step was in
-                // the last fifth in every default run); with --eval-every, every multiple is.
-                eval_from: if d.eval_every.is_some() {
-                    0
-                } else {
-                    s.distill_steps / 2
-                },
-                warmup: d.warmup.unwrap_or(0),
-                norm: &norm,
-                input: DistillInput::for_options(
-                    d,
-                    self.plan.as_ref(),
-                    opts.dataset,
-                    net.in_channels,
-                )?,
-                held_out: self.held_out(),
-                storage: s.storage,
-                augment: d.augment,
-                tune: opts.tune_passthrough.map(|lr| TuneSettings {
-                    lr,
-                    f16: opts.passthrough_f16,
-                }),
-            };
+            let norm = self.phase2_norm();
+            let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
             let out = distill::<B>(
                 device,
                 &predictor,
@@ -281,6 +253,164 @@ impl<B: TrainBackend> Context<'_, B> {
         })
     }
 
+    /// The normalisation phase 2 feeds the networks with.
+    fn phase2_norm(&self) -> Normalization {
+        match &self.plan {
+            Some(p) => p.norm.clone(),
+            None => self
+                .opts
+                .norm
+                .clone()
+                .unwrap_or_else(|| self.opts.dataset.normalization()),
+        }
+    }
+
+    /// Phase 2's settings for `steps` steps stored as `storage`; `select`: with held-out
+    /// selection (when there is data).
+    fn distill_settings<'s>(
+        &'s self,
+        d: &'s DistillOptions,
+        steps: usize,
+        storage: WeightDtype,
+        norm: &'s Normalization,
+        select: bool,
+    ) -> Result<DistillSettings<'s>> {
+        let net = self.net.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("phase 2 needs a network it understands".into())
+        })?;
+        let (eval_every, eval_from) = distill_evals(steps, d.eval_every);
+        Ok(DistillSettings {
+            steps,
+            batch: d.batch,
+            lr: d.lr,
+            temperature: d.temperature,
+            recon_weight: d.recon_weight,
+            eval_every,
+            eval_from,
+            warmup: d.warmup.unwrap_or(0),
+            norm,
+            input: DistillInput::for_options(
+                d,
+                self.plan.as_ref(),
+                self.opts.dataset,
+                net.in_channels,
+            )?,
+            held_out: if select { self.held_out() } else { None },
+            storage,
+            augment: d.augment,
+            tune: self.opts.tune_passthrough.map(|lr| TuneSettings {
+                lr,
+                f16: self.opts.passthrough_f16,
+            }),
+        })
+    }
+
+    /// Measures what the work a `--time-limit` plans costs here: a few phase-1 steps, a few
+    /// phase-2 steps (the teacher uncached), the teacher's and the student's forward on a
+    /// thousand images. Uses its own seeds: the training that follows is unchanged by it.
+    fn calibrate(&self, cfg: &PredictorConfig, s: &Schedule<'_>) -> Result<Costs> {
+        let (device, opts) = (self.device, self.opts);
+        self.progress.stage("timing (--time-limit)");
+        let original = &self.source.weights;
+        let set = KernelSet::new(
+            &self.layers,
+            &self.permutations,
+            original,
+            original,
+            cfg.kernel_size as usize,
+        );
+        let mut predictor = None;
+        let mut timed_train = |steps: usize| -> Result<f64> {
+            let settings = TrainSettings {
+                steps,
+                batch: opts.batch,
+                lr: opts.lr,
+                beta1: opts.beta1,
+            };
+            let t = Instant::now();
+            let out = train::<B>(
+                device,
+                cfg,
+                &set,
+                &settings,
+                opts.seed ^ CALIBRATION_SEED,
+                &NoProgress,
+            )?;
+            predictor = Some(out.predictor);
+            Ok(t.elapsed().as_secs_f64())
+        };
+        // Differences of two runs: the setup each run repeats cancels out.
+        let (short, long) = (timed_train(2)?, timed_train(12)?);
+        let phase1_step = ((long - short) / 10.0).max(1e-6);
+        let predictor = predictor.expect("calibration trained a predictor");
+
+        let mut costs = Costs {
+            phase1_step,
+            distill_step: 0.0,
+            teacher_image: 0.0,
+            eval_image: 0.0,
+        };
+        let sample = |n: usize| -> Option<HeldOut<'_>> {
+            let plan = self.plan.as_ref()?;
+            let (data, idx) = match self.held_out() {
+                Some(h) if !h.indices.is_empty() => (h.data, h.indices),
+                _ => (&plan.train, plan.train_idx.as_slice()),
+            };
+            Some(HeldOut {
+                data,
+                indices: &idx[..n.min(idx.len())],
+            })
+        };
+        if let (Some(h), Some(student), Some(plan)) = (sample(1000), &self.student, &self.plan) {
+            let t = Instant::now();
+            held_out_accuracy(
+                &predictor,
+                &self.layers,
+                &self.permutations,
+                student,
+                &h,
+                &plan.norm,
+                device,
+            )?;
+            costs.eval_image = t.elapsed().as_secs_f64() / h.indices.len().max(1) as f64;
+        }
+        if let (Some(d), Some(host), Some(teacher), Some(student)) =
+            (s.distill, &self.host, &self.teacher, &self.student)
+        {
+            let norm = self.phase2_norm();
+            if let Some(h) = sample(1000) {
+                let t = Instant::now();
+                network_accuracy(teacher, &h, &norm, device)?;
+                costs.teacher_image = t.elapsed().as_secs_f64() / h.indices.len().max(1) as f64;
+            }
+            let timed_distill = |steps: usize| -> Result<f64> {
+                let settings = self.distill_settings(d, steps, s.storage, &norm, false)?;
+                let t = Instant::now();
+                distill::<B>(
+                    device,
+                    &predictor,
+                    &set,
+                    &self.layers,
+                    &self.permutations,
+                    host,
+                    student,
+                    None,
+                    teacher,
+                    &settings,
+                    opts.seed ^ CALIBRATION_SEED,
+                    &NoProgress,
+                )?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            let (short, long) = (timed_distill(1)?, timed_distill(4)?);
+            let cold_step = ((long - short) / 3.0).max(1e-6);
+            // The calibration's cache was cold: every image of a step went through the teacher.
+            costs.distill_step =
+                (cold_step - d.batch as f64 * costs.teacher_image).max(0.1 * cold_step);
+        }
+        Ok(costs)
+    }
+
     /// Measures each candidate on a short schedule (a sixth of phase 1, a twentieth of phase
     /// 2) and returns the index of the best by held-out accuracy (conv RMSE without data).
     fn probe(
@@ -300,11 +430,12 @@ impl<B: TrainBackend> Context<'_, B> {
                 c.dtype.name()
             ));
             let t = Instant::now();
+            let (phase1_steps, distill_steps) = probe_steps(full.phase1_steps, full.distill_steps);
             let schedule = Schedule {
-                phase1_steps: (full.phase1_steps / 6).max(20),
+                phase1_steps,
                 rounds: 1,
                 distill: full.distill,
-                distill_steps: (full.distill_steps / 20).max(5),
+                distill_steps,
                 storage: c.dtype,
             };
             let mut seeds = SplitMix64::new(seed);
@@ -465,8 +596,9 @@ fn encode_on<B: TrainBackend>(
         storage: opts.predictor_dtype,
     };
 
-    // A budget chooses the predictor (measuring candidates) before the full run.
+    // A budget lists the predictors that fit; which one wins is measured before the full run.
     let mut candidates = Vec::new();
+    let mut list = None;
     if let Some(budget) = budget {
         let sizer = Sizer {
             source: &source,
@@ -476,17 +608,81 @@ fn encode_on<B: TrainBackend>(
         if resumed.is_some() {
             schedule.storage = resumed_dtype(&sizer, opts, &cfg, budget)?;
         } else {
-            let list = budget_candidates(&sizer, opts, source.kernel_size, budget)?;
-            let chosen = if list.len() > 1 {
-                let (i, reports) = ctx.probe(&list, &schedule, opts.seed)?;
-                candidates = reports;
-                i
-            } else {
-                0
-            };
-            cfg = list[chosen].config.clone();
-            schedule.storage = list[chosen].dtype;
+            list = Some(budget_candidates(&sizer, opts, source.kernel_size, budget)?);
         }
+    }
+
+    // A time limit fixes the step counts now, from what a few real steps cost here.
+    let mut time_limit = None;
+    if let Some(limit) = opts.time_limit {
+        let t = Instant::now();
+        let calibration_cfg = list
+            .as_ref()
+            .map_or(&cfg, |l: &Vec<Candidate>| &l[0].config);
+        let costs = ctx.calibrate(calibration_cfg, &schedule)?;
+        let cached_pool = match (schedule.distill, &ctx.plan) {
+            (Some(d), Some(plan)) if d.source == DistillSource::Data && d.augment.is_none() => {
+                Some(plan.train_idx.len())
+            }
+            _ => None,
+        };
+        let plan = Plan {
+            rounds: if resumed.is_some() {
+                0
+            } else {
+                schedule.rounds
+            },
+            phase1_steps: schedule.phase1_steps,
+            distill_steps: schedule.distill.map_or(0, |_| schedule.distill_steps),
+            distill_batch: schedule.distill.map_or(0, |d| d.batch),
+            cached_pool,
+            eval_every: schedule.distill.and_then(|d| d.eval_every),
+            held_out_images: ctx.held_out().map_or(0, |h| h.indices.len()),
+            test_images: ctx
+                .plan
+                .as_ref()
+                .and_then(|p| p.test.as_ref())
+                .map_or(0, |t| t.len()),
+            probes: list
+                .as_ref()
+                .map_or(0, |l| if l.len() > 1 { l.len() } else { 0 }),
+        };
+        let left = limit - started.elapsed().as_secs_f64();
+        let (s1, s2) = plan.fit(&costs, left)?;
+        let asked = (plan.phase1_steps, plan.distill_steps);
+        if (s1, s2) != asked {
+            notes.push(format!(
+                "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} steps \
+                 (measured here; `--steps {s1} --distill-steps {s2}` without the limit gives \
+                 the same file)",
+                asked.0, asked.1
+            ));
+        }
+        time_limit = Some(TimeLimitReport {
+            limit_seconds: limit,
+            left_seconds: left,
+            calibration_seconds: t.elapsed().as_secs_f64(),
+            costs,
+            asked_steps: asked,
+            steps: (s1, s2),
+            planned_seconds: plan.seconds(&costs, s1, s2),
+        });
+        schedule.phase1_steps = s1;
+        if schedule.distill.is_some() {
+            schedule.distill_steps = s2;
+        }
+    }
+
+    if let Some(list) = list {
+        let chosen = if list.len() > 1 {
+            let (i, reports) = ctx.probe(&list, &schedule, opts.seed)?;
+            candidates = reports;
+            i
+        } else {
+            0
+        };
+        cfg = list[chosen].config.clone();
+        schedule.storage = list[chosen].dtype;
     }
 
     let original_held_out = ctx.original_held_out()?;
@@ -565,6 +761,7 @@ fn encode_on<B: TrainBackend>(
         candidates,
         goal,
         notes,
+        time_limit,
     };
     assemble(&source, opts, encoded, started)
 }

@@ -39,7 +39,26 @@ pub struct EncodeReport {
     pub candidates: Vec<CandidateReport>,
     /// What the encode did differently from what was asked, and why.
     pub notes: Vec<String>,
+    /// How `--time-limit` sized the schedule (absent without one).
+    pub time_limit: Option<TimeLimitReport>,
     pub device: String,
+}
+
+/// What `--time-limit` measured and chose.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TimeLimitReport {
+    pub limit_seconds: f64,
+    /// Seconds left when the schedule was fixed (after loading, permutations, calibration).
+    pub left_seconds: f64,
+    pub calibration_seconds: f64,
+    /// Measured seconds: per phase-1 step, per phase-2 step without the teacher, per teacher
+    /// image, per evaluated image.
+    pub costs: crate::encode::clock::Costs,
+    /// Phase-1 and phase-2 steps asked for (or defaulted), and the ones run.
+    pub asked_steps: (usize, usize),
+    pub steps: (usize, usize),
+    /// What the chosen steps were planned to take.
+    pub planned_seconds: f64,
 }
 
 /// One predictor shape a size budget measured on a short schedule.
@@ -226,6 +245,19 @@ impl EncodeReport {
             s += &format!("  note: {n}\n");
         }
         s += &self.goal.line();
+        if let Some(t) = &self.time_limit {
+            s += &format!(
+                "  time limit: {:.0} s, {:.0} s left after loading and {:.1} s of timing; planned \
+                 {:.0} s for {} phase-1 and {} phase-2 steps; the encode took {:.0} s\n",
+                t.limit_seconds,
+                t.left_seconds,
+                t.calibration_seconds,
+                t.planned_seconds,
+                t.steps.0,
+                t.steps.1,
+                self.total_seconds
+            );
+        }
         if let Some(b) = self.goal.budget_bytes {
             s += &format!("  size budget: {b} bytes, file {} bytes\n", self.nern_bytes);
         }

@@ -1,0 +1,308 @@
+//! `--time-limit`: what the rest of an encode costs on this machine, and the step counts that
+//! fit. The costs are calibrated by running a few real steps of each phase before training; the
+//! schedule is then fixed (both phases' step counts scaled by one factor) and training itself is
+//! deterministic for those counts, so a rerun with `--steps N --distill-steps M` gives the same
+//! file.
+
+use crate::error::{Error, Result};
+
+/// Share of the time left that the planned work may fill: the calibration is a few steps on a
+/// machine whose speed moves (up to 35 % between minutes on the development VM).
+pub const SAFETY: f64 = 0.85;
+/// Fewest phase-1 steps a limit may leave (an explicit smaller `--steps` is kept).
+pub const MIN_PHASE1_STEPS: usize = 50;
+/// Fewest phase-2 steps a limit may leave.
+pub const MIN_DISTILL_STEPS: usize = 10;
+
+/// Seconds per unit of work, measured on this machine with this predictor and network.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Costs {
+    /// One phase-1 step (a batch of kernels, forward, backward, Adam).
+    pub phase1_step: f64,
+    /// One phase-2 step without the teacher's forward (predictor, student forward and
+    /// backward, Adam).
+    pub distill_step: f64,
+    /// The teacher's forward on one image.
+    pub teacher_image: f64,
+    /// The decoded student's forward on one held-out or test image.
+    pub eval_image: f64,
+}
+
+/// What the rest of the encode will do, apart from the two step counts being chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Phase-1 rounds (0 with `--resume`: phase 1 is skipped).
+    pub rounds: usize,
+    /// Phase-1 steps per round as asked (or defaulted): the most a limit leaves.
+    pub phase1_steps: usize,
+    /// Phase-2 steps as asked (0: no phase 2).
+    pub distill_steps: usize,
+    pub distill_batch: usize,
+    /// Images the teacher-logit cache draws from (`None`: no cache, the teacher runs on every
+    /// image of every step: noise or augmented images).
+    pub cached_pool: Option<usize>,
+    /// `--eval-every` when given.
+    pub eval_every: Option<usize>,
+    /// Held-out images (0 without data: no selection).
+    pub held_out_images: usize,
+    /// Test images measured after training (0 without `--test-eval`).
+    pub test_images: usize,
+    /// Budget candidates measured on the short schedule before the full run (0 or >= 2).
+    pub probes: usize,
+}
+
+/// Phase-2 evaluation steps: every `every` steps from `from` on, and the last step. By default a
+/// tenth of the steps apart, from the middle on (measured: the kept step was in the last fifth
+/// in every default run); with `--eval-every`, every multiple from the start.
+pub fn distill_evals(steps: usize, explicit_every: Option<usize>) -> (usize, usize) {
+    match explicit_every {
+        Some(e) => (e.max(1), 0),
+        None => ((steps / 10).max(1), steps / 2),
+    }
+}
+
+/// The short schedule budget candidates are compared on: a sixth of phase 1, a twentieth of
+/// phase 2.
+pub fn probe_steps(phase1_steps: usize, distill_steps: usize) -> (usize, usize) {
+    ((phase1_steps / 6).max(20), (distill_steps / 20).max(5))
+}
+
+impl Plan {
+    /// Seconds of one training run (phase 1 rounds, phase 2, their held-out evaluations).
+    fn train_seconds(&self, c: &Costs, rounds: usize, s1: usize, s2: usize) -> f64 {
+        let eval = self.held_out_images as f64 * c.eval_image;
+        let mut t = rounds as f64 * (s1 as f64 * c.phase1_step + eval);
+        if rounds == 0 {
+            // A resumed predictor is measured once before phase 2.
+            t += eval;
+        }
+        if s2 > 0 {
+            let b = self.distill_batch as f64;
+            let teacher = match self.cached_pool {
+                // Expected distinct images among s2 * b draws with replacement.
+                Some(n) => {
+                    let n = n.max(1) as f64;
+                    n * (1.0 - (-(s2 as f64) * b / n).exp())
+                }
+                None => s2 as f64 * b,
+            };
+            t += s2 as f64 * c.distill_step + teacher * c.teacher_image;
+            if self.held_out_images > 0 {
+                let (every, from) = distill_evals(s2, self.eval_every);
+                let evals = 1
+                    + (1..=s2)
+                        .filter(|&d| (d % every == 0 || d == s2) && d >= from)
+                        .count();
+                t += evals as f64 * eval;
+            }
+        }
+        t
+    }
+
+    /// Seconds of everything after calibration for step counts `s1`, `s2`: the candidates'
+    /// short runs, the full run, the test and int4-baseline evaluations.
+    pub fn seconds(&self, c: &Costs, s1: usize, s2: usize) -> f64 {
+        let (p1, p2) = probe_steps(s1, s2);
+        let probe = if self.probes > 1 {
+            let p2 = if s2 > 0 { p2 } else { 0 };
+            self.probes as f64 * self.train_seconds(c, 1, p1, p2)
+        } else {
+            0.0
+        };
+        let finals = (2 * self.test_images + self.held_out_images) as f64 * c.eval_image;
+        probe + self.train_seconds(c, self.rounds, s1, s2) + finals
+    }
+
+    /// The step counts to run inside `seconds_left`: both phases scaled by the largest common
+    /// factor in (0, 1] whose planned time fits [`SAFETY`] of what is left. Asked-for counts are
+    /// never exceeded; an error when even the fewest steps do not fit.
+    pub fn fit(&self, c: &Costs, seconds_left: f64) -> Result<(usize, usize)> {
+        if seconds_left <= 0.0 {
+            return Err(Error::Budget(format!(
+                "the time limit was spent {:.1} s before training could begin (loading, \
+                 permutations, timing); nothing trained",
+                -seconds_left
+            )));
+        }
+        let room = SAFETY * seconds_left;
+        let scaled = |f: f64| {
+            let scale = |asked: usize, min: usize| {
+                if asked == 0 {
+                    0
+                } else {
+                    ((asked as f64 * f).round() as usize).clamp(min.min(asked), asked)
+                }
+            };
+            (
+                scale(self.phase1_steps, MIN_PHASE1_STEPS),
+                scale(self.distill_steps, MIN_DISTILL_STEPS),
+            )
+        };
+        let at = |f: f64| {
+            let (s1, s2) = scaled(f);
+            self.seconds(c, s1, s2)
+        };
+        if at(1.0) <= room {
+            return Ok(scaled(1.0));
+        }
+        if at(0.0) > room {
+            let (s1, s2) = scaled(0.0);
+            return Err(Error::Budget(format!(
+                "the time limit leaves {seconds_left:.0} s; even {s1} phase-1 and {s2} phase-2 \
+                 steps would take about {:.0} s here (measured: {:.3} s per phase-1 step, {:.3} s \
+                 per phase-2 step, {:.2} ms per evaluated image)",
+                at(0.0) / SAFETY,
+                c.phase1_step,
+                c.distill_step + self.distill_batch as f64 * c.teacher_image,
+                c.eval_image * 1e3
+            )));
+        }
+        let (mut lo, mut hi) = (0.0, 1.0);
+        for _ in 0..40 {
+            let mid = 0.5 * (lo + hi);
+            if at(mid) <= room {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(scaled(lo))
+    }
+}
+
+/// Parses a duration: seconds (`600`, `600s`), minutes (`9m`, `1.5m`) or hours (`2h`).
+pub fn parse_duration(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 1.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * unit <= 1e7 => Ok(v * unit),
+        _ => Err(Error::InvalidArgument(format!(
+            "--time-limit {s:?}: expected a positive duration such as 600, 600s, 9m or 2h"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs() -> Costs {
+        Costs {
+            phase1_step: 0.1,
+            distill_step: 1.0,
+            teacher_image: 0.002,
+            eval_image: 0.0017,
+        }
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            rounds: 1,
+            phase1_steps: 3000,
+            distill_steps: 400,
+            distill_batch: 128,
+            cached_pool: Some(55_000),
+            eval_every: None,
+            held_out_images: 5000,
+            test_images: 10_000,
+            probes: 0,
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("600").unwrap(), 600.0);
+        assert_eq!(parse_duration("600s").unwrap(), 600.0);
+        assert_eq!(parse_duration("9m").unwrap(), 540.0);
+        assert_eq!(parse_duration("1.5m").unwrap(), 90.0);
+        assert_eq!(parse_duration("2h").unwrap(), 7200.0);
+        for bad in ["", "0", "-5", "m", "10x", "nan", "inf", "1e9h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_default_plan_adds_up_its_parts() {
+        let (p, c) = (plan(), costs());
+        // Evaluations: step 0, then 200, 240, ..., 400 (from the middle, every 40): 1 + 6.
+        let eval = 5000.0 * c.eval_image;
+        let distinct = 55_000.0 * (1.0 - (-400.0f64 * 128.0 / 55_000.0).exp());
+        let want = 3000.0 * 0.1
+            + eval
+            + 400.0 * 1.0
+            + distinct * c.teacher_image
+            + 7.0 * eval
+            + 25_000.0 * c.eval_image;
+        assert!((p.seconds(&c, 3000, 400) - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_generous_limit_keeps_the_asked_steps() {
+        let (p, c) = (plan(), costs());
+        let need = p.seconds(&c, 3000, 400);
+        assert_eq!(p.fit(&c, need / SAFETY + 1.0).unwrap(), (3000, 400));
+    }
+
+    #[test]
+    fn a_tight_limit_scales_both_phases_and_fits() {
+        let (p, c) = (plan(), costs());
+        let need = p.seconds(&c, 3000, 400);
+        let left = 0.6 * need;
+        let (s1, s2) = p.fit(&c, left).unwrap();
+        assert!(s1 < 3000 && s2 < 400);
+        assert!(p.seconds(&c, s1, s2) <= SAFETY * left);
+        // The same factor for both (to rounding).
+        let (f1, f2) = (s1 as f64 / 3000.0, s2 as f64 / 400.0);
+        assert!((f1 - f2).abs() < 0.01, "{f1} vs {f2}");
+        // And not needlessly short: a few more steps would not fit.
+        assert!(p.seconds(&c, s1 + 30, s2 + 4) > SAFETY * left);
+    }
+
+    #[test]
+    fn an_impossible_limit_is_an_error_naming_the_costs() {
+        let (p, c) = (plan(), costs());
+        let e = p.fit(&c, 5.0).unwrap_err().to_string();
+        assert!(
+            e.contains("time limit") && e.contains("per phase-1 step"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn probes_resumes_and_uncached_teachers_count() {
+        let c = costs();
+        let base = plan();
+        let probed = Plan {
+            probes: 3,
+            ..plan()
+        };
+        let (p1, p2) = probe_steps(3000, 400);
+        assert_eq!((p1, p2), (500, 20));
+        let extra = probed.seconds(&c, 3000, 400) - base.seconds(&c, 3000, 400);
+        assert!((extra - 3.0 * base.train_seconds(&c, 1, 500, 20)).abs() < 1e-9);
+        let resumed = Plan {
+            rounds: 0,
+            ..plan()
+        };
+        assert!(resumed.seconds(&c, 3000, 400) < base.seconds(&c, 3000, 400) - 299.0);
+        let noise = Plan {
+            cached_pool: None,
+            held_out_images: 0,
+            test_images: 0,
+            ..plan()
+        };
+        let want = 300.0 + 400.0 * (1.0 + 128.0 * c.teacher_image);
+        assert!((noise.seconds(&c, 3000, 400) - want).abs() < 1e-9);
+        // Phase 1 only: no phase-2 steps appear.
+        let p1_only = Plan {
+            distill_steps: 0,
+            ..plan()
+        };
+        assert_eq!(p1_only.fit(&c, 1e6).unwrap(), (3000, 0));
+    }
+}
