@@ -37,6 +37,8 @@ pub struct PredictorRow {
     pub depth: usize,
     pub parameters: u64,
     pub dtype: &'static str,
+    /// `PRED`'s code layout: 0 packed per layer, 1 byte codes (spec §5.1).
+    pub code_layout: u8,
 }
 
 #[derive(Serialize)]
@@ -109,6 +111,7 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
             depth: cfg.depth(),
             parameters: cfg.parameter_count(),
             dtype: cfg.weight_dtype.name(),
+            code_layout: c.code_layout,
         },
         sections: c
             .sections
@@ -157,8 +160,18 @@ pub fn render(r: &InspectReport) -> String {
     let p = &r.predictor;
     let _ = writeln!(
         s,
-        "predictor: {} linear layers {:?}, relu, PE L={} b={}, K={}, {}",
-        p.depth, p.widths, p.pe_levels, p.pe_base, p.kernel_size, p.dtype
+        "predictor: {} linear layers {:?}, relu, PE L={} b={}, K={}, {}{}",
+        p.depth,
+        p.widths,
+        p.pe_levels,
+        p.pe_base,
+        p.kernel_size,
+        p.dtype,
+        if p.code_layout == 1 {
+            " (code layout 1: one byte per code, all layers' codes first)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,

@@ -449,9 +449,14 @@ fn s5_1_code_layout_1_stores_every_code_first_one_byte_each() {
     let b = golden("resnet20-h195-int6-bytecodes");
     let c = ok(&b);
     assert_eq!(c.minor, 5);
+    assert_eq!(c.code_layout, 1);
+    assert_eq!(ok(&golden("resnet20-h16-int6")).code_layout, 0);
     let mut e = split(&b);
     let pred = find(&mut e, b"PRED").payload.clone();
     assert_eq!((pred[6], pred[7]), (WeightDtype::Int6.code(), 1));
+    // inspect names the layout.
+    let text = nernc::inspect::render(&nernc::inspect::inspect(&c, &Limits::default()).unwrap());
+    assert!(text.contains("code layout 1"), "{text}");
     let widths = c.predictor.config.widths.clone();
     let codes_at = 24 + 4 * widths.len();
     let mut at = codes_at;

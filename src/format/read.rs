@@ -53,6 +53,9 @@ pub struct Container<'a> {
     pub permutations: Vec<Permutation>,
     pub passthrough: Vec<PassEntry>,
     pub source_metadata: Option<BTreeMap<String, String>>,
+    /// `PRED`'s code layout (spec §5.1): 0 packed per layer, 1 every layer's codes first, one
+    /// byte each.
+    pub code_layout: u8,
     /// The `DATA` section.
     pub data: &'a [u8],
     /// `META`, decoded and validated as a JSON object at read time (spec §5.5).
@@ -451,7 +454,7 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     } else {
         pred_stored
     };
-    let predictor = parse_predictor(pred_bytes)?;
+    let (predictor, code_layout) = parse_predictor(pred_bytes)?;
     // LAYR and PASS may be zstd from format 1.4 (spec §5.2, §5.4): decoded within the table
     // bound, exactly their declared length.
     let table = |tag: [u8; 4], names: (&'static str, &'static str)| -> Result<Vec<u8>> {
@@ -522,12 +525,14 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         permutations,
         passthrough,
         source_metadata,
+        code_layout,
         data,
         meta,
     })
 }
 
-fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
+/// The predictor and its code layout.
+fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
     let mut r = Reader::new(bytes, "PRED");
     let pe_levels = r.u32()?;
     let coords = r.u8()?;
@@ -670,7 +675,7 @@ fn parse_predictor(bytes: &[u8]) -> Result<Predictor> {
         });
     }
     r.finish()?;
-    Ok(Predictor { config, layers })
+    Ok((Predictor { config, layers }, layout))
 }
 
 fn read_weights(r: &mut Reader<'_>, n: usize, dtype: WeightDtype) -> Result<Vec<f32>> {
