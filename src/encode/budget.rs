@@ -4,7 +4,7 @@
 use super::options::EncodeOptions;
 use super::source::Source;
 use crate::error::{Error, Result};
-use crate::format::{ContainerParts, LayerEntry, write_container};
+use crate::format::{ContainerParts, LayerEntry, predictor_bytes, write_container};
 use crate::permute::Permutation;
 use crate::predictor::{LinearWeights, Predictor, PredictorConfig, WeightDtype};
 
@@ -41,22 +41,7 @@ impl Sizer<'_> {
     /// The file's size with a predictor of `cfg` stored as `dtype`: exact for `PRED` stored
     /// raw (zstd only ever makes it smaller), plus [`META_RESERVE`].
     pub fn bound(&self, cfg: &PredictorConfig, dtype: WeightDtype) -> Result<u64> {
-        let layers = cfg
-            .widths
-            .windows(2)
-            .map(|w| LinearWeights {
-                inputs: w[0] as usize,
-                outputs: w[1] as usize,
-                weight: vec![0.0; w[0] as usize * w[1] as usize],
-                bias: vec![0.0; w[1] as usize],
-                scales: Vec::new(),
-            })
-            .collect();
-        let mut p = Predictor {
-            config: cfg.clone(),
-            layers,
-        };
-        p.store_as(dtype)?;
+        let p = blank(cfg, dtype)?;
         let bytes = write_container(&ContainerParts {
             predictor: &p,
             layers: self.layers,
@@ -67,6 +52,62 @@ impl Sizer<'_> {
             raw_predictor: true,
         })?;
         Ok(bytes.len() as u64 + META_RESERVE)
+    }
+
+    /// The file's size with this trained predictor (as the writer stores it), plus
+    /// [`META_RESERVE`].
+    pub fn actual(&self, p: &Predictor) -> Result<u64> {
+        let bytes = write_container(&ContainerParts {
+            predictor: p,
+            layers: self.layers,
+            permutations: self.permutations,
+            passthrough: self.source.passthrough().collect(),
+            source_metadata: self.source.checkpoint.metadata.clone(),
+            metadata: None,
+            raw_predictor: false,
+        })?;
+        Ok(bytes.len() as u64 + META_RESERVE)
+    }
+
+    /// The file's size when the predictor's `PRED` takes `ratio` of its raw (packed) bytes, as a
+    /// trained predictor of this kind was measured to (code layout 1 under zstd).
+    pub fn estimate(&self, cfg: &PredictorConfig, dtype: WeightDtype, ratio: f64) -> Result<u64> {
+        let bound = self.bound(cfg, dtype)?;
+        let (raw, _) = predictor_bytes(&blank(cfg, dtype)?)?;
+        Ok(bound - raw + (ratio.clamp(0.0, 1.0) * raw as f64).ceil() as u64)
+    }
+
+    /// The widest hidden width above `chosen`'s whose [`Self::estimate`] at `ratio` fits
+    /// `budget` (`None` when none is wider). The file is checked after training: the estimate
+    /// is not a bound.
+    pub fn widen(&self, budget: u64, chosen: &Candidate, ratio: f64) -> Result<Option<Candidate>> {
+        let c = &chosen.config;
+        let base = Cfg {
+            kernel_size: c.kernel_size,
+            pe_base: c.pe_base,
+        };
+        let (h0, levels) = (c.widths[1], c.pe_levels);
+        let fits = |h: u32| -> Result<bool> {
+            Ok(self.estimate(&base.config(h, levels), chosen.dtype, ratio)? <= budget)
+        };
+        if !fits(h0 + 1)? {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (h0 + 1, MAX_HIDDEN + 1);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let config = base.config(lo, levels);
+        Ok(Some(Candidate {
+            bound: self.estimate(&config, chosen.dtype, ratio)?,
+            config,
+            dtype: chosen.dtype,
+        }))
     }
 
     /// The widest hidden width in `MIN_HIDDEN..=MAX_HIDDEN` whose file fits `budget` (sizes grow
@@ -94,6 +135,27 @@ impl Sizer<'_> {
         }
         Ok(Some(lo))
     }
+}
+
+/// A predictor of `cfg` with zero weights stored as `dtype`: what sizes are computed on.
+fn blank(cfg: &PredictorConfig, dtype: WeightDtype) -> Result<Predictor> {
+    let layers = cfg
+        .widths
+        .windows(2)
+        .map(|w| LinearWeights {
+            inputs: w[0] as usize,
+            outputs: w[1] as usize,
+            weight: vec![0.0; w[0] as usize * w[1] as usize],
+            bias: vec![0.0; w[1] as usize],
+            scales: Vec::new(),
+        })
+        .collect();
+    let mut p = Predictor {
+        config: cfg.clone(),
+        layers,
+    };
+    p.store_as(dtype)?;
+    Ok(p)
 }
 
 /// What the candidates share (kernel size, PE base).
@@ -207,4 +269,77 @@ pub fn resumed_dtype(
         sizer.bound(cfg, last)?,
         last.name()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::permute::PermutationKind;
+    use crate::rng::SplitMix64;
+
+    /// A predictor of `cfg` whose weights are peaked like trained ones (Laplace-distributed), so
+    /// its int6 codes compress under code layout 1.
+    fn peaked(cfg: &PredictorConfig, seed: u64) -> Predictor {
+        let mut rng = SplitMix64::new(seed);
+        let mut p = blank(cfg, WeightDtype::F32).unwrap();
+        for l in &mut p.layers {
+            for w in &mut l.weight {
+                let u = rng.next_f64() - 0.5;
+                *w = (-u.signum() * (1.0 - 2.0 * u.abs()).max(1e-12).ln() * 0.02) as f32;
+            }
+        }
+        p.store_as(WeightDtype::Int6).unwrap();
+        p
+    }
+
+    #[test]
+    fn compressing_codes_widen_a_shape_within_the_budget() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/fmnist-resnet20.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let source = Source::parse(&path, &bytes, PermutationKind::None).unwrap();
+        let perms = vec![Permutation::Identity; source.layers.len()];
+        let sizer = Sizer {
+            source: &source,
+            layers: &source.layers,
+            permutations: &perms,
+        };
+        let base = Cfg {
+            kernel_size: 3,
+            pe_base: 0.76,
+        };
+        let budget = 60_000;
+        let h0 = sizer
+            .widest(budget, 20, WeightDtype::Int6, &base)
+            .unwrap()
+            .unwrap();
+        let chosen = Candidate {
+            config: base.config(h0, 20),
+            dtype: WeightDtype::Int6,
+            bound: sizer
+                .bound(&base.config(h0, 20), WeightDtype::Int6)
+                .unwrap(),
+        };
+        // Incompressible codes: nothing wider fits.
+        assert_eq!(sizer.widen(budget, &chosen, 1.0).unwrap(), None);
+        // Codes that compress: measured on one predictor, a wider shape fits by the estimate,
+        // and a predictor of that shape with the same statistics does fit.
+        let (raw, stored) = predictor_bytes(&peaked(&chosen.config, 1)).unwrap();
+        let ratio = stored as f64 / raw as f64;
+        assert!(ratio < 0.95, "synthetic codes did not compress: {ratio}");
+        let wide = sizer.widen(budget, &chosen, ratio).unwrap().expect("wider");
+        let h1 = wide.config.widths[1];
+        assert!(h1 > h0, "{h1} <= {h0}");
+        assert!(wide.bound <= budget);
+        assert!(
+            sizer
+                .estimate(&base.config(h1 + 1, 20), WeightDtype::Int6, ratio)
+                .unwrap()
+                > budget
+        );
+        let actual = sizer.actual(&peaked(&wide.config, 2)).unwrap();
+        assert!(actual <= budget, "{actual} > {budget}");
+        // The packed bound of the wider shape is over: only the measurement lets it in.
+        assert!(sizer.bound(&wide.config, WeightDtype::Int6).unwrap() > budget);
+    }
 }

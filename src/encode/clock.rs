@@ -49,6 +49,8 @@ pub struct Plan {
     pub test_images: usize,
     /// Budget candidates measured on the short schedule before the full run (0 or >= 2).
     pub probes: usize,
+    /// A budget's single shape is trained on the short phase 1 to measure its codes' size.
+    pub size_probe: bool,
 }
 
 /// Phase-2 evaluation steps: every `every` steps from `from` on, and the last step. By default a
@@ -106,6 +108,8 @@ impl Plan {
         let probe = if self.probes > 1 {
             let p2 = if s2 > 0 { p2 } else { 0 };
             self.probes as f64 * self.train_seconds(c, 1, p1, p2)
+        } else if self.size_probe {
+            self.train_seconds(c, 1, p1, 0)
         } else {
             0.0
         };
@@ -211,6 +215,7 @@ mod tests {
             held_out_images: 5000,
             test_images: 10_000,
             probes: 0,
+            size_probe: false,
         }
     }
 

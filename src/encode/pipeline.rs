@@ -29,7 +29,7 @@ use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, check_fit};
-use crate::format::{LayerEntry, Limits, read_container};
+use crate::format::{LayerEntry, Limits, predictor_bytes, read_container};
 use crate::io::MappedFile;
 use crate::network::{FixedParams, HostModel};
 use crate::permute::{Permutation, PermutationKind};
@@ -418,8 +418,9 @@ impl<B: TrainBackend> Context<'_, B> {
         candidates: &[Candidate],
         full: &Schedule<'_>,
         seed: u64,
-    ) -> Result<(usize, Vec<CandidateReport>)> {
+    ) -> Result<(usize, Vec<CandidateReport>, Predictor)> {
         let mut reports = Vec::new();
+        let mut predictors = Vec::new();
         for (i, c) in candidates.iter().enumerate() {
             self.progress.stage(&format!(
                 "candidate {}/{}: hidden {}, PE L={}, {}",
@@ -452,6 +453,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 seconds: t.elapsed().as_secs_f64(),
                 chosen: false,
             });
+            predictors.push(trained.predictor);
         }
         let better = |a: &CandidateReport, b: &CandidateReport| match (a.held_out, b.held_out) {
             (Some(x), Some(y)) if x != y => x > y,
@@ -464,7 +466,29 @@ impl<B: TrainBackend> Context<'_, B> {
             }
         }
         reports[best].chosen = true;
-        Ok((best, reports))
+        let predictor = predictors.swap_remove(best);
+        Ok((best, reports, predictor))
+    }
+
+    /// A short phase-1 run of `c` stored as its dtype (the candidates' schedule): what its codes
+    /// compress to once trained a little.
+    fn size_probe(&self, c: &Candidate, full: &Schedule<'_>, seed: u64) -> Result<Predictor> {
+        self.progress.stage(&format!(
+            "size probe: hidden {}, PE L={}, {}",
+            c.config.widths[1],
+            c.config.pe_levels,
+            c.dtype.name()
+        ));
+        let schedule = Schedule {
+            phase1_steps: probe_steps(full.phase1_steps, 0).0,
+            rounds: 1,
+            distill: None,
+            distill_steps: 0,
+            storage: c.dtype,
+        };
+        Ok(self
+            .train(&c.config, None, &schedule, &mut SplitMix64::new(seed))?
+            .predictor)
     }
 }
 
@@ -646,6 +670,9 @@ fn encode_on<B: TrainBackend>(
             probes: list
                 .as_ref()
                 .map_or(0, |l| if l.len() > 1 { l.len() } else { 0 }),
+            size_probe: list
+                .as_ref()
+                .is_some_and(|l| l.len() == 1 && widens(opts, &l[0])),
         };
         let left = limit - started.elapsed().as_secs_f64();
         let (s1, s2) = plan.fit(&costs, left)?;
@@ -673,21 +700,76 @@ fn encode_on<B: TrainBackend>(
         }
     }
 
-    if let Some(list) = list {
-        let chosen = if list.len() > 1 {
-            let (i, reports) = ctx.probe(&list, &schedule, opts.seed)?;
+    // The shapes were sized with PRED raw; codes of fewer than 8 bits compress (code layout 1),
+    // so a wider predictor may fit: the chosen shape's trained codes are measured and the width
+    // grown to the estimate. The written file is checked after training (the estimate is no
+    // bound); should it not fit, the shape that surely fits is trained instead.
+    let mut narrower = None;
+    if let (Some(list), Some(budget)) = (list, budget) {
+        let (chosen, probed) = if list.len() > 1 {
+            let (i, reports, p) = ctx.probe(&list, &schedule, opts.seed)?;
             candidates = reports;
-            i
+            (i, Some(p))
         } else {
-            0
+            (0, None)
         };
-        cfg = list[chosen].config.clone();
-        schedule.storage = list[chosen].dtype;
+        let pick = &list[chosen];
+        cfg = pick.config.clone();
+        schedule.storage = pick.dtype;
+        if widens(opts, pick) {
+            let probed = match probed {
+                Some(p) => p,
+                None => ctx.size_probe(pick, &schedule, opts.seed)?,
+            };
+            let (raw, stored) = predictor_bytes(&probed)?;
+            let ratio = stored as f64 / raw as f64;
+            let sizer = Sizer {
+                source: &source,
+                layers: &ctx.layers,
+                permutations: &ctx.permutations,
+            };
+            if let Some(w) = sizer.widen(budget, pick, ratio)? {
+                progress.stage(&format!(
+                    "size probe: codes at {:.1} % of packed; hidden {} -> {}",
+                    100.0 * ratio,
+                    pick.config.widths[1],
+                    w.config.widths[1]
+                ));
+                notes.push(format!(
+                    "--target-size: {}'s codes took {:.1} % of their packed bytes after the short \
+                     run (code layout 1), so hidden {} was widened to {} (estimated {} bytes)",
+                    pick.dtype.name(),
+                    100.0 * ratio,
+                    pick.config.widths[1],
+                    w.config.widths[1],
+                    w.bound
+                ));
+                narrower = Some(pick.config.clone());
+                cfg = w.config;
+            }
+        }
     }
 
     let original_held_out = ctx.original_held_out()?;
     let mut seeds = SplitMix64::new(opts.seed);
-    let trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
+    let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
+    if let (Some(narrow), Some(budget)) = (narrower, budget) {
+        let sizer = Sizer {
+            source: &source,
+            layers: &ctx.layers,
+            permutations: &ctx.permutations,
+        };
+        let size = sizer.actual(&trained.predictor)?;
+        if size > budget {
+            notes.push(format!(
+                "--target-size: the widened predictor (hidden {}) came out at {size} bytes, over \
+                 the budget of {budget}; hidden {} (which fits surely) was trained instead",
+                cfg.widths[1], narrow.widths[1]
+            ));
+            cfg = narrow;
+            trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
+        }
+    }
     let predictor = trained.predictor;
     let stored_rmse = ctx.conv_rmse(&predictor);
     // The network as decoded: with the tuned passthrough when phase 2 tuned it.
@@ -764,6 +846,12 @@ fn encode_on<B: TrainBackend>(
         time_limit,
     };
     assemble(&source, opts, encoded, started)
+}
+
+/// Whether a budget's chosen shape is widened by measuring its codes: integer codes of fewer than
+/// 8 bits (written in code layout 1 when that is smaller) and a hidden width not pinned.
+fn widens(opts: &EncodeOptions, c: &Candidate) -> bool {
+    !opts.pinned.hidden && c.dtype.code_bits().is_some_and(|b| b < 8)
 }
 
 /// Reads the predictor and permutation tables of `path`, checking that its layer table is the

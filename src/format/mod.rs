@@ -15,7 +15,7 @@ pub use dtype::TensorDtype;
 pub use read::{
     Container, Limits, PROVENANCE_FIRST_READ, Provenance, read_container, read_provenance,
 };
-pub use write::{ContainerParts, RawTensor, write_container};
+pub use write::{ContainerParts, RawTensor, predictor_bytes, write_container};
 
 use crate::permute::PermutationKind;
 

@@ -82,6 +82,36 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `PRED` as the writer stores it, and whether in code layout 1: raw when asked (the size bound
+/// of `--target-size`), else the smallest of packed and zstd-compressed and, for codes of fewer
+/// than 8 bits, code layout 1 under zstd.
+fn stored_predictor(p: &Predictor, raw_only: bool) -> Result<(Section, bool)> {
+    let payload = predictor_section(p, false)?;
+    if raw_only {
+        return Ok((raw(TAG_PREDICTOR, payload), false));
+    }
+    let packed = compressed_if_smaller(TAG_PREDICTOR, payload)?;
+    // Codes of fewer than 8 bits, one byte each and all together (layout 1): zstd's entropy
+    // coder then sees whole symbols, not a bit stream straddling bytes. On int6 ResNet-20
+    // predictors (hidden 195) the codes went from 6 to about 5.2 bits each, PRED -8.5 %.
+    // Written only when smaller, so small predictors keep the packed layout.
+    if p.config.weight_dtype.code_bits().is_some_and(|b| b < 8) {
+        let bytes = compressed_if_smaller(TAG_PREDICTOR, predictor_section(p, true)?)?;
+        if bytes.payload.len() < packed.payload.len() {
+            return Ok((bytes, true));
+        }
+    }
+    Ok((packed, false))
+}
+
+/// Bytes of `PRED`'s payload for `p`: as stored raw (packed codes), and as the writer stores it
+/// (what `--target-size` measures to widen a predictor whose codes compress).
+pub fn predictor_bytes(p: &Predictor) -> Result<(u64, u64)> {
+    let raw_len = predictor_section(p, false)?.len() as u64;
+    let stored = stored_predictor(p, false)?.0.payload.len() as u64;
+    Ok((raw_len, stored))
+}
+
 /// `PRED` (spec §5.1). With `byte_codes` (layout 1, integer dtypes, since 1.5) every layer's
 /// codes come first, one byte each, then each layer's scales and bias.
 fn predictor_section(p: &Predictor, byte_codes: bool) -> Result<Vec<u8>> {
@@ -267,30 +297,7 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         index.u64(t.bytes.len() as u64);
     }
 
-    let payload = predictor_section(parts.predictor, false)?;
-    let mut byte_codes = false;
-    let predictor = if parts.raw_predictor {
-        raw(TAG_PREDICTOR, payload)
-    } else {
-        let packed = compressed_if_smaller(TAG_PREDICTOR, payload)?;
-        // Codes of fewer than 8 bits, one byte each and all together (layout 1): zstd's entropy
-        // coder then sees whole symbols, not a bit stream straddling bytes. On int6 ResNet-20
-        // predictors (hidden 195) the codes went from 6 to about 5.2 bits each, PRED -8.5 %.
-        // Written only when smaller, so small predictors keep the packed layout.
-        let bits = parts.predictor.config.weight_dtype.code_bits();
-        if bits.is_some_and(|b| b < 8) {
-            let bytes =
-                compressed_if_smaller(TAG_PREDICTOR, predictor_section(parts.predictor, true)?)?;
-            if bytes.payload.len() < packed.payload.len() {
-                byte_codes = true;
-                bytes
-            } else {
-                packed
-            }
-        } else {
-            packed
-        }
-    };
+    let (predictor, byte_codes) = stored_predictor(parts.predictor, parts.raw_predictor)?;
     let pred_zstd = predictor.encoding == ENCODING_ZSTD;
     // The tables of names compress about 6x (format 1.4); DATA stays raw for memory mapping.
     let layers = compressed_if_smaller(TAG_LAYERS, layers_section(parts.layers)?)?;
