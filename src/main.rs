@@ -154,8 +154,8 @@ struct EncodeSettings {
     #[arg(long, allow_negative_numbers = true)]
     max_drop: Option<f64>,
     /// Wall-clock limit of the whole encode: `600`, `600s`, `9m`, `2h`. A few real steps of
-    /// each phase are timed first; if the schedule would not fit, both phases' step counts are
-    /// scaled down by one factor (never up). The counts run are printed and recorded: a rerun
+    /// each phase are timed first; if the schedule would not fit, it is shortened (never
+    /// lengthened): phase 2 first, to a fifth of its steps, then phase 1, then phase 2 again. The counts run are printed and recorded: a rerun
     /// with them (`--steps N --distill-steps M`) gives the same file; the limit itself makes the
     /// schedule depend on this machine's speed.
     #[arg(long, allow_hyphen_values = true)]
