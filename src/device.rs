@@ -77,6 +77,10 @@ where
 /// How a backend runs a network convolution: NCHW input, `[cout, cin, k, k]` weights, a bias,
 /// equal stride and zero padding on both axes, no groups or dilation.
 pub trait ConvBackend: Backend {
+    /// Whether the backend computes on this process's threads (the CPU backend): then work that
+    /// splits into independent halves runs them on separate threads (phase 1's kernel batch).
+    const ON_HOST_THREADS: bool = false;
+
     fn conv2d_biased(
         x: Tensor<Self, 4>,
         weight: Tensor<Self, 4>,
@@ -164,6 +168,8 @@ fn host_forward(
 }
 
 impl ConvBackend for Flex {
+    const ON_HOST_THREADS: bool = true;
+
     fn conv2d_biased(
         x: Tensor<Self, 4>,
         weight: Tensor<Self, 4>,
@@ -223,6 +229,8 @@ impl Backward<Flex, 3> for HostConvBackward {
 }
 
 impl ConvBackend for CpuAutodiff {
+    const ON_HOST_THREADS: bool = true;
+
     fn conv2d_biased(
         x: Tensor<Self, 4>,
         weight: Tensor<Self, 4>,

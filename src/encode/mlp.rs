@@ -59,6 +59,29 @@ impl<B: Backend> Mlp<B> {
         Mlp { weights, biases }
     }
 
+    /// The same parameters (same ids, same values) as fresh leaves of a new autodiff graph: two
+    /// copies run forward and backward on separate threads without sharing a graph, and their
+    /// gradients, keyed by parameter id, apply to the original.
+    pub fn fresh_leaves(&self) -> Self {
+        fn leaf<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            Param::initialized(p.id, p.val().detach().require_grad())
+        }
+        Mlp {
+            weights: self.weights.iter().map(leaf).collect(),
+            biases: self.biases.iter().map(leaf).collect(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn weights_for_tests(&self) -> &[Param<Tensor<B, 2>>] {
+        &self.weights
+    }
+
+    #[cfg(test)]
+    pub fn biases_for_tests(&self) -> &[Param<Tensor<B, 1>>] {
+        &self.biases
+    }
+
     /// Predictions for the kernels whose per-coordinate rows are `rows` (see [`KernelRows`]).
     pub fn forward(&self, kernels: &DeviceKernels<B>, rows: &KernelRows<B>) -> Tensor<B, 2> {
         self.forward_with(kernels, rows, |w| w)
