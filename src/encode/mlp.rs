@@ -241,8 +241,19 @@ pub fn masked_rmse<B: Backend>(
     y: Tensor<B, 2>,
     m: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
+    let (squares, count) = masked_squares(pred, y, m);
+    (squares / count).sqrt()
+}
+
+/// The masked squared error of `pred` against `y`, summed, and the mask's count: the two sums
+/// [`masked_rmse`] divides (phase 1 adds them over the halves of a batch first).
+pub fn masked_squares<B: Backend>(
+    pred: Tensor<B, 2>,
+    y: Tensor<B, 2>,
+    m: Tensor<B, 2>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let diff = (pred - y) * m.clone();
-    (diff.powi_scalar(2).sum() / m.sum()).sqrt()
+    (diff.powi_scalar(2).sum(), m.sum())
 }
 
 /// The value of a one-element tensor on the host (a loss read back for the progress bar and the

@@ -9,7 +9,7 @@ use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::kernels::{KernelSet, Sampler};
-use super::mlp::{DeviceKernels, KernelRows, Mlp, read_scalar};
+use super::mlp::{DeviceKernels, KernelRows, Mlp, masked_squares, read_scalar};
 use super::progress::Progress;
 use super::report::{RoundReport, rmse};
 use super::schedule::{PHASE1_FLOOR, cosine};
@@ -163,8 +163,7 @@ impl Halves {
                 Tensor::from_data(TensorData::new(part.to_vec(), [n]), device);
             let y = kernels.targets.clone().select(0, part.clone());
             let m = kernels.masks.clone().select(0, part);
-            let diff = (model.forward(kernels, &rows) - y) * m.clone();
-            (diff.powi_scalar(2).sum(), m.sum())
+            masked_squares(model.forward(kernels, &rows), y, m)
         };
         let ((sa, ca), (sb, cb)) = self.both(|| forward(&ma, ia), || forward(&mb, ib));
         let count = ca + cb;
