@@ -1,7 +1,7 @@
-//! The predictor's hidden-layer products in phase 1 (batch 4096): burn Flex's matmul against the
-//! decoder's GEMM on the same shapes — forward `X W`, input gradient `dZ W^T`, weight gradient
-//! `X^T dZ` — in CPU milliseconds per call (transposes included where each side needs them).
-//! Run with `RAYON_NUM_THREADS=1` for one core.
+//! The predictor's hidden-layer products in phase 1 (batch 4096): burn Flex's matmul against
+//! [`nernc::dense`] (the decoder's GEMM, what CPU training runs since session 11) on the same
+//! shapes — forward `X W + b`, and the backward (`dZ W^T` and `X^T dZ`, plus the bias sums on our
+//! side) — in CPU milliseconds per call. Run with `RAYON_NUM_THREADS=1` for one core.
 //!
 //! `cargo bench --bench mlp_gemm`
 //!
@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use nernc::decode::gemm::gemm_bias_rows;
+use nernc::dense::{self, DenseShape};
 
 type B = Flex;
 
@@ -41,72 +41,45 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-fn transpose(a: &[f32], rows: usize, cols: usize, ld: usize) -> Vec<f32> {
-    let mut t = vec![0f32; cols * ld];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * ld + r] = a[r * cols + c];
-        }
-    }
-    t
-}
-
 fn main() {
+    // As training does: freed buffers stay in the heap instead of returning as fresh pages.
+    nernc::device::keep_freed_memory();
     let device = Default::default();
-    println!("| hidden | product | burn Flex ms | our GEMM ms | ratio |");
+    println!("| hidden | product | burn Flex ms | nernc::dense ms | ratio |");
     println!("|---|---|---|---|---|");
     let m = 4096;
     for h in [180usize, 320] {
         let x = values(m * h, 1);
         let w = values(h * h, 2);
+        let b = values(h, 4);
         let dz = values(m * h, 3);
         let tensor = |v: &[f32], r, c| {
             Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [r, c]), &device)
         };
         let (xt, wt, dzt) = (tensor(&x, m, h), tensor(&w, h, h), tensor(&dz, m, h));
-        let ld = h.next_multiple_of(16);
-        let zeros = vec![0f32; h];
-        let mut out = vec![0f32; m * h];
-        let pad = |v: &[f32], rows: usize| {
-            let mut p = vec![0f32; rows * ld];
-            for r in 0..rows {
-                p[r * ld..r * ld + h].copy_from_slice(&v[r * h..(r + 1) * h]);
-            }
-            p
+        let bt = Tensor::<B, 1>::from_data(TensorData::new(b.clone(), [h]), &device);
+        let s = DenseShape {
+            rows: m,
+            inputs: h,
+            outputs: h,
         };
-        // Forward: X [m,h] . W [h,h].
         let burn_fwd = time(|| {
-            std::hint::black_box(xt.clone().matmul(wt.clone()).into_data());
+            let y = xt.clone().matmul(wt.clone()) + bt.clone().unsqueeze::<2>();
+            std::hint::black_box(y.into_data());
         });
         let ours_fwd = time(|| {
-            let wp = pad(&w, h);
-            gemm_bias_rows(&x, h, m, &wp, ld, (h, h), &zeros, &mut out, h, false);
-            std::hint::black_box(&out);
+            std::hint::black_box(dense::forward(&x, &w, &b, s, false));
         });
-        // Input gradient: dZ [m,h] . W^T.
-        let burn_dx = time(|| {
+        let burn_bwd = time(|| {
             std::hint::black_box(dzt.clone().matmul(wt.clone().transpose()).into_data());
-        });
-        let ours_dx = time(|| {
-            let wtp = transpose(&w, h, h, ld);
-            gemm_bias_rows(&dz, h, m, &wtp, ld, (h, h), &zeros, &mut out, h, false);
-            std::hint::black_box(&out);
-        });
-        // Weight gradient: X^T [h,m] . dZ [m,h].
-        let mut dw = vec![0f32; h * h];
-        let burn_dw = time(|| {
             std::hint::black_box(xt.clone().transpose().matmul(dzt.clone()).into_data());
         });
-        let ours_dw = time(|| {
-            let xtr = transpose(&x, m, h, m);
-            let dzp = pad(&dz, m);
-            gemm_bias_rows(&xtr, m, h, &dzp, ld, (m, h), &zeros, &mut dw, h, false);
-            std::hint::black_box(&dw);
+        let ours_bwd = time(|| {
+            std::hint::black_box(dense::backward(&x, &w, None, &dz, s, true));
         });
         for (name, b, o) in [
-            ("forward X W", burn_fwd, ours_fwd),
-            ("input grad dZ W^T", burn_dx, ours_dx),
-            ("weight grad X^T dZ", burn_dw, ours_dw),
+            ("forward X W + b", burn_fwd, ours_fwd),
+            ("backward dZ W^T, X^T dZ", burn_bwd, ours_bwd),
         ] {
             println!("| {h} | {name} | {b:.2} | {o:.2} | {:.2} |", b / o);
         }

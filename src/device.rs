@@ -15,6 +15,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::conv::ConvGeometry;
+use crate::dense::DenseShape;
 use crate::error::{Error, Result};
 
 /// Where training runs.
@@ -74,8 +75,9 @@ where
 {
 }
 
-/// How a backend runs a network convolution: NCHW input, `[cout, cin, k, k]` weights, a bias,
-/// equal stride and zero padding on both axes, no groups or dilation.
+/// How a backend runs training's heavy products: a network convolution (NCHW input,
+/// `[cout, cin, k, k]` weights, a bias, equal stride and zero padding on both axes, no groups or
+/// dilation) and the predictor's dense layers.
 pub trait ConvBackend: Backend {
     /// Whether the backend computes on this process's threads (the CPU backend): then work that
     /// splits into independent halves runs them on separate threads (phase 1's kernel batch).
@@ -90,6 +92,21 @@ pub trait ConvBackend: Backend {
     ) -> Tensor<Self, 4> {
         let options = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
         burn::tensor::module::conv2d(x, weight, Some(bias), options)
+    }
+
+    /// `x w + b` (`x [rows, inputs]`, `w [inputs, outputs]`), then ReLU when `relu`.
+    fn dense(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        b: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let y = x.matmul(w) + b.unsqueeze::<2>();
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
     }
 }
 
@@ -114,9 +131,9 @@ fn geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> ConvGeom
 }
 
 /// The backend tensors of a convolution's operands.
-fn primitives<B: Backend>(
-    x: Tensor<B, 4>,
-    weight: Tensor<B, 4>,
+fn primitives<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, D>,
     bias: Tensor<B, 1>,
 ) -> (
     B::FloatTensorPrimitive,
@@ -180,6 +197,83 @@ impl ConvBackend for Flex {
         let (x, w, b) = primitives(x, weight, bias);
         let (_, _, _, y) = host_forward(&x, &w, &b, stride, pad);
         Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+
+    fn dense(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        b: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let (x, w, b) = primitives(x, w, b);
+        let (_, _, _, y) = host_dense(&x, &w, &b, relu);
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+}
+
+/// [`crate::dense::forward`] on host tensors; also returns the contiguous operands and shape
+/// for the backward.
+fn host_dense(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    relu: bool,
+) -> (FlexTensor, FlexTensor, DenseShape, FlexTensor) {
+    let (x, w, b) = (x.to_contiguous(), w.to_contiguous(), b.to_contiguous());
+    let (xd, wd) = (x.layout().shape(), w.layout().shape());
+    assert_eq!(xd[1], wd[0], "dense: x's columns differ from w's rows");
+    let s = DenseShape {
+        rows: xd[0],
+        inputs: wd[0],
+        outputs: wd[1],
+    };
+    let y = crate::dense::forward(f32s(&x), f32s(&w), f32s(&b), s, relu);
+    let y = flex(y, [s.rows, s.outputs]);
+    (x, w, s, y)
+}
+
+/// The backward step of a host dense layer ([`crate::dense::backward`]).
+#[derive(Debug)]
+struct HostDenseBackward;
+
+#[derive(Clone, Debug)]
+struct HostDenseState {
+    x: FlexTensor,
+    w: FlexTensor,
+    /// The layer's output when it ends in ReLU (its positive entries pass the gradient).
+    relu_out: Option<FlexTensor>,
+    shape: DenseShape,
+}
+
+impl Backward<Flex, 3> for HostDenseBackward {
+    type State = HostDenseState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let HostDenseState {
+            x,
+            w,
+            relu_out,
+            shape: s,
+        } = ops.state;
+        let g = crate::dense::backward(
+            f32s(&x),
+            f32s(&w),
+            relu_out.as_ref().map(f32s),
+            f32s(&dy),
+            s,
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, g.dx) {
+            grads.register::<Flex>(node.id, flex(dx, [s.rows, s.inputs]));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, flex(g.dw, [s.inputs, s.outputs]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, flex(g.db, [s.outputs]));
+        }
     }
 }
 
@@ -252,6 +346,34 @@ impl ConvBackend for CpuAutodiff {
                     x: xc,
                     weight: wc,
                     geometry,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn dense(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        b: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let (x, w, b) = primitives(x, w, b);
+        let (xc, wc, shape, y) = host_dense(&x.primitive, &w.primitive, &b.primitive, relu);
+        let nodes = [x.node.clone(), w.node.clone(), b.node.clone()];
+        let out = match HostDenseBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                HostDenseState {
+                    x: xc,
+                    w: wc,
+                    relu_out: relu.then(|| y.clone()),
+                    shape,
                 },
                 y,
             ),

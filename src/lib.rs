@@ -7,7 +7,8 @@
 //! [`baseline`] (plain per-channel quantisation, the comparison a user needs).
 //!
 //! With the `train` feature (burn): `encode` (the encoder), `eval`, and what they need: `arch`
-//! (ResNet recognition), `network` (the forward pass), `conv` (CPU convolution for training),
+//! (ResNet recognition), `network` (the forward pass), `conv` (CPU convolution for training), `dense`
+//! (the predictor's CPU dense layers),
 //! `data` (datasets), `device` (backends).
 
 #[cfg(feature = "train")]
@@ -21,6 +22,8 @@ pub mod conv;
 #[cfg(feature = "train")]
 pub mod data;
 pub mod decode;
+#[cfg(feature = "train")]
+pub mod dense;
 #[cfg(feature = "train")]
 pub mod device;
 #[cfg(feature = "train")]

@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::kernels::KernelSet;
+use crate::device::ConvBackend;
 use crate::error::{Error, Result};
 use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
 use crate::rng::SplitMix64;
@@ -81,7 +82,11 @@ impl<B: Backend> Mlp<B> {
     pub fn biases_for_tests(&self) -> &[Param<Tensor<B, 1>>] {
         &self.biases
     }
+}
 
+/// The forward passes: the hidden and output layers run through [`ConvBackend::dense`] (on the
+/// CPU, [`crate::dense`]).
+impl<B: ConvBackend> Mlp<B> {
     /// Predictions for the kernels whose per-coordinate rows are `rows` (see [`KernelRows`]).
     pub fn forward(&self, kernels: &DeviceKernels<B>, rows: &KernelRows<B>) -> Tensor<B, 2> {
         self.forward_with(kernels, rows, |w| w)
@@ -120,18 +125,18 @@ impl<B: Backend> Mlp<B> {
     ) -> Tensor<B, 2> {
         let last = self.weights.len() - 1;
         let mut x = first_layer(weight(self.weights[0].val()), kernels, rows);
-        for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
-            if i > 0 {
-                x = x.matmul(weight(w.val()));
-            }
-            x = x + b.val().unsqueeze::<2>();
-            if i != last {
-                x = burn::tensor::activation::relu(x);
-            }
+        x = x + self.biases[0].val().unsqueeze::<2>();
+        if last > 0 {
+            x = burn::tensor::activation::relu(x);
+        }
+        for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate().skip(1) {
+            x = B::dense(x, weight(w.val()), b.val(), i != last);
         }
         x
     }
+}
 
+impl<B: Backend> Mlp<B> {
     /// Copies the parameters to the host in the container's layout.
     pub fn to_predictor(&self, cfg: &PredictorConfig) -> Result<Predictor> {
         let mut layers = Vec::new();

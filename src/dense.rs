@@ -1,0 +1,332 @@
+//! Dense layers for training on the CPU: `y = act(x W + b)` and its gradients as products of the
+//! decoder's GEMM ([`crate::decode::gemm::gemm_bias_rows`]), rows split across rayon's pool.
+//!
+//! burn Flex's matmul runs the `gemm` crate's AVX2 kernels even on AVX-512 machines; there the
+//! decoder's kernel is about 2.3x faster on the forward and input-gradient products of the
+//! predictor's hidden layers (`cargo bench --bench mlp_gemm`). The weight gradient `x^T dy`
+//! reduces over the whole batch: done as one product its right-hand side leaves the cache, so
+//! here it is summed over fixed blocks of [`REDUCTION_BLOCK`] batch rows.
+//!
+//! Every output element is computed in one fixed order whatever the thread count (rows are
+//! independent; the reduction's blocks are fixed), so training stays deterministic and the file
+//! does not depend on `RAYON_NUM_THREADS`. Layouts are row-major: `x [rows, inputs]`,
+//! `w [inputs, outputs]`, `y [rows, outputs]`, as burn stores them.
+
+use rayon::prelude::*;
+
+use crate::decode::gemm::{RECOMMENDED_ROW_BLOCK, gemm_bias_rows};
+
+/// Batch rows per block of the weight-gradient reduction: the block of `dy` (at most a few
+/// hundred KB at the predictor's widths) stays in L2 while every output row passes it.
+pub const REDUCTION_BLOCK: usize = 256;
+
+/// Weight-gradient output rows per task (independent, so any split gives the same values).
+const GRAD_ROWS: usize = 32;
+
+/// A dense layer's sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseShape {
+    pub rows: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+/// Gradients of one dense layer.
+pub struct DenseGrads {
+    /// `dL/dx`, when asked for.
+    pub dx: Option<Vec<f32>>,
+    pub dw: Vec<f32>,
+    pub db: Vec<f32>,
+}
+
+/// `src` (`rows x cols`, row-major) with its rows `ld = cols` rounded up to 16 floats apart, the
+/// layout the GEMM's right-hand side needs.
+fn padded(src: &[f32], rows: usize, cols: usize) -> (Vec<f32>, usize) {
+    let ld = cols.next_multiple_of(16).max(16);
+    let mut out = vec![0f32; rows * ld];
+    for (d, s) in out.chunks_exact_mut(ld).zip(src.chunks_exact(cols.max(1))) {
+        d[..cols].copy_from_slice(s);
+    }
+    (out, ld)
+}
+
+/// `src` (`rows x cols`) transposed, rows `ld >= rows` apart (padding zero).
+fn transposed(src: &[f32], rows: usize, cols: usize, ld: usize) -> Vec<f32> {
+    let mut out = vec![0f32; cols * ld];
+    // Blocked so both sides stay in cache for the long (batch-sized) dimension.
+    const B: usize = 32;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * ld + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `c = a W + bias` (then ReLU when `relu`) for `m` rows of `a` (`k` wide, rows `lda` apart),
+/// with `w` padded as [`padded`] gives; row blocks run in parallel.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    a: &[f32],
+    lda: usize,
+    (m, k, n): (usize, usize, usize),
+    w: &[f32],
+    ldw: usize,
+    bias: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    if n == 0 {
+        return c;
+    }
+    let rows = RECOMMENDED_ROW_BLOCK;
+    c.par_chunks_mut(rows * n).enumerate().for_each(|(blk, c)| {
+        let mr = c.len() / n;
+        let a = &a[blk * rows * lda..];
+        gemm_bias_rows(a, lda, mr, w, ldw, (k, n), bias, c, n, relu);
+    });
+    c
+}
+
+/// `y = x w + b`, then ReLU when `relu`.
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], s: DenseShape, relu: bool) -> Vec<f32> {
+    check(x, w, b, s);
+    let (wp, ldw) = padded(w, s.inputs, s.outputs);
+    product(
+        x,
+        s.inputs,
+        (s.rows, s.inputs, s.outputs),
+        &wp,
+        ldw,
+        b,
+        relu,
+    )
+}
+
+fn check(x: &[f32], w: &[f32], b: &[f32], s: DenseShape) {
+    assert_eq!(x.len(), s.rows * s.inputs, "dense: x");
+    assert_eq!(w.len(), s.inputs * s.outputs, "dense: w");
+    assert_eq!(b.len(), s.outputs, "dense: b");
+    assert!(s.inputs > 0, "dense: no inputs");
+}
+
+/// Gradients of `y = act(x w + b)` from `dy`. With `relu`, `y` is the forward's output (its
+/// positive entries pass the gradient). `dx` only when `need_dx`.
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    s: DenseShape,
+    need_dx: bool,
+) -> DenseGrads {
+    let DenseShape {
+        rows,
+        inputs,
+        outputs,
+    } = s;
+    assert_eq!(x.len(), rows * inputs, "dense: x");
+    assert_eq!(w.len(), inputs * outputs, "dense: w");
+    assert_eq!(dy.len(), rows * outputs, "dense: dy");
+    // The gradient at the pre-activation, padded as the weight gradient's right-hand side.
+    let ldg = outputs.next_multiple_of(16).max(16);
+    let mut g = vec![0f32; rows * ldg];
+    g.par_chunks_mut(RECOMMENDED_ROW_BLOCK * ldg)
+        .enumerate()
+        .for_each(|(blk, gb)| {
+            let r0 = blk * RECOMMENDED_ROW_BLOCK;
+            for (i, row) in gb.chunks_exact_mut(ldg).enumerate() {
+                let r = r0 + i;
+                let src = &dy[r * outputs..(r + 1) * outputs];
+                match y {
+                    Some(y) => {
+                        let yr = &y[r * outputs..(r + 1) * outputs];
+                        for ((d, &v), &out) in row.iter_mut().zip(src).zip(yr) {
+                            *d = if out > 0.0 { v } else { 0.0 };
+                        }
+                    }
+                    None => row[..outputs].copy_from_slice(src),
+                }
+            }
+        });
+    // db: column sums in row order.
+    let mut db = vec![0f32; outputs];
+    for row in g.chunks_exact(ldg) {
+        for (a, &v) in db.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+    // dw = x^T g, summed over fixed blocks of batch rows; each task transposes its own columns
+    // of x one block at a time (an L1-sized copy, not a pass over the whole batch).
+    let zeros = vec![0f32; outputs];
+    let mut dw = vec![0f32; inputs * outputs];
+    if outputs > 0 {
+        dw.par_chunks_mut(GRAD_ROWS * outputs)
+            .enumerate()
+            .for_each(|(t, dwb)| {
+                let i0 = t * GRAD_ROWS;
+                let mr = dwb.len() / outputs;
+                let mut part = vec![0f32; mr * outputs];
+                // Rows 16 floats more than the block apart: not a power of two (L1 sets).
+                let ldx = REDUCTION_BLOCK + 16;
+                let mut xt = vec![0f32; mr * ldx];
+                for r0 in (0..rows).step_by(REDUCTION_BLOCK) {
+                    let kb = REDUCTION_BLOCK.min(rows - r0);
+                    for (r, src) in x[r0 * inputs..(r0 + kb) * inputs]
+                        .chunks_exact(inputs)
+                        .enumerate()
+                    {
+                        for (i, &v) in src[i0..i0 + mr].iter().enumerate() {
+                            xt[i * ldx + r] = v;
+                        }
+                    }
+                    gemm_bias_rows(
+                        &xt,
+                        ldx,
+                        mr,
+                        &g[r0 * ldg..(r0 + kb) * ldg],
+                        ldg,
+                        (kb, outputs),
+                        &zeros,
+                        &mut part,
+                        outputs,
+                        false,
+                    );
+                    for (a, &p) in dwb.iter_mut().zip(&part) {
+                        *a += p;
+                    }
+                }
+            });
+    }
+    // dx = g w^T.
+    let dx = need_dx.then(|| {
+        let ldw = inputs.next_multiple_of(16).max(16);
+        let wt = transposed(w, inputs, outputs, ldw);
+        let zeros = vec![0f32; inputs];
+        product(&g, ldg, (rows, outputs, inputs), &wt, ldw, &zeros, false)
+    });
+    DenseGrads { dx, dw, db }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::rng::SplitMix64::new(seed);
+        (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
+    }
+
+    /// Plain f64 sums: the reference the blocked products must match to f32 rounding.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        dy: &[f32],
+        s: DenseShape,
+        relu: bool,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (m, k, n) = (s.rows, s.inputs, s.outputs);
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut a = b[j] as f64;
+                for t in 0..k {
+                    a += x[i * k + t] as f64 * w[t * n + j] as f64;
+                }
+                y[i * n + j] = if relu { a.max(0.0) } else { a };
+            }
+        }
+        let g: Vec<f64> = (0..m * n)
+            .map(|e| {
+                if !relu || y[e] > 0.0 {
+                    dy[e] as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut dx = vec![0f64; m * k];
+        let mut dw = vec![0f64; k * n];
+        let mut db = vec![0f64; n];
+        for i in 0..m {
+            for j in 0..n {
+                db[j] += g[i * n + j];
+                for t in 0..k {
+                    dx[i * k + t] += g[i * n + j] * w[t * n + j] as f64;
+                    dw[t * n + j] += x[i * k + t] as f64 * g[i * n + j];
+                }
+            }
+        }
+        (y, dx, dw, db)
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} against {w}"
+            );
+        }
+    }
+
+    /// Forward and all three gradients equal plain sums, across block edges (rows past two
+    /// reduction blocks, widths not multiples of 16, a 9-wide output like the predictor's last).
+    #[test]
+    fn products_equal_plain_sums() {
+        for (rows, inputs, outputs, relu) in [(600, 37, 9, false), (530, 20, 45, true)] {
+            let s = DenseShape {
+                rows,
+                inputs,
+                outputs,
+            };
+            let (x, w, b, dy) = (
+                values(rows * inputs, 1),
+                values(inputs * outputs, 2),
+                values(outputs, 3),
+                values(rows * outputs, 4),
+            );
+            let (y_ref, dx_ref, dw_ref, db_ref) = reference(&x, &w, &b, &dy, s, relu);
+            let y = forward(&x, &w, &b, s, relu);
+            close(&y, &y_ref, "y");
+            let g = backward(&x, &w, relu.then_some(&y[..]), &dy, s, true);
+            close(g.dx.as_deref().unwrap(), &dx_ref, "dx");
+            close(&g.dw, &dw_ref, "dw");
+            close(&g.db, &db_ref, "db");
+            assert!(backward(&x, &w, None, &dy, s, false).dx.is_none());
+        }
+    }
+
+    /// One thread and several give bit-identical results: the file must not depend on the pool.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let s = DenseShape {
+            rows: 1000,
+            inputs: 70,
+            outputs: 50,
+        };
+        let (x, w, b, dy) = (
+            values(1000 * 70, 5),
+            values(70 * 50, 6),
+            values(50, 7),
+            values(1000 * 50, 8),
+        );
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let y = forward(&x, &w, &b, s, true);
+                    let g = backward(&x, &w, Some(&y), &dy, s, true);
+                    (y, g.dx.unwrap(), g.dw, g.db)
+                })
+        };
+        assert!(run(1) == run(3));
+    }
+}
