@@ -5,12 +5,9 @@
 //!
 //! `cargo bench --bench mlp_gemm`
 //!
-//! Measured on the 2-core Zen 1 VM (2026-12-02, one thread): ours is 1.2-1.26x faster on the
-//! forward and input-gradient products but 0.4x on the weight gradient (a 4096-long reduction
-//! whose right-hand side does not stay in L2), so over the three products burn is ahead (29.3 ms
-//! against 37.5 ms at hidden 180). Even with the weight gradient blocked to the forward's speed
-//! the products would gain about 1.14x, some 10 % of phase 1: the predictor's matmuls stay
-//! burn's.
+//! Session 10 (Zen 1, one thread, raw GEMM calls) found the weight gradient 0.4x burn's as one
+//! 4096-long product; [`nernc::dense`] sums it over fixed 256-row blocks. Session 11 (Emerald
+//! Rapids, AVX-512, one thread, three runs): forward 1.3-1.9x burn's, backward 1.04-1.2x.
 
 mod common;
 use common::cpu_seconds;

@@ -5,6 +5,7 @@
 //! both gradients), on CUDA with burn's own.
 
 use burn::backend::Flex;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -249,7 +250,7 @@ impl Backward<Flex, 3> for HostDenseBackward {
     type State = HostDenseState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
+        let [node_x, node_w, node_b] = ops.parents.map(|p| p.map(|n| n.id));
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let HostDenseState {
             x,
@@ -265,14 +266,21 @@ impl Backward<Flex, 3> for HostDenseBackward {
             s,
             node_x.is_some(),
         );
-        if let (Some(node), Some(dx)) = (node_x, g.dx) {
-            grads.register::<Flex>(node.id, flex(dx, [s.rows, s.inputs]));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, flex(g.dw, [s.inputs, s.outputs]));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, flex(g.db, [s.outputs]));
+        let dx = g.dx.map(|dx| flex(dx, [s.rows, s.inputs]));
+        let dw = flex(g.dw, [s.inputs, s.outputs]);
+        register(
+            grads,
+            [node_x, node_w, node_b],
+            [dx, Some(dw), Some(flex(g.db, [s.outputs]))],
+        );
+    }
+}
+
+/// Registers each parent's gradient (a parent that needs none is `None`, and so may its gradient).
+fn register(grads: &mut Gradients, parents: [Option<NodeId>; 3], values: [Option<FlexTensor>; 3]) {
+    for (node, value) in parents.into_iter().zip(values) {
+        if let (Some(node), Some(value)) = (node, value) {
+            grads.register::<Flex>(node, value);
         }
     }
 }
@@ -293,7 +301,7 @@ impl Backward<Flex, 3> for HostConvBackward {
     type State = HostConvState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_weight, node_bias] = ops.parents;
+        let [node_x, node_weight, node_bias] = ops.parents.map(|p| p.map(|n| n.id));
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let HostConvState {
             x,
@@ -310,15 +318,13 @@ impl Backward<Flex, 3> for HostConvBackward {
             node_x.is_some(),
             threads,
         );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, flex(dx, [g.batch, g.cin, g.h, g.w]));
-        }
-        if let Some(node) = node_weight {
-            grads.register::<Flex>(node.id, flex(dw, [g.cout, g.cin, g.k, g.k]));
-        }
-        if let Some(node) = node_bias {
-            grads.register::<Flex>(node.id, flex(db, [g.cout]));
-        }
+        let dx = dx.map(|dx| flex(dx, [g.batch, g.cin, g.h, g.w]));
+        let dw = flex(dw, [g.cout, g.cin, g.k, g.k]);
+        register(
+            grads,
+            [node_x, node_weight, node_bias],
+            [dx, Some(dw), Some(flex(db, [g.cout]))],
+        );
     }
 }
 
