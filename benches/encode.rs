@@ -8,7 +8,11 @@
 //! `cargo bench --bench encode [--features cuda]`; `NERNC_BENCH_STEPS` sets the timed steps,
 //! `NERNC_BENCH_DEVICES` (`cpu`, `cuda` or `cpu,cuda`) the devices, `NERNC_BENCH_MODEL` another
 //! checkpoint (the bench binary then runs away from the source tree, e.g. on a GPU machine),
-//! `NERNC_BENCH_PHASES` (`1`, `2` or `1,2`, the default) the tables (e.g. to profile one phase).
+//! `NERNC_BENCH_PHASES` (`1`, `2` or `1,2`, the default) the tables (e.g. to profile one phase),
+//! `NERNC_BENCH_HIDDEN` (e.g. `180`) the widths instead of every row's.
+//!
+//! Both tables time steps after untimed warm-up steps of the same shapes: on CUDA the first
+//! steps compile their kernels (NVRTC, autotune), which is a one-time cost and not throughput.
 
 use std::path::Path;
 
@@ -42,7 +46,7 @@ fn phase1(devices: &[DeviceKind], input: &Path, steps: usize) {
     println!("| device | hidden | batch | timed steps | kernels/s | ms/step |");
     println!("|---|---|---|---|---|---|");
     for &device in devices {
-        for hidden in [140u32, 180, 320] {
+        for hidden in widths(&[140, 180, 320]) {
             let opts = EncodeOptions {
                 hidden,
                 steps: Some(steps),
@@ -64,6 +68,17 @@ fn phase1(devices: &[DeviceKind], input: &Path, steps: usize) {
                 ),
             }
         }
+    }
+}
+
+/// The hidden widths to measure: `NERNC_BENCH_HIDDEN` (comma-separated) or the table's own.
+fn widths(default: &[u32]) -> Vec<u32> {
+    match std::env::var("NERNC_BENCH_HIDDEN") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|w| w.trim().parse().ok())
+            .collect(),
+        Err(_) => default.to_vec(),
     }
 }
 
@@ -96,8 +111,8 @@ fn phase2(devices: &[DeviceKind], input: &Path, steps: usize) {
     println!("| device | hidden | images/step | steps | images/s | s/step |");
     println!("|---|---|---|---|---|---|");
     for &device in devices {
-        for hidden in [140u32, 180] {
-            let opts = EncodeOptions {
+        for hidden in widths(&[140, 180]) {
+            let mut opts = EncodeOptions {
                 hidden,
                 steps: Some(1),
                 device,
@@ -111,7 +126,15 @@ fn phase2(devices: &[DeviceKind], input: &Path, steps: usize) {
                 }),
                 ..EncodeOptions::default()
             };
-            match encode(input, &opts, &NoProgress) {
+            // Warm-up: the same shapes for two steps, untimed.
+            let distill = opts.distill.clone().expect("phase 2 options");
+            opts.distill = Some(DistillOptions {
+                steps: 2,
+                ..distill.clone()
+            });
+            let warm = encode(input, &opts, &NoProgress);
+            opts.distill = Some(distill);
+            match warm.and_then(|_| encode(input, &opts, &NoProgress)) {
                 Ok((_, r)) => {
                     let s = r.distill.map_or(f64::NAN, |d| d.seconds);
                     println!(
