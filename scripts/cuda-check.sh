@@ -38,10 +38,12 @@ BUNDLE=out/cuda-check
 
 prepare() {
     set -e
-    cargo build --release --features cuda --bin nernc
+    # CUDA_CHECK_FEATURES=cuda-autotune bundles the autotuned build instead (slow cold start).
+    local features=${CUDA_CHECK_FEATURES:-cuda}
+    cargo build --release --features "$features" --bin nernc
     # The bench binary, built (not run) by cargo; its path comes from cargo's JSON messages.
     local bench
-    bench=$(cargo bench --features cuda --bench encode --no-run --message-format=json 2>/dev/null |
+    bench=$(cargo bench --features "$features" --bench encode --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
@@ -54,6 +56,7 @@ for l in sys.stdin:
     xz -T2 -6 "$BUNDLE/nernc" "$BUNDLE/encode-bench"
     cp /usr/share/datasets/fashion-mnist/*.gz "$BUNDLE/data/"
     cp ../shared/bench/*.py "$BUNDLE/bench/"
+    echo "$features" >"$BUNDLE/features"
     du -sh "$BUNDLE"
     local bytes
     bytes=$(du -sb "$BUNDLE" | cut -f1)
@@ -124,7 +127,7 @@ level = "${CUDA_CHECK_AUTOTUNE:-minimal}"
 cache = { file = "$cache" }
 TOML
     pack() { tar -czf "$res/cubecl-cache.tar.gz" -C "$cache" . 2>/dev/null; }
-    say "# cuda-check $(date -u +%FT%TZ), device $dev, budget $budget s"
+    say "# cuda-check $(date -u +%FT%TZ), device $dev, build features $(cat "$BUNDLE/features" 2>/dev/null), budget $budget s"
     { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } |
         sed 's/^/    gpu: /' | tee -a "$S"
     python3 -c 'import torch;print("    torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 |

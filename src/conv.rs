@@ -129,11 +129,41 @@ fn shifted_plane(plane: &[f32], g: &ConvGeometry, ky: usize, kx: usize, out: &mu
     out[dst_lo + src_hi - src_lo..p_hi].fill(0.0);
     // Columns whose input column ix = ox + kx - pad falls off the left or right edge took
     // values from the neighbouring row: zero them.
-    let (lo, hi) = valid_columns(kx, g);
-    for row in out[p_lo..p_hi].chunks_exact_mut(w) {
-        row[..lo].fill(0.0);
-        row[hi..].fill(0.0);
+    zero_border_columns(&mut out[p_lo..p_hi], w, valid_columns(kx, g));
+}
+
+/// Zeroes columns outside `lo..hi` of every `w`-wide row of `rows`. Column by column: the
+/// border is a column or two, and per-row `fill`s of one float cost a call each.
+fn zero_border_columns(rows: &mut [f32], w: usize, (lo, hi): (usize, usize)) {
+    for c in (0..lo).chain(hi..w) {
+        for v in rows.iter_mut().skip(c).step_by(w) {
+            *v = 0.0;
+        }
     }
+}
+
+/// The transpose of [`shifted_plane`]: adds the patch row `d` back onto the plane it was taken
+/// from, as one block add over the valid rows. `d`'s border columns (those [`shifted_plane`]
+/// zeroes) are zeroed first so the block add leaves their plane entries unchanged. Every plane
+/// entry receives the same additions in the same order as [`add_patch_row`] gives it.
+fn add_shifted_plane(d: &mut [f32], g: &ConvGeometry, ky: usize, kx: usize, plane: &mut [f32]) {
+    let (h, w) = (g.h, g.w);
+    let oy_lo = g.pad.saturating_sub(ky).min(h);
+    let oy_hi = (h + g.pad).saturating_sub(ky).min(h).max(oy_lo);
+    if oy_lo == oy_hi {
+        return;
+    }
+    let (p_lo, p_hi) = (oy_lo * w, oy_hi * w);
+    zero_border_columns(&mut d[p_lo..p_hi], w, valid_columns(kx, g));
+    // plane[p + delta] += d[p] over the valid rows, delta = (ky - pad) * w + (kx - pad).
+    let delta = (ky * w + kx) as isize - (g.pad * w + g.pad) as isize;
+    let src_lo = (p_lo as isize + delta).clamp(0, (h * w) as isize) as usize;
+    let src_hi = (p_hi as isize + delta).clamp(0, (h * w) as isize) as usize;
+    let dst_lo = (src_lo as isize - delta) as usize;
+    plane[src_lo..src_hi]
+        .iter_mut()
+        .zip(&d[dst_lo..dst_lo + src_hi - src_lo])
+        .for_each(|(a, v)| *a += v);
 }
 
 /// Adds one patch row's gradient back onto the image (the transpose of [`patch_row`]).
@@ -176,10 +206,34 @@ fn im2col_cols(x: &[f32], g: &ConvGeometry, cols: &mut [f32], ld: usize) {
     }
 }
 
-/// Adds column-layout patch gradients back onto the image they were taken from.
-fn col2im_cols(cols: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
-    for (j, row) in cols.chunks_exact(g.out_pixels()).enumerate() {
-        add_patch_row(row, g, patch_element(g, j), dx);
+/// Adds column-layout patch gradients back onto the image they were taken from (`cols` is
+/// scratch: "same" stride-1 convolutions zero its border columns on the way).
+fn col2im_cols(cols: &mut [f32], g: &ConvGeometry, dx: &mut [f32]) {
+    let same = g.stride == 1 && g.out_w() == g.w && g.out_h() == g.h;
+    let plane_len = g.h * g.w;
+    for (j, row) in cols.chunks_exact_mut(g.out_pixels()).enumerate() {
+        let (ci, ky, kx) = patch_element(g, j);
+        if same {
+            let plane = &mut dx[ci * plane_len..(ci + 1) * plane_len];
+            add_shifted_plane(row, g, ky, kx, plane);
+        } else {
+            add_patch_row(row, g, (ci, ky, kx), dx);
+        }
+    }
+}
+
+/// `src` (`rows` rows of `cols` floats) transposed into `dst` (rows `ld >= rows` apart), in
+/// blocks so both sides stay in cache.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], ld: usize) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for c in c0..(c0 + B).min(cols) {
+                for r in r0..(r0 + B).min(rows) {
+                    dst[c * ld + r] = src[r * cols + c];
+                }
+            }
+        }
     }
 }
 
@@ -306,11 +360,7 @@ pub fn backward(
             let dy_img = &dy[img * g.out_len()..(img + 1) * g.out_len()];
             // dW^T [patch, cout] += cols [patch, pixels] . dy^T [pixels, cout]
             im2col_cols(x_img, g, &mut cols, pixels);
-            for (c, plane) in dy_img.chunks_exact(pixels).enumerate() {
-                for (p, &v) in plane.iter().enumerate() {
-                    dyt[p * ld_out + c] = v;
-                }
-            }
+            transpose_into(dy_img, g.cout, pixels, &mut dyt, ld_out);
             let dims = (pixels, g.cout);
             let dw = &mut dw_img;
             gemm_bias_rows(
@@ -340,7 +390,7 @@ pub fn backward(
                     &wt, g.cout, patch, dy_rows, ld_pix, dims, zp, c, pixels, false,
                 );
                 let dx_img = &mut dx[i * g.in_len()..(i + 1) * g.in_len()];
-                col2im_cols(&cols, g, dx_img);
+                col2im_cols(&mut cols, g, dx_img);
             }
         }
         (dwt, db)
