@@ -1,6 +1,7 @@
-//! 2-D convolution for training on the CPU: forward and both gradients as im2col + the
-//! decoder's GEMM ([`crate::decode::gemm::gemm_bias_rows`], operands read in place, unpacked),
-//! images split across threads.
+//! 2-D convolution for training on the CPU: forward and both gradients as GEMMs over patch rows
+//! ("same" stride-1 layers read them in place from padded planes through
+//! [`crate::decode::gemm::gemm_gather`], see [`SameGrid`]; others build the patch matrix, im2col,
+//! for [`crate::decode::gemm::gemm_bias_rows`]), images split across threads.
 //!
 //! burn Flex's own conv2d and the generic backward it inherits (a transposed convolution for the
 //! input gradient, a batch-as-channels convolution for the weight gradient) ran at 3-15 GFLOP/s
@@ -12,7 +13,7 @@
 //! PyTorch use. Results are deterministic for a given thread count: each thread owns a fixed
 //! range of images, and per-thread weight-gradient partials are summed in thread order.
 
-use crate::decode::gemm::gemm_bias_rows;
+use crate::decode::gemm::{gemm_bias_rows, gemm_gather};
 
 /// One convolution's sizes: square kernels, equal stride and padding on both axes, no groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,6 +285,205 @@ impl Shared {
     }
 }
 
+/// "Same" stride-1 convolutions (odd `k`, `pad = (k - 1) / 2`) skip the patch matrix: each
+/// image is copied once into zero-padded planes, and the GEMM reads every patch row in place as
+/// a shifted view of them ([`gemm_gather`]), computing outputs over the padded width (the extra
+/// columns are dropped). The input gradient is the same kind of convolution of the padded
+/// output gradient with the flipped, transposed kernel, so no col2im is needed either.
+#[derive(Clone, Copy, Debug)]
+struct SameGrid {
+    /// Padded width and plane size.
+    w2: usize,
+    plane: usize,
+    /// Outputs over the padded grid: `h * w2`.
+    n: usize,
+}
+
+impl SameGrid {
+    fn of(g: &ConvGeometry) -> Option<Self> {
+        let same = g.stride == 1 && g.k % 2 == 1 && 2 * g.pad == g.k - 1;
+        same.then(|| {
+            let w2 = g.w + 2 * g.pad;
+            Self {
+                w2,
+                plane: (g.h + 2 * g.pad) * w2,
+                n: g.h * w2,
+            }
+        })
+    }
+
+    /// Offsets of the patch rows `(c, ky, kx)`, `c < channels`, in padded planes.
+    fn patch_rows(&self, channels: usize, k: usize) -> Vec<usize> {
+        (0..channels * k * k)
+            .map(|j| (j / (k * k)) * self.plane + (j / k % k) * self.w2 + j % k)
+            .collect()
+    }
+
+    /// Length of a padded buffer of `channels` planes: the last patch row's view reads `n`
+    /// rounded up to 16 floats past its offset.
+    fn buffer_len(&self, channels: usize, k: usize) -> usize {
+        let last = (channels - 1) * self.plane + (k - 1) * (self.w2 + 1);
+        (last + self.n.next_multiple_of(16)).max(channels * self.plane)
+    }
+
+    /// Copies `channels` planes of `h x w` into the padded buffer (borders stay zero).
+    fn pad_into(&self, src: &[f32], g: &ConvGeometry, channels: usize, dst: &mut [f32]) {
+        let (h, w, p) = (g.h, g.w, g.pad);
+        for c in 0..channels {
+            for y in 0..h {
+                let s = &src[(c * h + y) * w..(c * h + y + 1) * w];
+                let d0 = c * self.plane + (y + p) * self.w2 + p;
+                dst[d0..d0 + w].copy_from_slice(s);
+            }
+        }
+    }
+
+    /// Drops the padded grid's extra columns: `dst[c, y, x] = src[c * n + y * w2 + x] + add[c]`.
+    fn compact(&self, src: &[f32], g: &ConvGeometry, add: Option<&[f32]>, dst: &mut [f32]) {
+        let (h, w) = (g.h, g.w);
+        for (c, plane) in dst.chunks_exact_mut(h * w).enumerate() {
+            let b = add.map_or(0.0, |a| a[c]);
+            for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+                let s = &src[c * self.n + y * self.w2..c * self.n + y * self.w2 + w];
+                if add.is_some() {
+                    row.iter_mut().zip(s).for_each(|(d, v)| *d = v + b);
+                } else {
+                    row.copy_from_slice(s);
+                }
+            }
+        }
+    }
+}
+
+/// [`forward`] for a "same" stride-1 convolution (see [`SameGrid`]). The sums are the ones the
+/// patch-matrix path computes, in the same order.
+fn forward_same(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: &ConvGeometry,
+    grid: SameGrid,
+    threads: usize,
+) -> Vec<f32> {
+    let patch = g.patch();
+    let b_rows = grid.patch_rows(g.cin, g.k);
+    let a_rows: Vec<usize> = (0..g.cout).map(|co| co * patch).collect();
+    let mut y = vec![0f32; g.batch * g.out_len()];
+    let out = Shared(y.as_mut_ptr());
+    split_images(g.batch, threads, |start, n| {
+        // SAFETY: split_images hands out disjoint image ranges inside `y`.
+        let y = unsafe { out.images(start, n, g.out_len()) };
+        let mut xp = vec![0f32; grid.buffer_len(g.cin, g.k)];
+        let mut yp = vec![0f32; g.cout * grid.n];
+        for (i, y_img) in y.chunks_exact_mut(g.out_len()).enumerate() {
+            let img = start + i;
+            grid.pad_into(
+                &x[img * g.in_len()..(img + 1) * g.in_len()],
+                g,
+                g.cin,
+                &mut xp,
+            );
+            gemm_gather(weight, &a_rows, &xp, &b_rows, grid.n, &mut yp, grid.n);
+            let bias = (!bias.is_empty()).then_some(bias);
+            grid.compact(&yp, g, bias, y_img);
+        }
+    });
+    y
+}
+
+/// [`backward`] for a "same" stride-1 convolution (see [`SameGrid`]).
+fn backward_same(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    grid: SameGrid,
+    want_dx: bool,
+    threads: usize,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (patch, pixels, k) = (g.patch(), g.out_pixels(), g.k);
+    let x_rows = grid.patch_rows(g.cin, k);
+    // The input gradient's kernel: wflip[ci][co][ky][kx] = weight[co][ci][k-1-ky][k-1-kx].
+    let tpatch = g.cout * k * k;
+    let mut wflip = vec![0f32; g.cin * tpatch];
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            for t in 0..k * k {
+                wflip[ci * tpatch + co * k * k + (k * k - 1 - t)] =
+                    weight[(co * g.cin + ci) * k * k + t];
+            }
+        }
+    }
+    let dy_rows = grid.patch_rows(g.cout, k);
+    let flip_rows: Vec<usize> = (0..g.cin).map(|ci| ci * tpatch).collect();
+    let ld_out = g.cout.next_multiple_of(16);
+    // Rows of the transposed output gradient over the padded grid.
+    let q_rows: Vec<usize> = (0..grid.n).map(|q| q * ld_out).collect();
+    let mut dx = want_dx.then(|| vec![0f32; g.batch * g.in_len()]);
+    let dx_out = dx.as_mut().map(|v| Shared(v.as_mut_ptr()));
+    let partials = split_images(g.batch, threads, |start, n| {
+        let mut xp = vec![0f32; grid.buffer_len(g.cin, k)];
+        // Rows of padded-grid columns past the image width stay zero: they add nothing to dW.
+        let mut dyt = vec![0f32; grid.n * ld_out];
+        let mut dyp = vec![
+            0f32;
+            if want_dx {
+                grid.buffer_len(g.cout, k)
+            } else {
+                0
+            }
+        ];
+        let mut dxp = vec![0f32; if want_dx { g.cin * grid.n } else { 0 }];
+        let mut dw_img = vec![0f32; patch * g.cout];
+        let mut dwt = vec![0f32; patch * g.cout];
+        let mut db = vec![0f32; g.cout];
+        // SAFETY: split_images hands out disjoint image ranges inside `dx`.
+        let mut dx = dx_out.map(|o| unsafe { o.images(start, n, g.in_len()) });
+        for i in 0..n {
+            let img = start + i;
+            let dy_img = &dy[img * g.out_len()..(img + 1) * g.out_len()];
+            grid.pad_into(
+                &x[img * g.in_len()..(img + 1) * g.in_len()],
+                g,
+                g.cin,
+                &mut xp,
+            );
+            // dyt[q][co] = dy[co][y][x] at q = y * w2 + x.
+            for y in 0..g.h {
+                let rows = &mut dyt[y * grid.w2 * ld_out..];
+                for co in 0..g.cout {
+                    let src = &dy_img[co * pixels + y * g.w..co * pixels + (y + 1) * g.w];
+                    for (xx, &v) in src.iter().enumerate() {
+                        rows[xx * ld_out + co] = v;
+                    }
+                }
+            }
+            // dW^T [patch, cout] = (shifted padded planes) [patch, n] . dyt [n, cout]
+            gemm_gather(&xp, &x_rows, &dyt, &q_rows, g.cout, &mut dw_img, g.cout);
+            dwt.iter_mut().zip(&dw_img).for_each(|(a, v)| *a += v);
+            for (c, plane) in dy_img.chunks_exact(pixels).enumerate() {
+                db[c] += plane.iter().sum::<f32>();
+            }
+            if let Some(dx) = dx.as_mut() {
+                grid.pad_into(dy_img, g, g.cout, &mut dyp);
+                gemm_gather(&wflip, &flip_rows, &dyp, &dy_rows, grid.n, &mut dxp, grid.n);
+                let dx_img = &mut dx[i * g.in_len()..(i + 1) * g.in_len()];
+                grid.compact(&dxp, g, None, dx_img);
+            }
+        }
+        (dwt, db)
+    });
+    let mut dwt = vec![0f32; patch * g.cout];
+    let mut db = vec![0f32; g.cout];
+    for (p_dwt, p_db) in &partials {
+        dwt.iter_mut().zip(p_dwt).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(p_db).for_each(|(a, v)| *a += v);
+    }
+    let mut dw = vec![0f32; g.cout * patch];
+    transpose(&dwt, patch, g.cout, &mut dw);
+    (dx, dw, db)
+}
+
 /// `y = conv(x, weight) + bias` (bias per output channel, zero when `None`).
 pub fn forward(
     x: &[f32],
@@ -292,12 +492,27 @@ pub fn forward(
     g: &ConvGeometry,
     threads: usize,
 ) -> Vec<f32> {
-    let (patch, pixels) = (g.patch(), g.out_pixels());
+    let patch = g.patch();
     assert_eq!(x.len(), g.batch * g.in_len(), "x");
     assert_eq!(weight.len(), g.cout * patch, "weight");
     assert!(bias.is_none_or(|b| b.len() == g.cout), "bias");
-    let zeros = vec![0f32; g.out_pixels()];
     let bias = bias.unwrap_or(&[]);
+    match SameGrid::of(g) {
+        Some(grid) => forward_same(x, weight, bias, g, grid, threads),
+        None => forward_patches(x, weight, bias, g, threads),
+    }
+}
+
+/// [`forward`] through the patch matrix (im2col), for any geometry.
+fn forward_patches(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: &ConvGeometry,
+    threads: usize,
+) -> Vec<f32> {
+    let (patch, pixels) = (g.patch(), g.out_pixels());
+    let zeros = vec![0f32; g.out_pixels()];
     let mut y = vec![0f32; g.batch * g.out_len()];
     let out = Shared(y.as_mut_ptr());
     // Patch rows padded to whole 16-float groups: the GEMM reads them in place, unpacked.
@@ -333,10 +548,26 @@ pub fn backward(
     want_dx: bool,
     threads: usize,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
-    let (patch, pixels) = (g.patch(), g.out_pixels());
+    let patch = g.patch();
     assert_eq!(x.len(), g.batch * g.in_len(), "x");
     assert_eq!(weight.len(), g.cout * patch, "weight");
     assert_eq!(dy.len(), g.batch * g.out_len(), "dy");
+    match SameGrid::of(g) {
+        Some(grid) => backward_same(x, weight, dy, g, grid, want_dx, threads),
+        None => backward_patches(x, weight, dy, g, want_dx, threads),
+    }
+}
+
+/// [`backward`] through the patch matrix (im2col, col2im), for any geometry.
+fn backward_patches(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    want_dx: bool,
+    threads: usize,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (patch, pixels) = (g.patch(), g.out_pixels());
     let mut wt = vec![0f32; patch * g.cout];
     transpose(weight, g.cout, patch, &mut wt);
     let zero_patch = vec![0f32; pixels.max(patch)];
@@ -490,6 +721,41 @@ mod tests {
                     .map(|(a, b)| (f64::from(*a) - b).abs())
                     .fold(0.0, f64::max);
                 assert!(err < 1e-4, "{g:?}: forward off by {err}");
+            }
+        }
+    }
+
+    /// The in-place path of "same" convolutions computes the patch-matrix path's sums: the
+    /// forward and the weight gradient bit for bit (same terms, same order), the input gradient
+    /// to rounding (its terms are summed in another order).
+    #[test]
+    fn same_convolutions_match_the_patch_path() {
+        let mut rng = SplitMix64::new(3);
+        for g in geometries()
+            .into_iter()
+            .filter(|g| SameGrid::of(g).is_some())
+        {
+            let grid = SameGrid::of(&g).unwrap();
+            let x = values(&mut rng, g.batch * g.in_len());
+            let w = values(&mut rng, g.cout * g.patch());
+            let b = values(&mut rng, g.cout);
+            let dy = values(&mut rng, g.batch * g.out_len());
+            for threads in [1, 2] {
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let same = forward_same(&x, &w, &b, &g, grid, threads);
+                let patches = forward_patches(&x, &w, &b, &g, threads);
+                assert_eq!(bits(&same), bits(&patches), "{g:?} forward");
+                let (dx1, dw1, db1) = backward_same(&x, &w, &dy, &g, grid, true, threads);
+                let (dx2, dw2, db2) = backward_patches(&x, &w, &dy, &g, true, threads);
+                assert_eq!(bits(&dw1), bits(&dw2), "{g:?} dw");
+                assert_eq!(bits(&db1), bits(&db2), "{g:?} db");
+                let err = dx1
+                    .unwrap()
+                    .iter()
+                    .zip(&dx2.unwrap())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(err < 1e-5, "{g:?} dx off by {err}");
             }
         }
     }

@@ -396,7 +396,35 @@ pub fn training_threads() -> usize {
 }
 
 /// Runs `job` on the backend of `kind`.
+///
+/// Jobs in one process run one at a time (a job started inside another runs at once). burn's
+/// autodiff keeps process-wide graph state: a backward step holds its graph's lock while the
+/// host convolution waits for rayon's pool, and another training's step on a pool thread may be
+/// waiting for that lock (it sweeps every graph when its backward ends): two encodes at once in
+/// one process deadlocked (seen with the time-limit tests).
 pub fn run_on<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
+    thread_local! {
+        static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// Holds the process's turn (outermost job only) and counts the nesting, also on unwind.
+    struct Turn {
+        _held: Option<std::sync::MutexGuard<'static, ()>>,
+    }
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    // A job that panicked leaves nothing behind that the next one depends on.
+    let guard = (DEPTH.with(|d| d.get()) == 0)
+        .then(|| ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()));
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let _turn = Turn { _held: guard };
+    run_job(kind, job)
+}
+
+fn run_job<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
     match kind {
         DeviceKind::Cpu => job.run::<CpuAutodiff>(&Default::default()),
         #[cfg(feature = "cuda")]

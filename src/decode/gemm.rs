@@ -236,6 +236,85 @@ pub fn gemm_bias_rows(
     gemm_path(best_path(), a, lda, m, w, bias, c, ldc, relu);
 }
 
+/// A product whose operand rows are gathered: for `i < m = a_rows.len()`, `j < n`,
+/// `acc = 0; for kk in 0..k { acc = a[a_rows[i] + kk].mul_add(b[b_rows[kk] + j], acc) }`, then
+/// `c[i*ldc + j] = acc`, with `k = b_rows.len()`. Rows may overlap: the training convolution
+/// reads a padded image's shifted planes in place this way (an implicit im2col). `b` must hold
+/// `b_rows[kk] + n` rounded up to 16 floats for every `kk` (the SIMD paths read whole 16-float
+/// groups; values past column `n` are read and discarded). One FMA per `kk` in ascending order,
+/// so every path gives bit-identical results.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_gather(
+    a: &[f32],
+    a_rows: &[usize],
+    b: &[f32],
+    b_rows: &[usize],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_gather_path(best_path(), a, a_rows, b, b_rows, n, c, ldc);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_gather_path(
+    path: Path,
+    a: &[f32],
+    a_rows: &[usize],
+    b: &[f32],
+    b_rows: &[usize],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (m, k) = (a_rows.len(), b_rows.len());
+    assert!(ldc >= n, "ldc {ldc} < n {n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1)
+            .checked_mul(ldc)
+            .and_then(|l| l.checked_add(n))
+            .is_some_and(|l| c.len() >= l),
+        "c too short"
+    );
+    assert!(
+        a_rows
+            .iter()
+            .all(|&r| r.checked_add(k).is_some_and(|e| e <= a.len())),
+        "a row out of bounds"
+    );
+    let width = n.next_multiple_of(LANES);
+    assert!(
+        b_rows
+            .iter()
+            .all(|&r| r.checked_add(width).is_some_and(|e| e <= b.len())),
+        "b row out of bounds (rows need n rounded up to 16 floats)"
+    );
+    assert!(path_supported(path), "{path:?} not supported by this CPU");
+    match path {
+        Path::Scalar => {
+            for (i, &ar) in a_rows.iter().enumerate() {
+                let out = &mut c[i * ldc..i * ldc + n];
+                out.fill(0.0);
+                for (kk, &br) in b_rows.iter().enumerate() {
+                    let x = a[ar + kk];
+                    for (o, &bv) in out.iter_mut().zip(&b[br..br + n]) {
+                        *o = x.mul_add(bv, *o);
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA support was checked; the asserts above bound every access.
+        Path::Avx2 => unsafe { avx2::gemm_gather(a, a_rows, b, b_rows, n, c, ldc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F+FMA support was checked; the asserts above bound every access.
+        Path::Avx512 => unsafe { avx512::gemm_gather(a, a_rows, b, b_rows, n, c, ldc) },
+    }
+}
+
 /// The normative definition of [`gemm_bias`], written plainly.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_reference(
@@ -502,6 +581,103 @@ macro_rules! simd_kernel {
     };
 }
 
+/// The gathered product ([`gemm_gather`]) for one ISA, from the same primitives as
+/// [`simd_kernel!`]: strips of up to two vectors, tiles of up to `MR` rows, accumulators from
+/// zero, one FMA per `kk` ascending.
+#[cfg(target_arch = "x86_64")]
+macro_rules! gather_kernel {
+    ($features:literal, tails: [$($r:literal),*]) => {
+        /// Safety: the CPU has the module's features, and `gemm_gather_path`'s asserts passed.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn gemm_gather(
+            a: &[f32],
+            a_rows: &[usize],
+            b: &[f32],
+            b_rows: &[usize],
+            n: usize,
+            c: &mut [f32],
+            ldc: usize,
+        ) {
+            let m = a_rows.len();
+            let mut col0 = 0;
+            while col0 < n {
+                let strip_width = (n - col0).min(2 * V).next_multiple_of(V);
+                let cols = (n - col0).min(strip_width);
+                let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(V))];
+                let full = cols == strip_width;
+                let mut i = 0;
+                // SAFETY: rows < m of c hold n columns; b rows hold n rounded up to V floats;
+                // a rows hold k floats (the caller's asserts).
+                unsafe {
+                    let cp = c.as_mut_ptr().wrapping_add(col0);
+                    let bp = b.as_ptr().wrapping_add(col0);
+                    while i < m {
+                        let rows = &a_rows[i..(i + MR).min(m)];
+                        let ci = cp.add(i * ldc);
+                        let nv = strip_width / V;
+                        match (rows.len(), nv) {
+                            (MR, 2) => gtile::<MR, 2>(a, rows, bp, b_rows, (masks, full), ci, ldc),
+                            (MR, _) => gtile::<MR, 1>(a, rows, bp, b_rows, (masks, full), ci, ldc),
+                            $(($r, 2) => gtile::<$r, 2>(a, rows, bp, b_rows, (masks, full), ci, ldc),)*
+                            $(($r, _) => gtile::<$r, 1>(a, rows, bp, b_rows, (masks, full), ci, ldc),)*
+                            _ => unreachable!(),
+                        }
+                        i += MR;
+                    }
+                }
+                col0 += strip_width;
+            }
+        }
+
+        /// R x (NV * V) tile of the gathered product. Safety: as for `gemm_gather`, with `R`
+        /// rows (`rows.len() == R`) and the strip's columns.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        unsafe fn gtile<const R: usize, const NV: usize>(
+            a: &[f32],
+            rows: &[usize],
+            b: *const f32,
+            b_rows: &[usize],
+            masks: ([Mask; 2], bool),
+            c: *mut f32,
+            ldc: usize,
+        ) {
+            let (masks, full) = masks;
+            let ap: [*const f32; R] = core::array::from_fn(|r| a.as_ptr().wrapping_add(rows[r]));
+            let mut acc = [[zero(); NV]; R];
+            for (kk, &br) in b_rows.iter().enumerate() {
+                let mut wv = [zero(); NV];
+                for (v, x) in wv.iter_mut().enumerate() {
+                    // SAFETY: b rows hold the strip's NV * V floats (n rounded up to V).
+                    *x = unsafe { load(b.add(br + v * V)) };
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: a row r holds k floats, kk < k.
+                    let x = splat(unsafe { *ap[r].add(kk) });
+                    for v in 0..NV {
+                        row[v] = fma(x, wv[v], row[v]);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for v in 0..NV {
+                    let p = c.wrapping_add(r * ldc + v * V);
+                    // SAFETY: the mask only enables valid columns of row r (all when full).
+                    unsafe {
+                        if full {
+                            store(p, row[v])
+                        } else {
+                            store_masked(p, masks[v], row[v])
+                        }
+                    };
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -563,6 +739,7 @@ mod avx512 {
     }
 
     simd_kernel!("avx512f,fma", tails: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    gather_kernel!("avx512f,fma", tails: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -624,6 +801,7 @@ mod avx2 {
     }
 
     simd_kernel!("avx2,fma", tails: [1, 2, 3, 4, 5]);
+    gather_kernel!("avx2,fma", tails: [1, 2, 3, 4, 5]);
 }
 
 #[cfg(test)]
@@ -657,6 +835,47 @@ mod tests {
     }
 
     const SENTINEL: f32 = 12345.678;
+
+    /// The gathered product on every path equals its definition bit for bit (overlapping,
+    /// unordered rows; every strip and tile width), and writes nothing else.
+    #[test]
+    fn gathered_product_matches_its_definition() {
+        let mut rng = Rng::new(11);
+        for (m, k, n) in [
+            (1usize, 1usize, 1usize),
+            (5, 7, 3),
+            (12, 9, 32),
+            (13, 20, 33),
+            (29, 3, 70),
+            (7, 0, 5),
+        ] {
+            let a = values(&mut rng, 64 + k, true);
+            let b = values(&mut rng, 96 + n.next_multiple_of(LANES), true);
+            let a_rows: Vec<usize> = (0..m).map(|_| rng.below(64) as usize).collect();
+            let b_rows: Vec<usize> = (0..k).map(|_| rng.below(96) as usize).collect();
+            let ldc = n + 3;
+            let len = (m - 1) * ldc + n;
+            let mut want = vec![SENTINEL; len + LANES];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = 0f32;
+                    for kk in 0..k {
+                        acc = a[a_rows[i] + kk].mul_add(b[b_rows[kk] + j], acc);
+                    }
+                    want[i * ldc + j] = acc;
+                }
+            }
+            for path in paths() {
+                let mut got = vec![SENTINEL; len + LANES];
+                gemm_gather_path(path, &a, &a_rows, &b, &b_rows, n, &mut got[..len], ldc);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{path:?} m {m} k {k} n {n}");
+            }
+        }
+    }
 
     /// Every path this CPU can run, so each is checked against the reference.
     fn paths() -> Vec<Path> {
