@@ -215,9 +215,11 @@ TOML
     fi
     # At most 8 files come back from a device call: keep the summary, the logs that matter
     # and the cache; fold the rest into one archive.
-    (cd "$res" && tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=cubecl-cache.tar.gz \
-        --exclude='*.nern' . && find . -maxdepth 1 -type f ! -name summary.md ! -name logs.tar.gz \
-        ! -name cubecl-cache.tar.gz ! -name r20-recipe.nern ! -name recipe.log -delete)
+    # (tar may warn that a file changed while read, exit 1: the cleanup runs regardless.)
+    (cd "$res" && { tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=cubecl-cache.tar.gz \
+        --exclude='*.nern' . || true; } && find . -maxdepth 1 -type f ! -name summary.md \
+        ! -name logs.tar.gz ! -name cubecl-cache.tar.gz ! -name r20-recipe.nern \
+        ! -name recipe.log ! -name r56-budget.nern ! -name r56-budget.log -delete)
     return 0
 }
 
