@@ -14,6 +14,7 @@
 //! range of images, and per-thread weight-gradient partials are summed in thread order.
 
 use crate::decode::gemm::{gemm_bias_rows, gemm_gather};
+use crate::dense::transpose_into;
 
 /// One convolution's sizes: square kernels, equal stride and padding on both axes, no groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,28 +224,19 @@ fn col2im_cols(cols: &mut [f32], g: &ConvGeometry, dx: &mut [f32]) {
     }
 }
 
-/// `src` (`rows` rows of `cols` floats) transposed into `dst` (rows `ld >= rows` apart), in
-/// blocks so both sides stay in cache.
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], ld: usize) {
-    const B: usize = 16;
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for c in c0..(c0 + B).min(cols) {
-                for r in r0..(r0 + B).min(rows) {
-                    dst[c * ld + r] = src[r * cols + c];
-                }
-            }
-        }
+/// The weight and bias gradients from the workers' partials `(dW^T, db)`, summed in worker
+/// order (the order fixes the rounding), `dW` back in `[cout, patch]` layout.
+fn sum_partials(partials: &[(Vec<f32>, Vec<f32>)], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
+    let patch = g.patch();
+    let mut dwt = vec![0f32; patch * g.cout];
+    let mut db = vec![0f32; g.cout];
+    for (p_dwt, p_db) in partials {
+        dwt.iter_mut().zip(p_dwt).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(p_db).for_each(|(a, v)| *a += v);
     }
-}
-
-/// `rows x cols` row-major `src` transposed into `dst`.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    for r in 0..rows {
-        for c in 0..cols {
-            dst[c * rows + r] = src[r * cols + c];
-        }
-    }
+    let mut dw = vec![0f32; g.cout * patch];
+    transpose_into(&dwt, patch, g.cout, &mut dw, patch);
+    (dw, db)
 }
 
 /// Runs `work(first_image, images)` on `threads` contiguous ranges of the batch, on rayon's
@@ -368,6 +360,7 @@ fn forward_same(
     let patch = g.patch();
     let b_rows = grid.patch_rows(g.cin, g.k);
     let a_rows: Vec<usize> = (0..g.cout).map(|co| co * patch).collect();
+    let bias = (!bias.is_empty()).then_some(bias);
     let mut y = vec![0f32; g.batch * g.out_len()];
     let out = Shared(y.as_mut_ptr());
     split_images(g.batch, threads, |start, n| {
@@ -384,7 +377,6 @@ fn forward_same(
                 &mut xp,
             );
             gemm_gather(weight, &a_rows, &xp, &b_rows, grid.n, &mut yp, grid.n);
-            let bias = (!bias.is_empty()).then_some(bias);
             grid.compact(&yp, g, bias, y_img);
         }
     });
@@ -473,14 +465,7 @@ fn backward_same(
         }
         (dwt, db)
     });
-    let mut dwt = vec![0f32; patch * g.cout];
-    let mut db = vec![0f32; g.cout];
-    for (p_dwt, p_db) in &partials {
-        dwt.iter_mut().zip(p_dwt).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(p_db).for_each(|(a, v)| *a += v);
-    }
-    let mut dw = vec![0f32; g.cout * patch];
-    transpose(&dwt, patch, g.cout, &mut dw);
+    let (dw, db) = sum_partials(&partials, g);
     (dx, dw, db)
 }
 
@@ -569,7 +554,7 @@ fn backward_patches(
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (patch, pixels) = (g.patch(), g.out_pixels());
     let mut wt = vec![0f32; patch * g.cout];
-    transpose(weight, g.cout, patch, &mut wt);
+    transpose_into(weight, g.cout, patch, &mut wt, g.cout);
     let zero_patch = vec![0f32; pixels.max(patch)];
     let zero_out = vec![0f32; g.cout];
     // Row strides in whole 16-float groups, so the GEMM reads these operands unpacked.
@@ -626,14 +611,7 @@ fn backward_patches(
         }
         (dwt, db)
     });
-    let mut dwt = vec![0f32; patch * g.cout];
-    let mut db = vec![0f32; g.cout];
-    for (p_dwt, p_db) in &partials {
-        dwt.iter_mut().zip(p_dwt).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(p_db).for_each(|(a, v)| *a += v);
-    }
-    let mut dw = vec![0f32; g.cout * patch];
-    transpose(&dwt, patch, g.cout, &mut dw);
+    let (dw, db) = sum_partials(&partials, g);
     (dx, dw, db)
 }
 

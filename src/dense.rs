@@ -53,18 +53,23 @@ fn padded(src: &[f32], rows: usize, cols: usize) -> (Vec<f32>, usize) {
 /// `src` (`rows x cols`) transposed, rows `ld >= rows` apart (padding zero).
 fn transposed(src: &[f32], rows: usize, cols: usize, ld: usize) -> Vec<f32> {
     let mut out = vec![0f32; cols * ld];
-    // Blocked so both sides stay in cache for the long (batch-sized) dimension.
+    transpose_into(src, rows, cols, &mut out, ld);
+    out
+}
+
+/// `src` (`rows x cols`, row-major) transposed into `dst` (rows `ld >= rows` apart; entries past
+/// `rows` untouched), in blocks so both sides stay in cache for a long dimension.
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], ld: usize) {
     const B: usize = 32;
     for r0 in (0..rows).step_by(B) {
         for c0 in (0..cols).step_by(B) {
             for r in r0..(r0 + B).min(rows) {
                 for c in c0..(c0 + B).min(cols) {
-                    out[c * ld + r] = src[r * cols + c];
+                    dst[c * ld + r] = src[r * cols + c];
                 }
             }
         }
     }
-    out
 }
 
 /// `c = a W + bias` (then ReLU when `relu`) for `m` rows of `a` (`k` wide, rows `lda` apart),
