@@ -48,7 +48,7 @@ fn phase1(devices: &[DeviceKind], input: &Path, steps: usize) {
     for &device in devices {
         for hidden in widths(&[140, 180, 320]) {
             let opts = EncodeOptions {
-                hidden,
+                hidden: Some(hidden),
                 steps: Some(steps),
                 batch: 4096,
                 device,
@@ -113,7 +113,7 @@ fn phase2(devices: &[DeviceKind], input: &Path, steps: usize) {
     for &device in devices {
         for hidden in widths(&[140, 180]) {
             let mut opts = EncodeOptions {
-                hidden,
+                hidden: Some(hidden),
                 steps: Some(1),
                 device,
                 pe_levels: 40,

@@ -160,7 +160,9 @@ struct EncodeSettings {
     /// schedule depend on this machine's speed.
     #[arg(long, allow_hyphen_values = true)]
     time_limit: Option<String>,
-    /// Hidden width of the predictor MLP [default: 180, or chosen by --target-size].
+    /// Hidden width of the predictor MLP [default: scaled with the model, about 0.45 predictor
+    /// parameters per conv weight, at most 384 (180 on ResNet-20, 335 on ResNet-56); or chosen
+    /// by --target-size].
     #[arg(long)]
     hidden: Option<u32>,
     /// Phase-1 steps per round [default: a tenth of the model's kernel count, 2000..=20000;
@@ -417,7 +419,7 @@ impl EncodeSettings {
         let data = self.data.as_deref().map(DataArg::parse);
         let defaults = EncodeOptions::default();
         let mut opts = EncodeOptions {
-            hidden: self.hidden.unwrap_or(defaults.hidden),
+            hidden: self.hidden,
             steps: self.steps,
             rounds: self.rounds,
             batch: self.batch,
@@ -455,7 +457,6 @@ impl EncodeSettings {
                 .map(nernc::encode::clock::parse_duration)
                 .transpose()?,
             pinned: Pinned {
-                hidden: self.hidden.is_some(),
                 pe_levels: self.pe_levels.is_some(),
                 predictor_dtype: self.predictor_dtype.is_some(),
             },

@@ -68,10 +68,9 @@ fn the_file_fits_the_budget_and_the_best_measured_candidate_is_kept() {
     assert!(text.contains(&format!("hidden {}, PE L={}", best.hidden, best.pe_levels)));
     assert_eq!(text.matches("<- chosen").count(), 1);
     let wider = EncodeOptions {
-        hidden: best.hidden + 1,
+        hidden: Some(best.hidden + 1),
         pe_levels: best.pe_levels,
         pinned: Pinned {
-            hidden: true,
             pe_levels: true,
             predictor_dtype: false,
         },
@@ -88,10 +87,9 @@ fn pinned_settings_are_kept_and_must_fit() {
     let src = fixture(RESNET20);
     let opts = EncodeOptions {
         target_size: Some(SizeTarget::Bytes(60_000)),
-        hidden: 40,
+        hidden: Some(40),
         pe_levels: 8,
         pinned: Pinned {
-            hidden: true,
             pe_levels: true,
             predictor_dtype: false,
         },

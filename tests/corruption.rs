@@ -15,7 +15,7 @@ use nernc::format::{Limits, read_container};
 /// A small real file: hidden 8, two steps, `dtype` for the predictor.
 fn small_file(dtype: nernc::predictor::WeightDtype) -> Vec<u8> {
     let opts = nernc::encode::EncodeOptions {
-        hidden: 8,
+        hidden: Some(8),
         steps: Some(2),
         batch: 64,
         predictor_dtype: dtype,

@@ -17,7 +17,7 @@ fn phase_two_keeps_the_best_held_out_state_and_records_it() {
         .expect("Fashion-MNIST installed");
     let src = fixture("fmnist-resnet20.safetensors");
     let phase1 = EncodeOptions {
-        hidden: 16,
+        hidden: Some(16),
         steps: Some(40),
         batch: 1024,
         data_dir: Some(data.clone()),

@@ -13,7 +13,7 @@ use nernc::io::sha256_hex;
 
 fn small() -> Vec<u8> {
     let opts = EncodeOptions {
-        hidden: 8,
+        hidden: Some(8),
         steps: Some(3),
         batch: 128,
         ..EncodeOptions::default()
@@ -67,7 +67,7 @@ fn new_files_give_their_provenance_in_one_ranged_read() {
     let other = encode(
         &fixture("fmnist-resnet20.safetensors"),
         &EncodeOptions {
-            hidden: 8,
+            hidden: Some(8),
             steps: Some(3),
             batch: 128,
             seed: 1,

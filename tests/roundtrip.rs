@@ -12,7 +12,7 @@ use safetensors::SafeTensors;
 
 fn small_options(permutation: PermutationKind, rounds: usize) -> EncodeOptions {
     EncodeOptions {
-        hidden: 24,
+        hidden: Some(24),
         steps: Some(60),
         rounds,
         batch: 1024,

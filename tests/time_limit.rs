@@ -13,7 +13,7 @@ use nernc::format::{Limits, read_container};
 
 fn asked() -> EncodeOptions {
     EncodeOptions {
-        hidden: 16,
+        hidden: Some(16),
         // Far more than the limit allows, on any machine.
         steps: Some(200_000),
         batch: 1024,

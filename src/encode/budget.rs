@@ -197,9 +197,9 @@ pub fn candidates(
     };
     let mut out: Vec<Candidate> = Vec::new();
     for &l in &levels {
-        let hidden = if opts.pinned.hidden {
-            let cfg = base.config(opts.hidden, l);
-            (sizer.bound(&cfg, dtype)? <= budget).then_some(opts.hidden)
+        let hidden = if let Some(h) = opts.hidden {
+            let cfg = base.config(h, l);
+            (sizer.bound(&cfg, dtype)? <= budget).then_some(h)
         } else {
             sizer.widest(budget, l, dtype, &base)?
         };
@@ -216,11 +216,7 @@ pub fn candidates(
         }
     }
     if out.is_empty() {
-        let smallest_h = if opts.pinned.hidden {
-            opts.hidden
-        } else {
-            MIN_HIDDEN
-        };
+        let smallest_h = opts.hidden.unwrap_or(MIN_HIDDEN);
         let smallest = sizer.bound(&base.config(smallest_h, levels[0]), dtype)?;
         return Err(Error::Budget(format!(
             "no predictor fits {budget} bytes: the smallest file with {} (hidden {smallest_h}, \

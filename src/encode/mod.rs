@@ -38,7 +38,7 @@ use std::path::Path;
 pub use budget::META_RESERVE;
 pub use options::{
     DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS, DEFAULT_TUNE_LR, DataArg, DeviceKind,
-    DistillOptions, DistillSource, EncodeOptions, MaxDrop, Pinned, SizeTarget,
+    DistillOptions, DistillSource, EncodeOptions, MaxDrop, Pinned, SizeTarget, default_hidden,
     default_phase1_steps,
 };
 pub use progress::{BarProgress, NoProgress, Progress};

@@ -8,12 +8,14 @@ use crate::data::{Augment, DatasetKind, Normalization};
 pub use crate::device::DeviceKind;
 use crate::error::{Error, Result};
 use crate::permute::PermutationKind;
-use crate::predictor::WeightDtype;
+use crate::predictor::{PredictorConfig, WeightDtype};
 
 /// Everything `nernc encode` can be told.
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {
-    pub hidden: u32,
+    /// Hidden width of the predictor (`--hidden`); `None`: scaled with the model
+    /// ([`default_hidden`]), or chosen by a size budget. Given, a budget must fit it.
+    pub hidden: Option<u32>,
     /// Phase-1 steps per round; `None`: scaled with the model ([`default_phase1_steps`]).
     pub steps: Option<usize>,
     pub rounds: usize,
@@ -68,7 +70,6 @@ pub struct EncodeOptions {
 /// Settings a size budget may not change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pinned {
-    pub hidden: bool,
     pub pe_levels: bool,
     pub predictor_dtype: bool,
 }
@@ -147,6 +148,31 @@ pub fn default_phase1_steps(kernels: usize) -> usize {
     (kernels / 10).clamp(2_000, 20_000)
 }
 
+/// Predictor parameters per convolution weight when `--hidden` is not given: ResNet-20's measured
+/// default (hidden 180 at L = 20: 121,149 parameters for 269,968 weights, 0.449) carried over
+/// to other models, so the predictor grows with the network instead of staying at ResNet-20's
+/// size (ResNet-56 at hidden 180 lost 5.3 points, one predictor parameter per 7 weights).
+pub const DEFAULT_PARAMS_PER_WEIGHT: f64 = 0.45;
+
+/// The widest default hidden width. Unmeasured beyond ResNet-56 (hidden 335): it bounds the
+/// default schedule's cost (a phase-1 step grows with the width squared) on large networks,
+/// where the predictor is then a smaller share of the weights (the 4x-wide ResNet-20: 0.11).
+pub const DEFAULT_MAX_HIDDEN: u32 = 384;
+
+/// Hidden width when none is given: the widest reference predictor (see
+/// [`PredictorConfig::reference`]) with at most [`DEFAULT_PARAMS_PER_WEIGHT`] parameters per
+/// convolution weight, within 16..=[`DEFAULT_MAX_HIDDEN`].
+pub fn default_hidden(conv_weights: u64, kernel_size: u32, pe_levels: u32, pe_base: f64) -> u32 {
+    let allowed = (conv_weights as f64 * DEFAULT_PARAMS_PER_WEIGHT) as u64;
+    let params =
+        |h: u32| PredictorConfig::reference(h, kernel_size, pe_levels, pe_base).parameter_count();
+    let mut h = 16;
+    while h < DEFAULT_MAX_HIDDEN && params(h + 1) <= allowed {
+        h += 1;
+    }
+    h
+}
+
 /// Phase-2 steps when none are given (batch 128). Measured on ResNet-20 at 600 steps: test
 /// 94.34-94.39 % (-0.19 to -0.24), held-out still rising slowly after 400; 400 keeps the whole
 /// default encode inside 10 minutes on 2 cores (600 took 11 min).
@@ -203,7 +229,7 @@ impl Default for EncodeOptions {
         EncodeOptions {
             // The measured ResNet-20 recipe (README): hidden 180, 20 PE levels, no tables (they
             // cost more bytes than they save at this size), int8 trained through its rounding.
-            hidden: 180,
+            hidden: None,
             steps: None,
             rounds: 1,
             batch: 4096,
@@ -315,7 +341,7 @@ impl EncodeOptions {
     pub fn check(&self) -> Result<()> {
         let o = self;
         let bad = |m: &str| Err(Error::InvalidArgument(m.to_string()));
-        if o.hidden == 0 || o.hidden > 1 << 14 {
+        if o.hidden.is_some_and(|h| h == 0 || h > 1 << 14) {
             return bad("--hidden must be in 1..=16384");
         }
         if o.steps == Some(0) {
@@ -368,5 +394,33 @@ impl EncodeOptions {
             return bad("positional encoding: levels in 1..=256, base positive");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Conv weights of the fixtures (`fixtures/README.md`).
+    const RESNET20: u64 = 269_968;
+    const RESNET56: u64 = 850_576;
+    const RESNET20_W4: u64 = 4_317_760;
+
+    #[test]
+    fn the_default_width_grows_with_the_model_from_resnet20s_measured_180() {
+        let h = |w| default_hidden(w, 3, 20, 0.76);
+        assert_eq!(h(RESNET20), 180, "ResNet-20 keeps its measured default");
+        assert_eq!(h(RESNET56), 335);
+        assert_eq!(h(RESNET20_W4), DEFAULT_MAX_HIDDEN);
+        assert_eq!(h(1_000), 16, "the floor");
+        // The rule's bound holds and the next width would break it.
+        for w in [RESNET20, RESNET56, 2_000_000] {
+            let p = |h| PredictorConfig::reference(h, 3, 20, 0.76).parameter_count() as f64;
+            let allowed = w as f64 * DEFAULT_PARAMS_PER_WEIGHT;
+            assert!(p(h(w)) <= allowed);
+            assert!(h(w) == DEFAULT_MAX_HIDDEN || p(h(w) + 1) > allowed);
+        }
+        // Fewer PE levels leave more parameters to the hidden layers.
+        assert!(default_hidden(RESNET56, 3, 10, 0.76) > h(RESNET56));
     }
 }

@@ -9,7 +9,10 @@ use super::assemble::{Encoded, assemble};
 use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
 use super::kernels::KernelSet;
-use super::options::{DistillOptions, DistillSource, EncodeOptions, default_phase1_steps};
+use super::options::{
+    DEFAULT_MAX_HIDDEN, DEFAULT_PARAMS_PER_WEIGHT, DistillOptions, DistillSource, EncodeOptions,
+    default_hidden, default_phase1_steps,
+};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillSettings, TuneSettings, distill};
 use super::progress::{NoProgress, Progress};
@@ -513,15 +516,27 @@ fn encode_on<B: TrainBackend>(
         .target_size
         .map(|t| t.bytes(source_bytes))
         .transpose()?;
-    let mut cfg = PredictorConfig::reference(
-        opts.hidden,
-        source.kernel_size,
-        opts.pe_levels,
-        opts.pe_base,
-    );
+    let conv_weights: u64 = source.weights.iter().map(|w| w.len() as u64).sum();
+    let hidden = opts.hidden.unwrap_or_else(|| {
+        default_hidden(
+            conv_weights,
+            source.kernel_size,
+            opts.pe_levels,
+            opts.pe_base,
+        )
+    });
+    let mut cfg =
+        PredictorConfig::reference(hidden, source.kernel_size, opts.pe_levels, opts.pe_base);
 
     // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
     let mut notes = Vec::new();
+    if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
+        notes.push(format!(
+            "hidden width {hidden}: the default for {conv_weights} conv weights (about \
+             {DEFAULT_PARAMS_PER_WEIGHT} predictor parameters per weight, at most \
+             {DEFAULT_MAX_HIDDEN}; --hidden sets it)"
+        ));
+    }
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
     let mut host = needs_net.then(|| source.host_model());
     let net = match host.as_ref().map(|h| h.network()).transpose() {
@@ -853,7 +868,7 @@ fn encode_on<B: TrainBackend>(
 /// Whether a budget's chosen shape is widened by measuring its codes: integer codes of fewer than
 /// 8 bits (written in code layout 1 when that is smaller) and a hidden width not pinned.
 fn widens(opts: &EncodeOptions, c: &Candidate) -> bool {
-    !opts.pinned.hidden && c.dtype.code_bits().is_some_and(|b| b < 8)
+    opts.hidden.is_none() && c.dtype.code_bits().is_some_and(|b| b < 8)
 }
 
 /// Reads the predictor and permutation tables of `path`, checking that its layer table is the
@@ -901,7 +916,11 @@ impl BackendJob for ThroughputJob<'_> {
         let file = MappedFile::open(self.input)?;
         let source = Source::parse(self.input, file.bytes(), PermutationKind::None)?;
         let k = source.kernel_size;
-        let cfg = PredictorConfig::reference(opts.hidden, k, opts.pe_levels, opts.pe_base);
+        let conv_weights: u64 = source.weights.iter().map(|w| w.len() as u64).sum();
+        let hidden = opts
+            .hidden
+            .unwrap_or_else(|| default_hidden(conv_weights, k, opts.pe_levels, opts.pe_base));
+        let cfg = PredictorConfig::reference(hidden, k, opts.pe_levels, opts.pe_base);
         let perms = vec![Permutation::Identity; source.layers.len()];
         let w = &source.weights;
         let set = KernelSet::new(&source.layers, &perms, w, w, k as usize);
