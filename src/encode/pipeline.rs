@@ -516,15 +516,7 @@ fn encode_on<B: TrainBackend>(
         .target_size
         .map(|t| t.bytes(source_bytes))
         .transpose()?;
-    let conv_weights: u64 = source.weights.iter().map(|w| w.len() as u64).sum();
-    let hidden = opts.hidden.unwrap_or_else(|| {
-        default_hidden(
-            conv_weights,
-            source.kernel_size,
-            opts.pe_levels,
-            opts.pe_base,
-        )
-    });
+    let hidden = hidden_for(opts, &source);
     let mut cfg =
         PredictorConfig::reference(hidden, source.kernel_size, opts.pe_levels, opts.pe_base);
 
@@ -532,9 +524,10 @@ fn encode_on<B: TrainBackend>(
     let mut notes = Vec::new();
     if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
         notes.push(format!(
-            "hidden width {hidden}: the default for {conv_weights} conv weights (about \
+            "hidden width {hidden}: the default for {} conv weights (about \
              {DEFAULT_PARAMS_PER_WEIGHT} predictor parameters per weight, at most \
-             {DEFAULT_MAX_HIDDEN}; --hidden sets it)"
+             {DEFAULT_MAX_HIDDEN}; --hidden sets it)",
+            source.conv_weights()
         ));
     }
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
@@ -865,6 +858,18 @@ fn encode_on<B: TrainBackend>(
     assemble(&source, opts, encoded, started)
 }
 
+/// The hidden width asked for, else the default for this model ([`default_hidden`]).
+fn hidden_for(opts: &EncodeOptions, source: &Source<'_>) -> u32 {
+    opts.hidden.unwrap_or_else(|| {
+        default_hidden(
+            source.conv_weights(),
+            source.kernel_size,
+            opts.pe_levels,
+            opts.pe_base,
+        )
+    })
+}
+
 /// Whether a budget's chosen shape is widened by measuring its codes: integer codes of fewer than
 /// 8 bits (written in code layout 1 when that is smaller) and a hidden width not pinned.
 fn widens(opts: &EncodeOptions, c: &Candidate) -> bool {
@@ -916,11 +921,8 @@ impl BackendJob for ThroughputJob<'_> {
         let file = MappedFile::open(self.input)?;
         let source = Source::parse(self.input, file.bytes(), PermutationKind::None)?;
         let k = source.kernel_size;
-        let conv_weights: u64 = source.weights.iter().map(|w| w.len() as u64).sum();
-        let hidden = opts
-            .hidden
-            .unwrap_or_else(|| default_hidden(conv_weights, k, opts.pe_levels, opts.pe_base));
-        let cfg = PredictorConfig::reference(hidden, k, opts.pe_levels, opts.pe_base);
+        let cfg =
+            PredictorConfig::reference(hidden_for(opts, &source), k, opts.pe_levels, opts.pe_base);
         let perms = vec![Permutation::Identity; source.layers.len()];
         let w = &source.weights;
         let set = KernelSet::new(&source.layers, &perms, w, w, k as usize);

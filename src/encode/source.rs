@@ -28,6 +28,11 @@ pub struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
+    /// Number of predicted convolution weights.
+    pub fn conv_weights(&self) -> u64 {
+        self.weights.iter().map(|w| w.len() as u64).sum()
+    }
+
     /// Parses `bytes` (the file at `path`); every layer gets `permutation` as its kind.
     pub fn parse(path: &'a Path, bytes: &'a [u8], permutation: PermutationKind) -> Result<Self> {
         let checkpoint = parse_safetensors(path, bytes)?;
