@@ -361,7 +361,7 @@ fn forward_same(
     let b_rows = grid.patch_rows(g.cin, g.k);
     let a_rows: Vec<usize> = (0..g.cout).map(|co| co * patch).collect();
     let bias = (!bias.is_empty()).then_some(bias);
-    let mut y = vec![0f32; g.batch * g.out_len()];
+    let mut y = crate::dense::zeroed(g.batch * g.out_len());
     let out = Shared(y.as_mut_ptr());
     split_images(g.batch, threads, |start, n| {
         // SAFETY: split_images hands out disjoint image ranges inside `y`.
@@ -411,7 +411,7 @@ fn backward_same(
     let ld_out = g.cout.next_multiple_of(16);
     // Rows of the transposed output gradient over the padded grid.
     let q_rows: Vec<usize> = (0..grid.n).map(|q| q * ld_out).collect();
-    let mut dx = want_dx.then(|| vec![0f32; g.batch * g.in_len()]);
+    let mut dx = want_dx.then(|| crate::dense::zeroed(g.batch * g.in_len()));
     let dx_out = dx.as_mut().map(|v| Shared(v.as_mut_ptr()));
     let partials = split_images(g.batch, threads, |start, n| {
         let mut xp = vec![0f32; grid.buffer_len(g.cin, k)];
@@ -498,7 +498,7 @@ fn forward_patches(
 ) -> Vec<f32> {
     let (patch, pixels) = (g.patch(), g.out_pixels());
     let zeros = vec![0f32; g.out_pixels()];
-    let mut y = vec![0f32; g.batch * g.out_len()];
+    let mut y = crate::dense::zeroed(g.batch * g.out_len());
     let out = Shared(y.as_mut_ptr());
     // Patch rows padded to whole 16-float groups: the GEMM reads them in place, unpacked.
     let ld = pixels.next_multiple_of(16);
@@ -559,7 +559,7 @@ fn backward_patches(
     let zero_out = vec![0f32; g.cout];
     // Row strides in whole 16-float groups, so the GEMM reads these operands unpacked.
     let (ld_out, ld_pix) = (g.cout.next_multiple_of(16), pixels.next_multiple_of(16));
-    let mut dx = want_dx.then(|| vec![0f32; g.batch * g.in_len()]);
+    let mut dx = want_dx.then(|| crate::dense::zeroed(g.batch * g.in_len()));
     let dx_out = dx.as_mut().map(|v| Shared(v.as_mut_ptr()));
     let partials = split_images(g.batch, threads, |start, n| {
         let mut cols = vec![0f32; patch * pixels];

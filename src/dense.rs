@@ -109,6 +109,172 @@ fn transpose_block(
     }
 }
 
+/// A zeroed buffer of `len` floats, zeroed by rayon's pool: a multi-MB `vec![0; len]` is one
+/// memset on the calling thread while the pool waits (training reuses freed heap blocks, which
+/// calloc must clear; those serial memsets were about a tenth of a phase-2 step's wall time).
+pub(crate) fn zeroed(len: usize) -> Vec<f32> {
+    const SERIAL_BELOW: usize = 1 << 16;
+    if len < SERIAL_BELOW {
+        return vec![0f32; len];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()
+        .par_chunks_mut(SERIAL_BELOW)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the capacity is at least `len` and its first `len` elements were written above.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The predictor's separable first layer on the host: row `r` of the result is
+/// `act(sum_c parts[c][rows[c][r]] + bias)`, where `parts[c]` (`[extent_c, width]`, row-major) is
+/// coordinate `c`'s encoding table times its block of W1 and `rows[c][r]` kernel `r`'s row of
+/// that table. One pass over the output instead of a gather, an add and a copy per coordinate
+/// plus the bias and the ReLU as separate tensor operations (each a pass over `rows x width`
+/// floats, most of them on one thread).
+pub fn gather_sum(parts: &[&[f32]], rows: &[&[u32]], bias: &[f32], relu: bool) -> Vec<f32> {
+    let width = bias.len();
+    let n = check_gather(parts, rows, width);
+    let mut y = zeroed(n * width);
+    if width == 0 {
+        return y;
+    }
+    let block = RECOMMENDED_ROW_BLOCK;
+    y.par_chunks_mut(block * width)
+        .enumerate()
+        .for_each(|(blk, yb)| {
+            for (i, yr) in yb.chunks_exact_mut(width).enumerate() {
+                let r = blk * block + i;
+                for (c, (p, idx)) in parts.iter().zip(rows).enumerate() {
+                    let v = idx[r] as usize;
+                    let src = &p[v * width..(v + 1) * width];
+                    if c == 0 {
+                        yr.copy_from_slice(src);
+                    } else {
+                        yr.iter_mut().zip(src).for_each(|(a, &s)| *a += s);
+                    }
+                }
+                yr.iter_mut().zip(bias).for_each(|(a, &b)| *a += b);
+                if relu {
+                    // As burn's ReLU: everything <= 0 (-0.0 included) becomes 0, NaN stays.
+                    for a in yr.iter_mut() {
+                        *a = if *a <= 0.0 { 0.0 } else { *a };
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Kernel count of a gather, after checking that every index is inside its table.
+fn check_gather(parts: &[&[f32]], rows: &[&[u32]], width: usize) -> usize {
+    assert_eq!(parts.len(), rows.len(), "gather: one index list per table");
+    assert!(!rows.is_empty(), "gather: no tables");
+    let n = rows[0].len();
+    for (p, idx) in parts.iter().zip(rows) {
+        assert_eq!(idx.len(), n, "gather: index lists of different lengths");
+        assert_eq!(p.len() % width.max(1), 0, "gather: table width");
+        let extent = p.len() / width.max(1);
+        assert!(
+            idx.iter().all(|&v| (v as usize) < extent),
+            "gather: an index past its table ({extent} rows)"
+        );
+    }
+    n
+}
+
+/// Gradients of [`gather_sum`]: each table's (`[extent_c, width]`) and the bias's.
+pub struct GatherGrads {
+    pub dparts: Vec<Vec<f32>>,
+    pub dbias: Vec<f32>,
+}
+
+/// The backward of [`gather_sum`] from `dy`; with ReLU, `y` is the forward's output (its
+/// positive entries pass the gradient). Row `r`'s gradient is added to row `rows[c][r]` of
+/// table `c`'s: over fixed groups of rows (a function of the row count alone), whose partial
+/// sums are added in order, so the result does not depend on the thread count.
+pub fn gather_sum_backward(
+    dy: &[f32],
+    y: Option<&[f32]>,
+    rows: &[&[u32]],
+    extents: &[usize],
+    width: usize,
+) -> GatherGrads {
+    assert_eq!(
+        rows.len(),
+        extents.len(),
+        "gather: one index list per table"
+    );
+    let n = rows.first().map_or(0, |r| r.len());
+    assert_eq!(dy.len(), n * width, "gather: dy");
+    if let Some(y) = y {
+        assert_eq!(y.len(), n * width, "gather: y");
+    }
+    for (idx, &e) in rows.iter().zip(extents) {
+        assert_eq!(idx.len(), n, "gather: index lists of different lengths");
+        assert!(
+            idx.iter().all(|&v| (v as usize) < e),
+            "gather: an index past its table ({e} rows)"
+        );
+    }
+    // One partial per group: every table's rows, then the bias.
+    let offsets: Vec<usize> = extents
+        .iter()
+        .scan(0, |o, &e| {
+            let at = *o;
+            *o += e * width;
+            Some(at)
+        })
+        .collect();
+    let bias_at = extents.iter().sum::<usize>() * width;
+    let part_len = bias_at + width;
+    let group = grad_group_rows(n);
+    let groups = n.div_ceil(group).max(1);
+    let mut partials = vec![0f32; groups * part_len];
+    if width > 0 {
+        partials
+            .par_chunks_mut(part_len)
+            .enumerate()
+            .for_each(|(grp, acc)| {
+                let mut g = vec![0f32; width];
+                for r in grp * group..((grp + 1) * group).min(n) {
+                    let d = &dy[r * width..(r + 1) * width];
+                    match y {
+                        Some(y) => {
+                            let yr = &y[r * width..(r + 1) * width];
+                            for ((g, &d), &out) in g.iter_mut().zip(d).zip(yr) {
+                                *g = if out > 0.0 { d } else { 0.0 };
+                            }
+                        }
+                        None => g.copy_from_slice(d),
+                    }
+                    for (idx, &off) in rows.iter().zip(&offsets) {
+                        let at = off + idx[r] as usize * width;
+                        acc[at..at + width]
+                            .iter_mut()
+                            .zip(&g)
+                            .for_each(|(a, &v)| *a += v);
+                    }
+                    acc[bias_at..]
+                        .iter_mut()
+                        .zip(&g)
+                        .for_each(|(a, &v)| *a += v);
+                }
+            });
+    }
+    let mut total = vec![0f32; part_len];
+    for p in partials.chunks_exact(part_len) {
+        total.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+    }
+    let dbias = total[bias_at..].to_vec();
+    let dparts = extents
+        .iter()
+        .zip(&offsets)
+        .map(|(&e, &off)| total[off..off + e * width].to_vec())
+        .collect();
+    GatherGrads { dparts, dbias }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -192,7 +358,7 @@ fn product(
     bias: &[f32],
     relu: bool,
 ) -> Vec<f32> {
-    let mut c = vec![0f32; m * n];
+    let mut c = zeroed(m * n);
     if n == 0 {
         return c;
     }
@@ -247,7 +413,7 @@ pub fn backward(
     assert_eq!(dy.len(), rows * outputs, "dense: dy");
     // The gradient at the pre-activation, padded as the weight gradient's right-hand side.
     let ldg = outputs.next_multiple_of(16).max(16);
-    let mut g = vec![0f32; rows * ldg];
+    let mut g = zeroed(rows * ldg);
     g.par_chunks_mut(RECOMMENDED_ROW_BLOCK * ldg)
         .enumerate()
         .for_each(|(blk, gb)| {
@@ -450,6 +616,85 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The first layer's gather (several tables, repeated and unused rows) and its gradients
+    /// equal plain sums, across several row blocks and gradient groups; one thread and three
+    /// give the same bits.
+    #[test]
+    fn gathered_sums_and_their_gradients_equal_plain_sums() {
+        let (n, width, extents) = (2300usize, 21usize, [3usize, 7, 40]);
+        let parts: Vec<Vec<f32>> = extents
+            .iter()
+            .enumerate()
+            .map(|(c, &e)| values(e * width, 20 + c as u64))
+            .collect();
+        let mut r = crate::rng::SplitMix64::new(30);
+        let rows: Vec<Vec<u32>> = extents
+            .iter()
+            .map(|&e| (0..n).map(|_| r.below(e as u64 - 1) as u32).collect())
+            .collect();
+        let (bias, dy) = (values(width, 31), values(n * width, 32));
+        let p: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+        let idx: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        for relu in [false, true] {
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        let y = gather_sum(&p, &idx, &bias, relu);
+                        let g =
+                            gather_sum_backward(&dy, relu.then_some(&y[..]), &idx, &extents, width);
+                        (y, g.dparts, g.dbias)
+                    })
+            };
+            let (y, dparts, dbias) = run(3);
+            assert!(run(1) == (y.clone(), dparts.clone(), dbias.clone()));
+            let mut want_dparts: Vec<Vec<f64>> =
+                extents.iter().map(|&e| vec![0f64; e * width]).collect();
+            let mut want_dbias = vec![0f64; width];
+            let mut want_y = vec![0f64; n * width];
+            for k in 0..n {
+                for j in 0..width {
+                    let mut a = bias[j] as f64;
+                    for c in 0..extents.len() {
+                        a += parts[c][rows[c][k] as usize * width + j] as f64;
+                    }
+                    let out = if relu { a.max(0.0) } else { a };
+                    want_y[k * width + j] = out;
+                    let g = if !relu || out > 0.0 {
+                        dy[k * width + j] as f64
+                    } else {
+                        0.0
+                    };
+                    want_dbias[j] += g;
+                    for c in 0..extents.len() {
+                        want_dparts[c][rows[c][k] as usize * width + j] += g;
+                    }
+                }
+            }
+            close(&y, &want_y, "y");
+            close(&dbias, &want_dbias, "dbias");
+            for c in 0..extents.len() {
+                close(&dparts[c], &want_dparts[c], "dparts");
+                // The last row of every table is never gathered: its gradient is exactly zero.
+                assert!(
+                    dparts[c][(extents[c] - 1) * width..]
+                        .iter()
+                        .all(|&v| v == 0.0)
+                );
+            }
+        }
+    }
+
+    /// An index past its table is refused before anything is read.
+    #[test]
+    #[should_panic(expected = "past its table")]
+    fn a_gather_index_past_its_table_is_refused() {
+        let t = [0f32; 6];
+        gather_sum(&[&t], &[&[0, 3]], &[0.0, 0.0], false);
     }
 
     /// One thread and several give bit-identical results: the file must not depend on the pool.

@@ -13,11 +13,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use std::sync::Arc;
 
 use crate::conv::ConvGeometry;
 use crate::dense::DenseShape;
 use crate::error::{Error, Result};
+use crate::predictor::COORDS;
 
 /// Where training runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +109,47 @@ pub trait ConvBackend: Backend {
             burn::tensor::activation::relu(y)
         } else {
             y
+        }
+    }
+
+    /// The predictor's separable first layer: row `r` is `sum_c parts[c][rows[c][r]] + bias`
+    /// (then ReLU when `relu`); `parts[c]` is `[extent_c, width]`. See [`crate::dense::gather_sum`].
+    fn gather_sum(
+        parts: [Tensor<Self, 2>; COORDS],
+        rows: &[GatherIndex<Self>; COORDS],
+        bias: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let y = parts
+            .into_iter()
+            .zip(rows)
+            .map(|(p, r)| p.select(0, r.device.clone()))
+            .reduce(|a, b| a + b)
+            .expect("COORDS > 0")
+            + bias.unsqueeze::<2>();
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+}
+
+/// One coordinate's table row for every kernel of a batch: on the host (the CPU backend's
+/// [`ConvBackend::gather_sum`] reads these) and as a device tensor (burn's `select` elsewhere).
+#[derive(Clone, Debug)]
+pub struct GatherIndex<B: Backend> {
+    pub host: Arc<[u32]>,
+    pub device: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> GatherIndex<B> {
+    pub fn new(host: Vec<u32>, device: &B::Device) -> Self {
+        let n = host.len();
+        let ints: Vec<i32> = host.iter().map(|&v| v as i32).collect();
+        GatherIndex {
+            device: Tensor::from_data(TensorData::new(ints, [n]), device),
+            host: host.into(),
         }
     }
 }
@@ -209,6 +252,82 @@ impl ConvBackend for Flex {
         let (x, w, b) = primitives(x, w, b);
         let (_, _, _, y) = host_dense(&x, &w, &b, relu);
         Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+
+    fn gather_sum(
+        parts: [Tensor<Self, 2>; COORDS],
+        rows: &[GatherIndex<Self>; COORDS],
+        bias: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let parts = parts.map(|p| p.into_primitive().tensor());
+        let bias = bias.into_primitive().tensor();
+        let (_, y) = host_gather_sum(&parts, rows, &bias, relu);
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+}
+
+/// [`crate::dense::gather_sum`] on host tensors; also returns the tables' extents.
+fn host_gather_sum<B: Backend>(
+    parts: &[FlexTensor; COORDS],
+    rows: &[GatherIndex<B>; COORDS],
+    bias: &FlexTensor,
+    relu: bool,
+) -> ([usize; COORDS], FlexTensor) {
+    let parts = parts.each_ref().map(FlexTensor::to_contiguous);
+    let bias = bias.to_contiguous();
+    let width = bias.layout().shape()[0];
+    let extents = parts.each_ref().map(|p| p.layout().shape()[0]);
+    let slices = parts.each_ref().map(f32s);
+    let idx = rows.each_ref().map(|r| &r.host[..]);
+    let y = crate::dense::gather_sum(&slices, &idx, f32s(&bias), relu);
+    (extents, flex(y, [idx[0].len(), width]))
+}
+
+/// The backward step of the host first layer ([`crate::dense::gather_sum_backward`]).
+#[derive(Debug)]
+struct HostGatherBackward;
+
+#[derive(Clone, Debug)]
+struct HostGatherState {
+    rows: [Arc<[u32]>; COORDS],
+    extents: [usize; COORDS],
+    width: usize,
+    /// The output when the layer ends in ReLU.
+    relu_out: Option<FlexTensor>,
+}
+
+impl Backward<Flex, { COORDS + 1 }> for HostGatherBackward {
+    type State = HostGatherState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, { COORDS + 1 }>,
+        grads: &mut Gradients,
+        _: &mut Checkpointer,
+    ) {
+        let nodes = ops.parents.map(|p| p.map(|n| n.id));
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let st = ops.state;
+        let idx = st.rows.each_ref().map(|r| &r[..]);
+        let g = crate::dense::gather_sum_backward(
+            f32s(&dy),
+            st.relu_out.as_ref().map(f32s),
+            &idx,
+            &st.extents,
+            st.width,
+        );
+        let values = g
+            .dparts
+            .into_iter()
+            .zip(st.extents)
+            .map(|(d, e)| flex(d, [e, st.width]))
+            .chain(std::iter::once(flex(g.dbias, [st.width])));
+        for (node, value) in nodes.into_iter().zip(values) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node, value);
+            }
+        }
     }
 }
 
@@ -387,6 +506,38 @@ impl ConvBackend for CpuAutodiff {
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
+
+    fn gather_sum(
+        parts: [Tensor<Self, 2>; COORDS],
+        rows: &[GatherIndex<Self>; COORDS],
+        bias: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let parts = parts.map(|p| p.into_primitive().tensor());
+        let bias = bias.into_primitive().tensor();
+        let inner = parts.each_ref().map(|p| p.primitive.clone());
+        let (extents, y) = host_gather_sum(&inner, rows, &bias.primitive, relu);
+        let width = bias.primitive.layout().shape()[0];
+        let nodes: [_; COORDS + 1] =
+            std::array::from_fn(|i| parts.get(i).map_or(bias.node.clone(), |p| p.node.clone()));
+        let out = match HostGatherBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                HostGatherState {
+                    rows: rows.each_ref().map(|r| r.host.clone()),
+                    extents,
+                    width,
+                    relu_out: relu.then(|| y.clone()),
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
 }
 
 /// Threads CPU training runs on: burn Flex's rayon pool, which the host convolution shares
@@ -480,5 +631,84 @@ pub fn keep_freed_memory() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
             libc::mallopt(libc::M_TOP_PAD, 64 << 20);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU's fused first layer gives the forward values and the gradients (every table's and
+    /// the bias's, registered on the right parents) of burn's own select, add and ReLU.
+    #[test]
+    fn host_gather_sum_matches_burns_composition() {
+        type B = CpuAutodiff;
+        let device = Default::default();
+        let width = 5;
+        let extents = [2usize, 4, 3];
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let mut draw = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                .collect()
+        };
+        let parts_v: Vec<Vec<f32>> = extents.iter().map(|&e| draw(e * width)).collect();
+        let bias_v = draw(width);
+        let n = 11;
+        let weights = draw(n * width);
+        let rows: [GatherIndex<B>; COORDS] = std::array::from_fn(|c| {
+            GatherIndex::new(
+                (0..n).map(|k| ((k * 7 + c) % extents[c]) as u32).collect(),
+                &device,
+            )
+        });
+        let run = |fused: bool| {
+            let parts: [Tensor<B, 2>; COORDS] = std::array::from_fn(|c| {
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(parts_v[c].clone(), [extents[c], width]),
+                    &device,
+                )
+                .require_grad()
+            });
+            let bias = Tensor::<B, 1>::from_data(TensorData::new(bias_v.clone(), [width]), &device)
+                .require_grad();
+            let y = if fused {
+                B::gather_sum(parts.clone(), &rows, bias.clone(), true)
+            } else {
+                let sum = parts
+                    .clone()
+                    .into_iter()
+                    .zip(&rows)
+                    .map(|(p, r)| p.select(0, r.device.clone()))
+                    .reduce(|a, b| a + b)
+                    .unwrap()
+                    + bias.clone().unsqueeze::<2>();
+                burn::tensor::activation::relu(sum)
+            };
+            let w =
+                Tensor::<B, 2>::from_data(TensorData::new(weights.clone(), [n, width]), &device);
+            let grads = (y.clone() * w).sum().backward();
+            let vec = |t: Tensor<<B as AutodiffBackend>::InnerBackend, 2>| {
+                t.into_data().into_vec::<f32>().unwrap()
+            };
+            let mut out = vec![y.inner().into_data().into_vec::<f32>().unwrap()];
+            out.extend(parts.iter().map(|p| vec(p.grad(&grads).unwrap())));
+            out.push(
+                bias.grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .into_vec::<f32>()
+                    .unwrap(),
+            );
+            out
+        };
+        let (got, want) = (run(true), run(false));
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.len(), w.len());
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} against {b}");
+            }
+        }
     }
 }

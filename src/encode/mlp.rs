@@ -2,10 +2,10 @@
 //! kernel set on a device, and the separable first layer both training phases share.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use super::kernels::KernelSet;
-use crate::device::ConvBackend;
+use crate::device::{ConvBackend, GatherIndex};
 use crate::error::{Error, Result};
 use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
 use crate::rng::SplitMix64;
@@ -124,11 +124,13 @@ impl<B: ConvBackend> Mlp<B> {
         weight: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let last = self.weights.len() - 1;
-        let mut x = first_layer(weight(self.weights[0].val()), kernels, rows);
-        x = x + self.biases[0].val().unsqueeze::<2>();
-        if last > 0 {
-            x = burn::tensor::activation::relu(x);
-        }
+        let mut x = first_layer(
+            weight(self.weights[0].val()),
+            self.biases[0].val(),
+            last > 0,
+            kernels,
+            rows,
+        );
         for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate().skip(1) {
             x = B::dense(x, weight(w.val()), b.val(), i != last);
         }
@@ -161,25 +163,23 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-/// `concat(pe) w1` without the bias, as `sum_c table_c[rows_c] (pe_c w1_c)`.
-fn first_layer<B: Backend>(
+/// `act(concat(pe) w1 + b1)` as `act(sum_c table_c[rows_c] (pe_c w1_c) + b1)`: the table
+/// products are burn's (tens of rows each), the gather, sums and activation one
+/// [`ConvBackend::gather_sum`].
+fn first_layer<B: ConvBackend>(
     w1: Tensor<B, 2>,
+    b1: Tensor<B, 1>,
+    relu: bool,
     kernels: &DeviceKernels<B>,
     rows: &KernelRows<B>,
 ) -> Tensor<B, 2> {
     let [e, h] = w1.dims();
     let cw = e / COORDS;
-    kernels
-        .pe_tables
-        .iter()
-        .zip(&rows.0)
-        .enumerate()
-        .map(|(c, (table, r))| {
-            let block = w1.clone().slice([c * cw..(c + 1) * cw, 0..h]);
-            table.clone().matmul(block).select(0, r.clone())
-        })
-        .reduce(|a, b| a + b)
-        .expect("COORDS > 0")
+    let parts: [Tensor<B, 2>; COORDS] = std::array::from_fn(|c| {
+        let block = w1.clone().slice([c * cw..(c + 1) * cw, 0..h]);
+        kernels.pe_tables[c].clone().matmul(block)
+    });
+    B::gather_sum(parts, &rows.0, b1, relu)
 }
 
 /// A kernel set on a device: per-coordinate encoding tables, targets and crop masks.
@@ -208,9 +208,9 @@ impl<B: Backend> DeviceKernels<B> {
     }
 }
 
-/// For a batch of kernels, the row of each coordinate's encoding table (one index tensor per
-/// coordinate), gathered on the host from `KernelSet::coords`.
-pub struct KernelRows<B: Backend>(Vec<Tensor<B, 1, Int>>);
+/// For a batch of kernels, the row of each coordinate's encoding table (one index list per
+/// coordinate, on the host and the device), gathered from `KernelSet::coords`.
+pub struct KernelRows<B: Backend>([GatherIndex<B>; COORDS]);
 
 impl<B: Backend> KernelRows<B> {
     /// The rows of the kernels at positions `idx` of `set`.
@@ -228,15 +228,12 @@ impl<B: Backend> KernelRows<B> {
         positions: impl Iterator<Item = usize> + Clone,
         device: &B::Device,
     ) -> Self {
-        KernelRows(
-            (0..COORDS)
-                .map(|c| {
-                    let v: Vec<i32> = positions.clone().map(|p| set.coords[p][c] as i32).collect();
-                    let n = v.len();
-                    Tensor::from_data(TensorData::new(v, [n]), device)
-                })
-                .collect(),
-        )
+        KernelRows(std::array::from_fn(|c| {
+            GatherIndex::new(
+                positions.clone().map(|p| set.coords[p][c]).collect(),
+                device,
+            )
+        }))
     }
 }
 
