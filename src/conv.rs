@@ -239,6 +239,45 @@ fn sum_partials(partials: &[(Vec<f32>, Vec<f32>)], g: &ConvGeometry) -> (Vec<f32
     (dw, db)
 }
 
+/// A residual block's epilogue on a convolution's output, in place: `y += residual` (when
+/// given), then ReLU (when `relu`; as burn's: entries <= 0 become 0, NaN stays), in parallel
+/// chunks. The network's adds and ReLUs as tensor operations were passes over the activations
+/// on the calling thread while the pool waited.
+pub fn epilogue(y: &mut [f32], residual: Option<&[f32]>, relu: bool) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    if let Some(r) = residual {
+        assert_eq!(r.len(), y.len(), "epilogue: residual");
+    }
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        if let Some(r) = residual {
+            let r = &r[i * CHUNK..i * CHUNK + c.len()];
+            c.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
+        }
+        if relu {
+            for a in c.iter_mut() {
+                *a = if *a <= 0.0 { 0.0 } else { *a };
+            }
+        }
+    });
+}
+
+/// The gradient at an epilogue's input from the gradient at its output `dy`: with ReLU, `dy`
+/// where the output `y` is positive, else 0 (the residual's gradient is the same tensor).
+pub fn epilogue_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    assert_eq!(dy.len(), y.len(), "epilogue: y");
+    let mut dz = crate::dense::zeroed(dy.len());
+    dz.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let at = i * CHUNK;
+        for ((z, &d), &out) in c.iter_mut().zip(&dy[at..]).zip(&y[at..]) {
+            *z = if out > 0.0 { d } else { 0.0 };
+        }
+    });
+    dz
+}
+
 /// Runs `work(first_image, images)` on `threads` contiguous ranges of the batch, on rayon's
 /// pool (the one burn Flex uses, so no second set of threads competes for the cores); results
 /// come back in range order.

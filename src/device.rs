@@ -97,6 +97,30 @@ pub trait ConvBackend: Backend {
         burn::tensor::module::conv2d(x, weight, Some(bias), options)
     }
 
+    /// `act(conv(x) + bias + residual)`: a convolution with a residual block's epilogue (the
+    /// residual added when given, then ReLU when `relu`).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_block(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+        stride: usize,
+        pad: usize,
+        residual: Option<Tensor<Self, 4>>,
+        relu: bool,
+    ) -> Tensor<Self, 4> {
+        let y = Self::conv2d_biased(x, weight, bias, stride, pad);
+        let y = match residual {
+            Some(r) => y + r,
+            None => y,
+        };
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+
     /// `x w + b` (`x [rows, inputs]`, `w [inputs, outputs]`), then ReLU when `relu`.
     fn dense(
         x: Tensor<Self, 2>,
@@ -206,13 +230,15 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [d[0], d[1], d[2], d[3]]
 }
 
-/// The forward pass on host tensors; also returns the contiguous inputs for the backward.
+/// The forward pass on host tensors, with the block epilogue of [`ConvBackend::conv2d_block`];
+/// also returns the contiguous inputs for the backward.
 fn host_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
-    stride: usize,
-    pad: usize,
+    (stride, pad): (usize, usize),
+    residual: Option<&FlexTensor>,
+    relu: bool,
 ) -> (FlexTensor, FlexTensor, ConvGeometry, FlexTensor) {
     let (x, weight, bias) = (
         x.to_contiguous(),
@@ -223,7 +249,11 @@ fn host_forward(
     // The core count, not the pool's size: the weight gradient sums per-chunk partials, so the
     // chunk count fixes the rounding, and the file must not depend on RAYON_NUM_THREADS.
     let threads = crate::decode::default_threads();
-    let y = crate::conv::forward(f32s(&x), f32s(&weight), Some(f32s(&bias)), &g, threads);
+    let mut y = crate::conv::forward(f32s(&x), f32s(&weight), Some(f32s(&bias)), &g, threads);
+    if residual.is_some() || relu {
+        let residual = residual.map(FlexTensor::to_contiguous);
+        crate::conv::epilogue(&mut y, residual.as_ref().map(f32s), relu);
+    }
     let y = flex(y, [g.batch, g.cout, g.out_h(), g.out_w()]);
     (x, weight, g, y)
 }
@@ -238,8 +268,21 @@ impl ConvBackend for Flex {
         stride: usize,
         pad: usize,
     ) -> Tensor<Self, 4> {
+        Self::conv2d_block(x, weight, bias, stride, pad, None, false)
+    }
+
+    fn conv2d_block(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+        stride: usize,
+        pad: usize,
+        residual: Option<Tensor<Self, 4>>,
+        relu: bool,
+    ) -> Tensor<Self, 4> {
         let (x, w, b) = primitives(x, weight, bias);
-        let (_, _, _, y) = host_forward(&x, &w, &b, stride, pad);
+        let residual = residual.map(|r| r.into_primitive().tensor());
+        let (_, _, _, y) = host_forward(&x, &w, &b, (stride, pad), residual.as_ref(), relu);
         Tensor::from_primitive(TensorPrimitive::Float(y))
     }
 
@@ -405,44 +448,59 @@ fn register(grads: &mut Gradients, parents: [Option<NodeId>; 3], values: [Option
 }
 
 /// The backward step of a host convolution: input (when it needs a gradient), weight and bias
-/// gradients from [`crate::conv::backward`].
+/// gradients from [`crate::conv::backward`], after the epilogue's ReLU; `N = 4` when a residual
+/// was added (its gradient is the one at the convolution's output).
 #[derive(Debug)]
-struct HostConvBackward;
+struct HostConvBackward<const N: usize>;
 
 #[derive(Clone, Debug)]
 struct HostConvState {
     x: FlexTensor,
     weight: FlexTensor,
     geometry: ConvGeometry,
+    /// The output when the epilogue ends in ReLU.
+    relu_out: Option<FlexTensor>,
 }
 
-impl Backward<Flex, 3> for HostConvBackward {
+impl<const N: usize> Backward<Flex, N> for HostConvBackward<N> {
     type State = HostConvState;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_weight, node_bias] = ops.parents.map(|p| p.map(|n| n.id));
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let nodes = ops.parents.map(|p| p.map(|n| n.id));
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let HostConvState {
             x,
             weight,
             geometry: g,
+            relu_out,
         } = ops.state;
+        let dz = match &relu_out {
+            Some(y) => flex(
+                crate::conv::epilogue_backward(f32s(&dy), f32s(y)),
+                [g.batch, g.cout, g.out_h(), g.out_w()],
+            ),
+            None => dy,
+        };
         // As in the forward pass: the chunk count, hence the rounding, follows the core count.
         let threads = crate::decode::default_threads();
         let (dx, dw, db) = crate::conv::backward(
             f32s(&x),
             f32s(&weight),
-            f32s(&dy),
+            f32s(&dz),
             &g,
-            node_x.is_some(),
+            nodes[0].is_some(),
             threads,
         );
         let dx = dx.map(|dx| flex(dx, [g.batch, g.cin, g.h, g.w]));
         let dw = flex(dw, [g.cout, g.cin, g.k, g.k]);
+        let db = flex(db, [g.cout]);
+        if let Some(&Some(node)) = nodes.get(3) {
+            grads.register::<Flex>(node, dz);
+        }
         register(
             grads,
-            [node_x, node_weight, node_bias],
-            [dx, Some(dw), Some(flex(db, [g.cout]))],
+            [nodes[0], nodes[1], nodes[2]],
+            [dx, Some(dw), Some(db)],
         );
     }
 }
@@ -457,24 +515,55 @@ impl ConvBackend for CpuAutodiff {
         stride: usize,
         pad: usize,
     ) -> Tensor<Self, 4> {
+        Self::conv2d_block(x, weight, bias, stride, pad, None, false)
+    }
+
+    fn conv2d_block(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+        stride: usize,
+        pad: usize,
+        residual: Option<Tensor<Self, 4>>,
+        relu: bool,
+    ) -> Tensor<Self, 4> {
         let (x, w, b) = primitives(x, weight, bias);
-        let (xc, wc, geometry, y) =
-            host_forward(&x.primitive, &w.primitive, &b.primitive, stride, pad);
+        let residual = residual.map(|r| r.into_primitive().tensor());
+        let (xc, wc, geometry, y) = host_forward(
+            &x.primitive,
+            &w.primitive,
+            &b.primitive,
+            (stride, pad),
+            residual.as_ref().map(|r| &r.primitive),
+            relu,
+        );
+        let state = HostConvState {
+            x: xc,
+            weight: wc,
+            geometry,
+            relu_out: relu.then(|| y.clone()),
+        };
         let nodes = [x.node.clone(), w.node.clone(), b.node.clone()];
-        let out = match HostConvBackward
-            .prepare::<NoCheckpointing>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                HostConvState {
-                    x: xc,
-                    weight: wc,
-                    geometry,
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
+        let out = match residual {
+            None => match HostConvBackward::<3>
+                .prepare::<NoCheckpointing>(nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            Some(r) => {
+                let [a, b, c] = nodes;
+                match HostConvBackward::<4>
+                    .prepare::<NoCheckpointing>([a, b, c, r.node.clone()])
+                    .compute_bound()
+                    .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish(state, y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                }
+            }
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
@@ -637,6 +726,93 @@ pub fn keep_freed_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU's convolution with a block epilogue (residual add, ReLU) gives the values and the
+    /// gradients of x, the weight, the bias and the residual that burn's own convolution, add and
+    /// ReLU give, with and without each part of the epilogue.
+    #[test]
+    fn host_conv_block_matches_burns_composition() {
+        type B = CpuAutodiff;
+        let device = Default::default();
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut draw = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                .collect()
+        };
+        let (xs, ws, bs, rs) = ([2, 3, 6, 6], [4, 3, 3, 3], [4], [2, 4, 6, 6]);
+        let (xv, wv, bv, rv, mv) = (
+            draw(2 * 3 * 36),
+            draw(4 * 27),
+            draw(4),
+            draw(2 * 4 * 36),
+            draw(2 * 4 * 36),
+        );
+        for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let run = |fused: bool| {
+                let leaf4 = |v: &[f32], d: [usize; 4]| {
+                    Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), d), &device)
+                        .require_grad()
+                };
+                let (x, w, r) = (leaf4(&xv, xs), leaf4(&wv, ws), leaf4(&rv, rs));
+                let b = Tensor::<B, 1>::from_data(TensorData::new(bv.clone(), bs), &device)
+                    .require_grad();
+                let res = with_residual.then(|| r.clone());
+                let y = if fused {
+                    B::conv2d_block(x.clone(), w.clone(), b.clone(), 1, 1, res, relu)
+                } else {
+                    let options = ConvOptions::new([1; 2], [1; 2], [1, 1], 1);
+                    let y = burn::tensor::module::conv2d(
+                        x.clone(),
+                        w.clone(),
+                        Some(b.clone()),
+                        options,
+                    );
+                    let y = match res {
+                        Some(r) => y + r,
+                        None => y,
+                    };
+                    if relu {
+                        burn::tensor::activation::relu(y)
+                    } else {
+                        y
+                    }
+                };
+                let m = Tensor::<B, 4>::from_data(TensorData::new(mv.clone(), rs), &device);
+                let grads = (y.clone() * m).sum().backward();
+                let v4 = |t: Tensor<<B as AutodiffBackend>::InnerBackend, 4>| {
+                    t.into_data().into_vec::<f32>().unwrap()
+                };
+                let mut out = vec![
+                    y.inner().into_data().into_vec::<f32>().unwrap(),
+                    v4(x.grad(&grads).unwrap()),
+                    v4(w.grad(&grads).unwrap()),
+                    b.grad(&grads)
+                        .unwrap()
+                        .into_data()
+                        .into_vec::<f32>()
+                        .unwrap(),
+                ];
+                if with_residual {
+                    out.push(v4(r.grad(&grads).unwrap()));
+                } else {
+                    assert!(r.grad(&grads).is_none());
+                }
+                out
+            };
+            let (got, want) = (run(true), run(false));
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.len(), w.len());
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "residual {with_residual}, relu {relu}: {a} against {b}"
+                    );
+                }
+            }
+        }
+    }
 
     /// The CPU's fused first layer gives the forward values and the gradients (every table's and
     /// the bias's, registered on the right parents) of burn's own select, add and ReLU.

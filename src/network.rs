@@ -275,16 +275,18 @@ pub fn host_convs<B: Backend>(
     Ok(out)
 }
 
-/// `BN(conv(x))` with BN folded into the conv (see [`FixedParams`]).
+/// `act(BN(conv(x)) + residual)` with BN folded into the conv (see [`FixedParams`]): the
+/// residual added when given, then ReLU when `relu`, in one [`ConvBackend::conv2d_block`].
 fn conv_norm<B: ConvBackend>(
     x: Tensor<B, 4>,
     c: &Conv,
-    convs: &HashMap<String, Tensor<B, 4>>,
-    fixed: &FixedParams<B>,
+    (convs, fixed): (&HashMap<String, Tensor<B, 4>>, &FixedParams<B>),
+    residual: Option<Tensor<B, 4>>,
+    relu: bool,
 ) -> Tensor<B, 4> {
     let (scale, bias) = &fixed.folded[&c.weight];
     let w = convs[&c.weight].clone() * scale.clone();
-    B::conv2d_biased(x, w, bias.clone(), c.stride, c.padding)
+    B::conv2d_block(x, w, bias.clone(), c.stride, c.padding, residual, relu)
 }
 
 /// Logits `[batch, classes]` for NCHW input `x`. `convs` maps every conv weight name
@@ -295,24 +297,23 @@ pub fn forward<B: ConvBackend>(
     convs: &HashMap<String, Tensor<B, 4>>,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 2> {
-    use burn::tensor::activation::relu;
+    let params = (convs, fixed);
     let (c, _) = &net.stem;
-    let mut x = relu(conv_norm(x, c, convs, fixed));
+    let mut x = conv_norm(x, c, params, None, true);
     if net.max_pool {
         x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
     }
     for b in &net.blocks {
         let input = x.clone();
-        let last = b.layers.len() - 1;
-        for (i, (c, _)) in b.layers.iter().enumerate() {
-            x = conv_norm(x, c, convs, fixed);
-            if i != last {
-                x = relu(x);
-            }
+        let Some(((last, _), inner)) = b.layers.split_last() else {
+            continue;
+        };
+        for (c, _) in inner {
+            x = conv_norm(x, c, params, None, true);
         }
         let shortcut = match &b.shortcut {
             Shortcut::Identity => input,
-            Shortcut::Projection { conv: c, .. } => conv_norm(input, c, convs, fixed),
+            Shortcut::Projection { conv: c, .. } => conv_norm(input, c, params, None, false),
             Shortcut::ZeroPad {
                 stride,
                 before,
@@ -336,7 +337,8 @@ pub fn forward<B: ConvBackend>(
                 Tensor::cat(parts, 1)
             }
         };
-        x = relu(x + shortcut);
+        // The block's last conv, the shortcut's add and the ReLU in one step.
+        x = conv_norm(x, last, params, Some(shortcut), true);
     }
     let [bsz, ch, _, _] = x.dims();
     let pooled = x.mean_dim(3).mean_dim(2).reshape([bsz, ch]);
