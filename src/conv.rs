@@ -240,9 +240,8 @@ fn sum_partials(partials: &[(Vec<f32>, Vec<f32>)], g: &ConvGeometry) -> (Vec<f32
 }
 
 /// A residual block's epilogue on a convolution's output, in place: `y += residual` (when
-/// given), then ReLU (when `relu`; as burn's: entries <= 0 become 0, NaN stays), in parallel
-/// chunks. The network's adds and ReLUs as tensor operations were passes over the activations
-/// on the calling thread while the pool waited.
+/// given), then ReLU (when `relu`), in parallel chunks. The network's adds and ReLUs as tensor
+/// operations were passes over the activations on the calling thread while the pool waited.
 pub fn epilogue(y: &mut [f32], residual: Option<&[f32]>, relu: bool) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
@@ -255,9 +254,7 @@ pub fn epilogue(y: &mut [f32], residual: Option<&[f32]>, relu: bool) {
             c.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
         }
         if relu {
-            for a in c.iter_mut() {
-                *a = if *a <= 0.0 { 0.0 } else { *a };
-            }
+            crate::dense::relu_in_place(c);
         }
     });
 }
@@ -271,9 +268,7 @@ pub fn epilogue_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
     let mut dz = crate::dense::zeroed(dy.len());
     dz.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
         let at = i * CHUNK;
-        for ((z, &d), &out) in c.iter_mut().zip(&dy[at..]).zip(&y[at..]) {
-            *z = if out > 0.0 { d } else { 0.0 };
-        }
+        crate::dense::relu_grad_into(c, &dy[at..], &y[at..]);
     });
     dz
 }

@@ -109,6 +109,20 @@ fn transpose_block(
     }
 }
 
+/// ReLU in place, as burn's: entries <= 0 (-0.0 included) become 0, NaN stays.
+pub(crate) fn relu_in_place(v: &mut [f32]) {
+    for a in v {
+        *a = if *a <= 0.0 { 0.0 } else { *a };
+    }
+}
+
+/// The gradient through a ReLU: `dy` where the ReLU's output `y` is positive, else 0.
+pub(crate) fn relu_grad_into(dst: &mut [f32], dy: &[f32], y: &[f32]) {
+    for ((d, &g), &out) in dst.iter_mut().zip(dy).zip(y) {
+        *d = if out > 0.0 { g } else { 0.0 };
+    }
+}
+
 /// A zeroed buffer of `len` floats, zeroed by rayon's pool: a multi-MB `vec![0; len]` is one
 /// memset on the calling thread while the pool waits (training reuses freed heap blocks, which
 /// calloc must clear; those serial memsets were about a tenth of a phase-2 step's wall time).
@@ -156,10 +170,7 @@ pub fn gather_sum(parts: &[&[f32]], rows: &[&[u32]], bias: &[f32], relu: bool) -
                 }
                 yr.iter_mut().zip(bias).for_each(|(a, &b)| *a += b);
                 if relu {
-                    // As burn's ReLU: everything <= 0 (-0.0 included) becomes 0, NaN stays.
-                    for a in yr.iter_mut() {
-                        *a = if *a <= 0.0 { 0.0 } else { *a };
-                    }
+                    relu_in_place(yr);
                 }
             }
         });
@@ -240,12 +251,7 @@ pub fn gather_sum_backward(
                 for r in grp * group..((grp + 1) * group).min(n) {
                     let d = &dy[r * width..(r + 1) * width];
                     match y {
-                        Some(y) => {
-                            let yr = &y[r * width..(r + 1) * width];
-                            for ((g, &d), &out) in g.iter_mut().zip(d).zip(yr) {
-                                *g = if out > 0.0 { d } else { 0.0 };
-                            }
-                        }
+                        Some(y) => relu_grad_into(&mut g, d, &y[r * width..(r + 1) * width]),
                         None => g.copy_from_slice(d),
                     }
                     for (idx, &off) in rows.iter().zip(&offsets) {
@@ -422,12 +428,7 @@ pub fn backward(
                 let r = r0 + i;
                 let src = &dy[r * outputs..(r + 1) * outputs];
                 match y {
-                    Some(y) => {
-                        let yr = &y[r * outputs..(r + 1) * outputs];
-                        for ((d, &v), &out) in row.iter_mut().zip(src).zip(yr) {
-                            *d = if out > 0.0 { v } else { 0.0 };
-                        }
-                    }
+                    Some(y) => relu_grad_into(row, src, &y[r * outputs..(r + 1) * outputs]),
                     None => row[..outputs].copy_from_slice(src),
                 }
             }

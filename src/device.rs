@@ -732,6 +732,33 @@ pub fn keep_freed_memory() {
 mod tests {
     use super::*;
 
+    /// Uniform values in [-1, 1) from a fixed seed.
+    fn draw(rng: &mut crate::rng::SplitMix64, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+            .collect()
+    }
+
+    /// Every list of `got` equals the same list of `want` to float rounding.
+    fn assert_all_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.len(), w.len(), "{what}");
+            for (a, b) in g.iter().zip(w) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}: {a} against {b}"
+                );
+            }
+        }
+    }
+
+    fn host<const D: usize>(
+        t: Tensor<<CpuAutodiff as AutodiffBackend>::InnerBackend, D>,
+    ) -> Vec<f32> {
+        t.into_data().into_vec::<f32>().unwrap()
+    }
+
     /// The CPU's convolution with a block epilogue (residual add, ReLU) gives the values and the
     /// gradients of x, the weight, the bias and the residual that burn's own convolution, add and
     /// ReLU give, with and without each part of the epilogue.
@@ -740,18 +767,13 @@ mod tests {
         type B = CpuAutodiff;
         let device = Default::default();
         let mut rng = crate::rng::SplitMix64::new(5);
-        let mut draw = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-                .collect()
-        };
         let (xs, ws, bs, rs) = ([2, 3, 6, 6], [4, 3, 3, 3], [4], [2, 4, 6, 6]);
         let (xv, wv, bv, rv, mv) = (
-            draw(2 * 3 * 36),
-            draw(4 * 27),
-            draw(4),
-            draw(2 * 4 * 36),
-            draw(2 * 4 * 36),
+            draw(&mut rng, 2 * 3 * 36),
+            draw(&mut rng, 4 * 27),
+            draw(&mut rng, 4),
+            draw(&mut rng, 2 * 4 * 36),
+            draw(&mut rng, 2 * 4 * 36),
         );
         for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
             let run = |fused: bool| {
@@ -785,37 +807,21 @@ mod tests {
                 };
                 let m = Tensor::<B, 4>::from_data(TensorData::new(mv.clone(), rs), &device);
                 let grads = (y.clone() * m).sum().backward();
-                let v4 = |t: Tensor<<B as AutodiffBackend>::InnerBackend, 4>| {
-                    t.into_data().into_vec::<f32>().unwrap()
-                };
                 let mut out = vec![
-                    y.inner().into_data().into_vec::<f32>().unwrap(),
-                    v4(x.grad(&grads).unwrap()),
-                    v4(w.grad(&grads).unwrap()),
-                    b.grad(&grads)
-                        .unwrap()
-                        .into_data()
-                        .into_vec::<f32>()
-                        .unwrap(),
+                    host(y.inner()),
+                    host(x.grad(&grads).unwrap()),
+                    host(w.grad(&grads).unwrap()),
+                    host(b.grad(&grads).unwrap()),
                 ];
                 if with_residual {
-                    out.push(v4(r.grad(&grads).unwrap()));
+                    out.push(host(r.grad(&grads).unwrap()));
                 } else {
                     assert!(r.grad(&grads).is_none());
                 }
                 out
             };
-            let (got, want) = (run(true), run(false));
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g.len(), w.len());
-                for (a, b) in g.iter().zip(w) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                        "residual {with_residual}, relu {relu}: {a} against {b}"
-                    );
-                }
-            }
+            let what = format!("residual {with_residual}, relu {relu}");
+            assert_all_close(&run(true), &run(false), &what);
         }
     }
 
@@ -828,15 +834,10 @@ mod tests {
         let width = 5;
         let extents = [2usize, 4, 3];
         let mut rng = crate::rng::SplitMix64::new(3);
-        let mut draw = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-                .collect()
-        };
-        let parts_v: Vec<Vec<f32>> = extents.iter().map(|&e| draw(e * width)).collect();
-        let bias_v = draw(width);
+        let parts_v: Vec<Vec<f32>> = extents.iter().map(|&e| draw(&mut rng, e * width)).collect();
+        let bias_v = draw(&mut rng, width);
         let n = 11;
-        let weights = draw(n * width);
+        let weights = draw(&mut rng, n * width);
         let rows: [GatherIndex<B>; COORDS] = std::array::from_fn(|c| {
             GatherIndex::new(
                 (0..n).map(|k| ((k * 7 + c) % extents[c]) as u32).collect(),
@@ -869,27 +870,11 @@ mod tests {
             let w =
                 Tensor::<B, 2>::from_data(TensorData::new(weights.clone(), [n, width]), &device);
             let grads = (y.clone() * w).sum().backward();
-            let vec = |t: Tensor<<B as AutodiffBackend>::InnerBackend, 2>| {
-                t.into_data().into_vec::<f32>().unwrap()
-            };
-            let mut out = vec![y.inner().into_data().into_vec::<f32>().unwrap()];
-            out.extend(parts.iter().map(|p| vec(p.grad(&grads).unwrap())));
-            out.push(
-                bias.grad(&grads)
-                    .unwrap()
-                    .into_data()
-                    .into_vec::<f32>()
-                    .unwrap(),
-            );
+            let mut out = vec![host(y.inner())];
+            out.extend(parts.iter().map(|p| host(p.grad(&grads).unwrap())));
+            out.push(host(bias.grad(&grads).unwrap()));
             out
         };
-        let (got, want) = (run(true), run(false));
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.len(), w.len());
-            for (a, b) in g.iter().zip(w) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} against {b}");
-            }
-        }
+        assert_all_close(&run(true), &run(false), "first layer");
     }
 }
