@@ -31,7 +31,11 @@ for fx in fixtures:
         for bits, v in sorted(r["by_bits"].items()):
             rows.append((fx, f"QAT {bits}-bit + KD, 600 steps (PyTorch)", v["pct"], None, v["acc"],
                          v["seconds"], "cpu"))
-    for p in sorted(glob.glob(os.path.join(out, f"{fx}-*-s*.json"))):
+    def budget_and_seed(p):
+        m = re.search(r"-([0-9.]+)-s(\d+)\.json$", p)
+        return (float(m.group(1)), int(m.group(2))) if m else (0.0, 0)
+
+    for p in sorted(glob.glob(os.path.join(out, f"{fx}-*-s*.json")), key=budget_and_seed):
         m = re.match(rf"{re.escape(fx)}-([0-9.]+)-s(\d+)\.json$", os.path.basename(p))
         if not m:
             continue
