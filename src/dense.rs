@@ -505,6 +505,15 @@ pub fn backward(
 mod tests {
     use super::*;
 
+    /// `f` on a pool of `threads` threads.
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut r = crate::rng::SplitMix64::new(seed);
         (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
@@ -640,16 +649,11 @@ mod tests {
         let idx: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
         for relu in [false, true] {
             let run = |threads: usize| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap()
-                    .install(|| {
-                        let y = gather_sum(&p, &idx, &bias, relu);
-                        let g =
-                            gather_sum_backward(&dy, relu.then_some(&y[..]), &idx, &extents, width);
-                        (y, g.dparts, g.dbias)
-                    })
+                on_threads(threads, || {
+                    let y = gather_sum(&p, &idx, &bias, relu);
+                    let g = gather_sum_backward(&dy, relu.then_some(&y[..]), &idx, &extents, width);
+                    (y, g.dparts, g.dbias)
+                })
             };
             let (y, dparts, dbias) = run(3);
             assert!(run(1) == (y.clone(), dparts.clone(), dbias.clone()));
@@ -714,15 +718,11 @@ mod tests {
             values(2300 * 50, 8),
         );
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let y = forward(&x, &w, &b, s, true);
-                    let g = backward(&x, &w, Some(&y), &dy, s, true);
-                    (y, g.dx.unwrap(), g.dw, g.db)
-                })
+            on_threads(threads, || {
+                let y = forward(&x, &w, &b, s, true);
+                let g = backward(&x, &w, Some(&y), &dy, s, true);
+                (y, g.dx.unwrap(), g.dw, g.db)
+            })
         };
         assert!(run(1) == run(3));
     }

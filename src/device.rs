@@ -86,17 +86,6 @@ pub trait ConvBackend: Backend {
     /// splits into independent halves runs them on separate threads (phase 1's kernel batch).
     const ON_HOST_THREADS: bool = false;
 
-    fn conv2d_biased(
-        x: Tensor<Self, 4>,
-        weight: Tensor<Self, 4>,
-        bias: Tensor<Self, 1>,
-        stride: usize,
-        pad: usize,
-    ) -> Tensor<Self, 4> {
-        let options = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
-        burn::tensor::module::conv2d(x, weight, Some(bias), options)
-    }
-
     /// `act(conv(x) + bias + residual)`: a convolution with a residual block's epilogue (the
     /// residual added when given, then ReLU when `relu`).
     #[allow(clippy::too_many_arguments)]
@@ -109,7 +98,8 @@ pub trait ConvBackend: Backend {
         residual: Option<Tensor<Self, 4>>,
         relu: bool,
     ) -> Tensor<Self, 4> {
-        let y = Self::conv2d_biased(x, weight, bias, stride, pad);
+        let options = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
+        let y = burn::tensor::module::conv2d(x, weight, Some(bias), options);
         let y = match residual {
             Some(r) => y + r,
             None => y,
@@ -260,16 +250,6 @@ fn host_forward(
 
 impl ConvBackend for Flex {
     const ON_HOST_THREADS: bool = true;
-
-    fn conv2d_biased(
-        x: Tensor<Self, 4>,
-        weight: Tensor<Self, 4>,
-        bias: Tensor<Self, 1>,
-        stride: usize,
-        pad: usize,
-    ) -> Tensor<Self, 4> {
-        Self::conv2d_block(x, weight, bias, stride, pad, None, false)
-    }
 
     fn conv2d_block(
         x: Tensor<Self, 4>,
@@ -507,16 +487,6 @@ impl<const N: usize> Backward<Flex, N> for HostConvBackward<N> {
 
 impl ConvBackend for CpuAutodiff {
     const ON_HOST_THREADS: bool = true;
-
-    fn conv2d_biased(
-        x: Tensor<Self, 4>,
-        weight: Tensor<Self, 4>,
-        bias: Tensor<Self, 1>,
-        stride: usize,
-        pad: usize,
-    ) -> Tensor<Self, 4> {
-        Self::conv2d_block(x, weight, bias, stride, pad, None, false)
-    }
 
     fn conv2d_block(
         x: Tensor<Self, 4>,
