@@ -239,37 +239,42 @@ fn sum_partials(partials: &[(Vec<f32>, Vec<f32>)], g: &ConvGeometry) -> (Vec<f32
     (dw, db)
 }
 
+/// Elements per parallel task of the epilogue and its backward.
+const EPILOGUE_CHUNK: usize = 1 << 14;
+
 /// A residual block's epilogue on a convolution's output, in place: `y += residual` (when
 /// given), then ReLU (when `relu`), in parallel chunks. The network's adds and ReLUs as tensor
 /// operations were passes over the activations on the calling thread while the pool waited.
 pub fn epilogue(y: &mut [f32], residual: Option<&[f32]>, relu: bool) {
     use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
     if let Some(r) = residual {
         assert_eq!(r.len(), y.len(), "epilogue: residual");
     }
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
-        if let Some(r) = residual {
-            let r = &r[i * CHUNK..i * CHUNK + c.len()];
-            c.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
-        }
-        if relu {
-            crate::dense::relu_in_place(c);
-        }
-    });
+    y.par_chunks_mut(EPILOGUE_CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| {
+            if let Some(r) = residual {
+                let r = &r[i * EPILOGUE_CHUNK..i * EPILOGUE_CHUNK + c.len()];
+                c.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
+            }
+            if relu {
+                crate::dense::relu_in_place(c);
+            }
+        });
 }
 
 /// The gradient at an epilogue's input from the gradient at its output `dy`: with ReLU, `dy`
 /// where the output `y` is positive, else 0 (the residual's gradient is the same tensor).
 pub fn epilogue_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
     use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
     assert_eq!(dy.len(), y.len(), "epilogue: y");
     let mut dz = crate::dense::zeroed(dy.len());
-    dz.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
-        let at = i * CHUNK;
-        crate::dense::relu_grad_into(c, &dy[at..], &y[at..]);
-    });
+    dz.par_chunks_mut(EPILOGUE_CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let at = i * EPILOGUE_CHUNK;
+            crate::dense::relu_grad_into(c, &dy[at..], &y[at..]);
+        });
     dz
 }
 

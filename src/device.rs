@@ -285,18 +285,18 @@ impl ConvBackend for Flex {
     ) -> Tensor<Self, 2> {
         let parts = parts.map(|p| p.into_primitive().tensor());
         let bias = bias.into_primitive().tensor();
-        let (_, y) = host_gather_sum(&parts, rows, &bias, relu);
+        let (_, _, y) = host_gather_sum(&parts, rows, &bias, relu);
         Tensor::from_primitive(TensorPrimitive::Float(y))
     }
 }
 
-/// [`crate::dense::gather_sum`] on host tensors; also returns the tables' extents.
+/// [`crate::dense::gather_sum`] on host tensors; also returns the tables' extents and the width.
 fn host_gather_sum<B: Backend>(
     parts: &[FlexTensor; COORDS],
     rows: &[GatherIndex<B>; COORDS],
     bias: &FlexTensor,
     relu: bool,
-) -> ([usize; COORDS], FlexTensor) {
+) -> ([usize; COORDS], usize, FlexTensor) {
     let parts = parts.each_ref().map(FlexTensor::to_contiguous);
     let bias = bias.to_contiguous();
     let width = bias.layout().shape()[0];
@@ -304,7 +304,7 @@ fn host_gather_sum<B: Backend>(
     let slices = parts.each_ref().map(f32s);
     let idx = rows.each_ref().map(|r| &r.host[..]);
     let y = crate::dense::gather_sum(&slices, &idx, f32s(&bias), relu);
-    (extents, flex(y, [idx[0].len(), width]))
+    (extents, width, flex(y, [idx[0].len(), width]))
 }
 
 /// The backward step of the host first layer ([`crate::dense::gather_sum_backward`]).
@@ -575,8 +575,7 @@ impl ConvBackend for CpuAutodiff {
         let parts = parts.map(|p| p.into_primitive().tensor());
         let bias = bias.into_primitive().tensor();
         let inner = parts.each_ref().map(|p| p.primitive.clone());
-        let (extents, y) = host_gather_sum(&inner, rows, &bias.primitive, relu);
-        let width = bias.primitive.layout().shape()[0];
+        let (extents, width, y) = host_gather_sum(&inner, rows, &bias.primitive, relu);
         let nodes: [_; COORDS + 1] =
             std::array::from_fn(|i| parts.get(i).map_or(bias.node.clone(), |p| p.node.clone()));
         let out = match HostGatherBackward
