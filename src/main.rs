@@ -246,7 +246,8 @@ struct EncodeSettings {
     #[arg(long, default_value_t = 5000)]
     held_out: usize,
     /// Storage dtype of the predictor's weights [default: int8, a quarter of f32; phase 2
-    /// trains through its rounding]. f16 halves f32 at no measured accuracy cost.
+    /// trains through its rounding; with --resume: the file's own]. f16 halves f32 at no
+    /// measured accuracy cost.
     #[arg(long, value_enum)]
     predictor_dtype: Option<DtypeArg>,
     /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.

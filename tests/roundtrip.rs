@@ -270,3 +270,55 @@ fn passthrough_f16_is_rounded_recorded_and_the_rest_exact() {
         }
     }
 }
+
+#[test]
+fn a_resumed_file_keeps_its_storage_unless_another_is_asked_for() {
+    use nernc::encode::Pinned;
+    use nernc::predictor::WeightDtype;
+    let path = fixture("fmnist-resnet20.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let int6 = EncodeOptions {
+        predictor_dtype: WeightDtype::Int6,
+        ..small_options(PermutationKind::None, 1)
+    };
+    let (first, _) = encode(&path, &int6, &NoProgress).unwrap();
+    let first_path = dir.path().join("int6.nern");
+    std::fs::write(&first_path, &first).unwrap();
+    let stored = |bytes: &[u8]| {
+        read_container(bytes, &Limits::default())
+            .unwrap()
+            .predictor
+            .config
+            .weight_dtype
+    };
+    assert_eq!(stored(&first), WeightDtype::Int6);
+    // Continued without a dtype: the file's own storage, whatever the default is.
+    for default in [WeightDtype::Int8, WeightDtype::F16] {
+        let resumed = EncodeOptions {
+            resume: Some(first_path.clone()),
+            predictor_dtype: default,
+            ..small_options(PermutationKind::None, 1)
+        };
+        let (again, _) = encode(&path, &resumed, &NoProgress).unwrap();
+        assert_eq!(stored(&again), WeightDtype::Int6);
+        let c = read_container(&again, &Limits::default()).unwrap();
+        assert_eq!(
+            c.predictor,
+            read_container(&first, &Limits::default())
+                .unwrap()
+                .predictor
+        );
+    }
+    // Asked for (`--predictor-dtype int8`): stored so.
+    let pinned = EncodeOptions {
+        resume: Some(first_path.clone()),
+        predictor_dtype: WeightDtype::Int8,
+        pinned: Pinned {
+            predictor_dtype: true,
+            ..Pinned::default()
+        },
+        ..small_options(PermutationKind::None, 1)
+    };
+    let (int8, _) = encode(&path, &pinned, &NoProgress).unwrap();
+    assert_eq!(stored(&int8), WeightDtype::Int8);
+}

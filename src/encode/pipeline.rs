@@ -627,7 +627,11 @@ fn encode_on<B: TrainBackend>(
         rounds: opts.rounds,
         distill: opts.distill.as_ref(),
         distill_steps: opts.distill.as_ref().map_or(0, |d| d.steps),
-        storage: opts.predictor_dtype,
+        // A resumed file is continued in its own storage unless another one is asked for.
+        storage: match &resumed {
+            Some(p) if !opts.pinned.predictor_dtype => p.config.weight_dtype,
+            _ => opts.predictor_dtype,
+        },
     };
 
     // A budget lists the predictors that fit; which one wins is measured before the full run.
