@@ -20,7 +20,7 @@ for a in "$@"; do
 done
 start=$(date +%s)
 if [ -d "$data" ]; then
-  # The default pipeline: phase 1, then phase 2 on Fashion-MNIST trained through int8 storage,
+  # The default pipeline: phase 1, then phase 2 on Fashion-MNIST trained through int6 storage,
   # kept by held-out training images; --test-eval only records the test accuracy.
   echo "== nernc encode $src (defaults; Fashion-MNIST found at $data)"
   $bin encode "$src" -o "out/$name.nern" --test-eval "${limit[@]}" "$@"

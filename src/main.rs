@@ -245,9 +245,10 @@ struct EncodeSettings {
     /// Training images held out for selection (never the test split).
     #[arg(long, default_value_t = 5000)]
     held_out: usize,
-    /// Storage dtype of the predictor's weights [default: int8, a quarter of f32; phase 2
-    /// trains through its rounding; with --resume: the file's own]. f16 halves f32 at no
-    /// measured accuracy cost.
+    /// Storage dtype of the predictor's weights [default: int6 when phase 2 trains on real data
+    /// (through its rounding), int8 otherwise; with --resume: the file's own]. Without --hidden
+    /// the default width gives narrower codes more parameters (the same code bits per weight).
+    /// f16 halves f32 at no measured accuracy cost.
     #[arg(long, value_enum)]
     predictor_dtype: Option<DtypeArg>,
     /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.
@@ -489,6 +490,9 @@ impl EncodeSettings {
             },
             ..d
         });
+        if self.predictor_dtype.is_none() {
+            opts.predictor_dtype = nernc::encode::default_predictor_dtype(opts.distill.as_ref());
+        }
         Ok(opts)
     }
 }

@@ -301,4 +301,12 @@ fn non_resnet_checkpoints_get_a_clear_error() {
         "{}",
         stderr(&o)
     );
+    // With phase 2 on data the default codes are 6 bits; without it, nothing would recover
+    // their rounding, so the default falls back to 8.
+    let bytes = std::fs::read(&out).unwrap();
+    let c = nernc::format::read_container(&bytes, &nernc::format::Limits::default()).unwrap();
+    assert_eq!(
+        c.predictor.config.weight_dtype,
+        nernc::predictor::WeightDtype::Int8
+    );
 }

@@ -171,7 +171,8 @@ impl Cfg {
 }
 
 /// The candidates for `budget` bytes: for each PE level count (or the pinned one), the widest
-/// predictor that fits (or the pinned width, if it fits), stored as int8 (or the pinned dtype).
+/// predictor that fits (or the pinned width, if it fits), stored as `opts.predictor_dtype`
+/// (the command line's default: int6 when phase 2 trains on data, int8 otherwise).
 /// Int4 is never chosen on its own: rounded to int4 a trained predictor has collapsed to chance
 /// in every measurement so far (README). An error names the smallest file possible when nothing
 /// fits.
@@ -185,11 +186,8 @@ pub fn candidates(
         kernel_size,
         pe_base: opts.pe_base,
     };
-    let dtype = if opts.pinned.predictor_dtype {
-        opts.predictor_dtype
-    } else {
-        WeightDtype::Int8
-    };
+    // The storage asked for, else the default's (int6 when phase 2 trains on data).
+    let dtype = opts.predictor_dtype;
     let levels: Vec<u32> = if opts.pinned.pe_levels {
         vec![opts.pe_levels]
     } else {

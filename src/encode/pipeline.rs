@@ -10,8 +10,8 @@ use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_d
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
 use super::kernels::KernelSet;
 use super::options::{
-    DEFAULT_MAX_HIDDEN, DEFAULT_PARAMS_PER_WEIGHT, DistillOptions, DistillSource, EncodeOptions,
-    default_hidden, default_phase1_steps,
+    DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, default_hidden,
+    default_params_per_weight, default_phase1_steps, default_predictor_dtype,
 };
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillSettings, TuneSettings, distill};
@@ -516,20 +516,9 @@ fn encode_on<B: TrainBackend>(
         .target_size
         .map(|t| t.bytes(source_bytes))
         .transpose()?;
-    let hidden = hidden_for(opts, &source);
-    let mut cfg =
-        PredictorConfig::reference(hidden, source.kernel_size, opts.pe_levels, opts.pe_base);
-
     // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
     let mut notes = Vec::new();
-    if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
-        notes.push(format!(
-            "hidden width {hidden}: the default for {} conv weights (about \
-             {DEFAULT_PARAMS_PER_WEIGHT} predictor parameters per weight, at most \
-             {DEFAULT_MAX_HIDDEN}; --hidden sets it)",
-            source.conv_weights()
-        ));
-    }
+    let mut storage = opts.predictor_dtype;
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
     let mut host = needs_net.then(|| source.host_model());
     let net = match host.as_ref().map(|h| h.network()).transpose() {
@@ -542,10 +531,27 @@ fn encode_on<B: TrainBackend>(
                  reconstruction does not need to understand it)"
             ));
             host = None;
+            // Without phase 2 nothing recovers what narrower codes round away.
+            if !opts.pinned.predictor_dtype {
+                storage = default_predictor_dtype(None);
+            }
             None
         }
         Err(e) => return Err(e),
     };
+    let hidden = hidden_for(opts, storage, &source);
+    let mut cfg =
+        PredictorConfig::reference(hidden, source.kernel_size, opts.pe_levels, opts.pe_base);
+    if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
+        notes.push(format!(
+            "hidden width {hidden}: the default for {} conv weights (about \
+             {:.2} predictor parameters per weight at {}, at most \
+             {DEFAULT_MAX_HIDDEN}; --hidden sets it)",
+            source.conv_weights(),
+            default_params_per_weight(storage),
+            storage.name()
+        ));
+    }
     let plan = match net {
         Some(_) => load_data(opts)?,
         None => None,
@@ -630,7 +636,7 @@ fn encode_on<B: TrainBackend>(
         // A resumed file is continued in its own storage unless another one is asked for.
         storage: match &resumed {
             Some(p) if !opts.pinned.predictor_dtype => p.config.weight_dtype,
-            _ => opts.predictor_dtype,
+            _ => storage,
         },
     };
 
@@ -863,10 +869,11 @@ fn encode_on<B: TrainBackend>(
 }
 
 /// The hidden width asked for, else the default for this model ([`default_hidden`]).
-fn hidden_for(opts: &EncodeOptions, source: &Source<'_>) -> u32 {
+fn hidden_for(opts: &EncodeOptions, storage: WeightDtype, source: &Source<'_>) -> u32 {
     opts.hidden.unwrap_or_else(|| {
         default_hidden(
             source.conv_weights(),
+            storage,
             source.kernel_size,
             opts.pe_levels,
             opts.pe_base,
@@ -925,8 +932,12 @@ impl BackendJob for ThroughputJob<'_> {
         let file = MappedFile::open(self.input)?;
         let source = Source::parse(self.input, file.bytes(), PermutationKind::None)?;
         let k = source.kernel_size;
-        let cfg =
-            PredictorConfig::reference(hidden_for(opts, &source), k, opts.pe_levels, opts.pe_base);
+        let cfg = PredictorConfig::reference(
+            hidden_for(opts, opts.predictor_dtype, &source),
+            k,
+            opts.pe_levels,
+            opts.pe_base,
+        );
         let perms = vec![Permutation::Identity; source.layers.len()];
         let w = &source.weights;
         let set = KernelSet::new(&source.layers, &perms, w, w, k as usize);
