@@ -171,14 +171,15 @@ impl Cfg {
 }
 
 /// The candidates for `budget` bytes: for each PE level count (or the pinned one), the widest
-/// predictor that fits (or the pinned width, if it fits), stored as `opts.predictor_dtype`
-/// (the command line's default: int6 when phase 2 trains on data, int8 otherwise).
+/// predictor that fits (or the pinned width, if it fits), stored as `dtype` (the one asked for,
+/// else the default: int6 when phase 2 trains on data, int8 otherwise).
 /// Int4 is never chosen on its own: rounded to int4 a trained predictor has collapsed to chance
 /// in every measurement so far (README). An error names the smallest file possible when nothing
 /// fits.
 pub fn candidates(
     sizer: &Sizer<'_>,
     opts: &EncodeOptions,
+    dtype: WeightDtype,
     kernel_size: u32,
     budget: u64,
 ) -> Result<Vec<Candidate>> {
@@ -186,8 +187,6 @@ pub fn candidates(
         kernel_size,
         pe_base: opts.pe_base,
     };
-    // The storage asked for, else the default's (int6 when phase 2 trains on data).
-    let dtype = opts.predictor_dtype;
     let levels: Vec<u32> = if opts.pinned.pe_levels {
         vec![opts.pe_levels]
     } else {

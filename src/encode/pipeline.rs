@@ -652,7 +652,13 @@ fn encode_on<B: TrainBackend>(
         if resumed.is_some() {
             schedule.storage = resumed_dtype(&sizer, opts, &cfg, budget)?;
         } else {
-            list = Some(budget_candidates(&sizer, opts, source.kernel_size, budget)?);
+            list = Some(budget_candidates(
+                &sizer,
+                opts,
+                schedule.storage,
+                source.kernel_size,
+                budget,
+            )?);
         }
     }
 
