@@ -284,14 +284,10 @@ fn a_resumed_file_keeps_its_storage_unless_another_is_asked_for() {
     let (first, _) = encode(&path, &int6, &NoProgress).unwrap();
     let first_path = dir.path().join("int6.nern");
     std::fs::write(&first_path, &first).unwrap();
-    let stored = |bytes: &[u8]| {
-        read_container(bytes, &Limits::default())
-            .unwrap()
-            .predictor
-            .config
-            .weight_dtype
-    };
-    assert_eq!(stored(&first), WeightDtype::Int6);
+    let predictor = |bytes: &[u8]| read_container(bytes, &Limits::default()).unwrap().predictor;
+    let stored = |bytes: &[u8]| predictor(bytes).config.weight_dtype;
+    let first_predictor = predictor(&first);
+    assert_eq!(first_predictor.config.weight_dtype, WeightDtype::Int6);
     // Continued without a dtype: the file's own storage, whatever the default is.
     for default in [WeightDtype::Int8, WeightDtype::F16] {
         let resumed = EncodeOptions {
@@ -300,14 +296,7 @@ fn a_resumed_file_keeps_its_storage_unless_another_is_asked_for() {
             ..small_options(PermutationKind::None, 1)
         };
         let (again, _) = encode(&path, &resumed, &NoProgress).unwrap();
-        assert_eq!(stored(&again), WeightDtype::Int6);
-        let c = read_container(&again, &Limits::default()).unwrap();
-        assert_eq!(
-            c.predictor,
-            read_container(&first, &Limits::default())
-                .unwrap()
-                .predictor
-        );
+        assert_eq!(predictor(&again), first_predictor);
     }
     // Asked for (`--predictor-dtype int8`): stored so.
     let pinned = EncodeOptions {
