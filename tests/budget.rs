@@ -192,6 +192,12 @@ fn a_missed_enforced_accuracy_goal_writes_nothing_and_exits_3() {
     let o = nernc(&args[..args.len() - 2]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("MISSED"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("held-out images come from the training split")
+            && stderr(&o).contains("--test-eval measures the test split"),
+        "a miss says what held-out measures: {}",
+        stderr(&o)
+    );
     let bytes = std::fs::read(&out).unwrap();
     let c = read_container(&bytes, &Limits::default()).unwrap();
     let meta = c.metadata(&Limits::default()).unwrap().unwrap();
