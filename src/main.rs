@@ -75,6 +75,15 @@ enum PassthroughArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum RoundingArg {
+    /// Each weight to its nearest code
+    Nearest,
+    /// Input by input, each rounding error compensated on the weights not yet rounded and the
+    /// bias (GPTQ on the predictor's exact inputs, every kernel's coordinates)
+    Compensated,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum QuantizeArg {
     Int8,
     Int4,
@@ -267,6 +276,10 @@ struct EncodeSettings {
     /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
     #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR)]
     tune_lr: f64,
+    /// How the f32 phase-1 predictor is rounded to integer codes (the start of phase 2, or the
+    /// stored weights without it).
+    #[arg(long, value_enum, default_value_t = RoundingArg::Compensated)]
+    rounding: RoundingArg,
 }
 
 #[cfg(feature = "train")]
@@ -450,6 +463,10 @@ impl EncodeSettings {
                 PassthroughArg::Tuned | PassthroughArg::TunedF16
             )
             .then_some(self.tune_lr),
+            rounding: match self.rounding {
+                RoundingArg::Nearest => nernc::encode::Rounding::Nearest,
+                RoundingArg::Compensated => nernc::encode::Rounding::Compensated,
+            },
             target_size: self
                 .target_size
                 .as_deref()

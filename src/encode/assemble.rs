@@ -107,6 +107,7 @@ pub fn assemble(
             "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE)",
         })),
         "predictor_dtype": cfg.weight_dtype.name(),
+        "rounding": cfg.weight_dtype.max_code().map(|_| opts.rounding.name()),
         "passthrough": match (opts.passthrough_f16, r.tuned.is_some()) {
             (false, false) => "exact",
             (true, false) => "f16 (lossy)",

@@ -65,6 +65,29 @@ pub struct EncodeOptions {
     /// does not support, the encode goes on with reconstruction only (and says so) instead of
     /// failing.
     pub phase2_by_default: bool,
+    /// How the f32 phase-1 predictor is rounded to integer codes: the start of phase 2, or the
+    /// stored weights without it. Phase 2's own rounding is always to the nearest code.
+    pub rounding: Rounding,
+}
+
+/// Rounding of a trained f32 predictor to integer codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rounding {
+    /// Each weight to its nearest code.
+    Nearest,
+    /// Input by input, each error compensated on the inputs not yet rounded and the bias, on the
+    /// exact second moments of every kernel's inputs ([`super::gptq`]).
+    #[default]
+    Compensated,
+}
+
+impl Rounding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Nearest => "nearest",
+            Rounding::Compensated => "compensated",
+        }
+    }
 }
 
 /// Settings a size budget may not change.
@@ -282,6 +305,7 @@ impl Default for EncodeOptions {
             pinned: Pinned::default(),
             max_drop: MaxDrop::default(),
             phase2_by_default: false,
+            rounding: Rounding::default(),
             passthrough_f16: false,
             tune_passthrough: None,
             time_limit: None,

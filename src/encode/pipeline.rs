@@ -10,7 +10,7 @@ use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_d
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
 use super::kernels::KernelSet;
 use super::options::{
-    DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, default_hidden,
+    DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding, default_hidden,
     default_params_per_weight, default_phase1_steps, default_predictor_dtype,
 };
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
@@ -191,9 +191,10 @@ impl<B: TrainBackend> Context<'_, B> {
             );
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
+            let start = self.rounded(&predictor, &set.coords, s.storage)?;
             let out = distill::<B>(
                 device,
-                &predictor,
+                &start,
                 &set,
                 &self.layers,
                 &self.permutations,
@@ -242,6 +243,16 @@ impl<B: TrainBackend> Context<'_, B> {
                 .map(|(_, a)| *a),
             None => phase1.held_out,
         };
+        if distill_report.is_none() {
+            let set = KernelSet::new(
+                &self.layers,
+                &self.permutations,
+                original,
+                original,
+                cfg.kernel_size as usize,
+            );
+            predictor = self.rounded(&predictor, &set.coords, s.storage)?;
+        }
         predictor.store_as(s.storage)?;
         if distill_report.is_none() && s.storage != WeightDtype::F32 && held_out.is_some() {
             held_out = held_acc(&predictor)?;
@@ -254,6 +265,20 @@ impl<B: TrainBackend> Context<'_, B> {
             held_out,
             passthrough,
         })
+    }
+
+    /// `p` rounded to `storage` as `--rounding` says (float storage: unchanged; `store_as`
+    /// rounds it later).
+    fn rounded(
+        &self,
+        p: &Predictor,
+        coords: &[[u32; crate::predictor::COORDS]],
+        storage: WeightDtype,
+    ) -> Result<Predictor> {
+        match (self.opts.rounding, storage.max_code()) {
+            (Rounding::Compensated, Some(_)) => super::gptq::quantize(p, coords, storage),
+            _ => Ok(p.clone()),
+        }
     }
 
     /// The normalisation phase 2 feeds the networks with.
