@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use nernc::encode::{EncodeOptions, NoProgress, encode};
+use nernc::encode::{EncodeOptions, NoProgress, Rounding, encode};
 use nernc::format::{Limits, read_container};
 use nernc::permute::PermutationKind;
 use safetensors::SafeTensors;
@@ -192,6 +192,7 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     ] {
         let opts = EncodeOptions {
             predictor_dtype: dtype,
+            rounding: Rounding::Nearest,
             ..base.clone()
         };
         let (bytes, report) = encode(&path, &opts, &NoProgress).unwrap();
@@ -201,6 +202,35 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
         let mut rounded = f32c.predictor.clone();
         rounded.store_as(dtype).unwrap();
         assert_eq!(c.predictor, rounded);
+        let decode = |c: &nernc::format::Container<'_>| {
+            nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2)
+        };
+        if dtype.max_code().is_some() {
+            // Compensated rounding (the default) of the same training: the same scales, and
+            // conv weights closer to the f32 predictor's than nearest rounding gives.
+            let opts = EncodeOptions {
+                rounding: Rounding::Compensated,
+                ..opts.clone()
+            };
+            let comp_bytes = encode(&path, &opts, &NoProgress).unwrap().0;
+            let comp = read_container(&comp_bytes, &Limits::default()).unwrap();
+            for (a, b) in comp.predictor.layers.iter().zip(&c.predictor.layers) {
+                assert_eq!(a.scales, b.scales);
+            }
+            let sq = |a: &[Vec<f32>], b: &[Vec<f32>]| -> f64 {
+                a.iter()
+                    .flatten()
+                    .zip(b.iter().flatten())
+                    .map(|(x, y)| f64::from(x - y).powi(2))
+                    .sum()
+            };
+            let target = decode(&f32c);
+            let (near, compensated) = (sq(&decode(&c), &target), sq(&decode(&comp), &target));
+            assert!(
+                compensated < near,
+                "{dtype:?}: compensated {compensated} against nearest {near}"
+            );
+        }
         let pred_len = |c: &nernc::format::Container<'_>| {
             c.sections
                 .iter()
