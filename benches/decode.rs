@@ -12,7 +12,7 @@ use nernc::decode::{decode_layers, default_threads};
 use nernc::format::{LayerEntry, TensorDtype};
 use nernc::io::MappedFile;
 use nernc::permute::{Permutation, PermutationKind};
-use nernc::predictor::{LinearWeights, Predictor, PredictorConfig};
+use nernc::predictor::{Predictor, PredictorConfig};
 use nernc::rng::SplitMix64;
 
 fn layers_of(path: &Path) -> Vec<LayerEntry> {
@@ -37,28 +37,7 @@ fn layers_of(path: &Path) -> Vec<LayerEntry> {
 
 fn random_predictor(hidden: u32, k: u32) -> Predictor {
     let config = PredictorConfig::reference(hidden, k, 40, 0.76);
-    let mut rng = SplitMix64::new(1);
-    let layers = config
-        .widths
-        .windows(2)
-        .map(|w| {
-            let (i, o) = (w[0] as usize, w[1] as usize);
-            let b = 1.0 / (i as f64).sqrt();
-            let mut draw = |n| -> Vec<f32> {
-                (0..n)
-                    .map(|_| ((rng.next_f64() * 2.0 - 1.0) * b) as f32)
-                    .collect()
-            };
-            LinearWeights {
-                inputs: i,
-                outputs: o,
-                weight: draw(i * o),
-                bias: draw(o),
-                scales: Vec::new(),
-            }
-        })
-        .collect();
-    Predictor { config, layers }
+    Predictor::init(&config, &mut SplitMix64::new(1))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

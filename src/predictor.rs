@@ -256,6 +256,38 @@ pub struct Predictor {
 }
 
 impl Predictor {
+    /// A predictor of `cfg` at PyTorch's default `Linear` initialisation, U(-1/sqrt(in),
+    /// 1/sqrt(in)) for weights and biases, drawn from `rng` layer by layer (weights, then biases):
+    /// phase 1's starting point.
+    pub fn init(cfg: &PredictorConfig, rng: &mut crate::rng::SplitMix64) -> Self {
+        let layers = cfg
+            .widths
+            .windows(2)
+            .map(|dims| {
+                let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
+                let bound = 1.0 / (inputs as f64).sqrt();
+                let mut draw = |n: usize| -> Vec<f32> {
+                    (0..n)
+                        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                        .collect()
+                };
+                let weight = draw(inputs * outputs);
+                let bias = draw(outputs);
+                LinearWeights {
+                    inputs,
+                    outputs,
+                    weight,
+                    bias,
+                    scales: Vec::new(),
+                }
+            })
+            .collect();
+        Predictor {
+            config: cfg.clone(),
+            layers,
+        }
+    }
+
     /// Rounds every weight to the storage dtype, so that what is measured is what is stored.
     /// Fails when a value does not fit (f16 overflows beyond 65504).
     pub fn store_as(&mut self, dtype: WeightDtype) -> crate::Result<()> {

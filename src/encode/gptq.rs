@@ -282,28 +282,7 @@ mod tests {
 
     fn random_predictor(hidden: u32, seed: u64) -> Predictor {
         let config = PredictorConfig::reference(hidden, 3, 4, 0.76);
-        let mut rng = SplitMix64::new(seed);
-        let layers = config
-            .widths
-            .windows(2)
-            .map(|w| {
-                let (i, o) = (w[0] as usize, w[1] as usize);
-                let b = 1.0 / (i as f64).sqrt();
-                let mut draw = |n| -> Vec<f32> {
-                    (0..n)
-                        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * b) as f32)
-                        .collect()
-                };
-                LinearWeights {
-                    inputs: i,
-                    outputs: o,
-                    weight: draw(i * o),
-                    bias: draw(o),
-                    scales: Vec::new(),
-                }
-            })
-            .collect();
-        Predictor { config, layers }
+        Predictor::init(&config, &mut SplitMix64::new(seed))
     }
 
     fn coords() -> Vec<[u32; COORDS]> {

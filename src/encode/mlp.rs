@@ -34,30 +34,10 @@ impl<B: Backend> Mlp<B> {
         Mlp { weights, biases }
     }
 
-    /// PyTorch's default `Linear` initialisation, U(-1/sqrt(in), 1/sqrt(in)), from our RNG.
+    /// PyTorch's default `Linear` initialisation, U(-1/sqrt(in), 1/sqrt(in)), from our RNG
+    /// ([`Predictor::init`]).
     pub fn init(cfg: &PredictorConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
-        for dims in cfg.widths.windows(2) {
-            let (i, o) = (dims[0] as usize, dims[1] as usize);
-            let bound = 1.0 / (i as f64).sqrt();
-            let mut draw = |n: usize| -> Vec<f32> {
-                (0..n)
-                    .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
-                    .collect()
-            };
-            let w = draw(i * o);
-            let b = draw(o);
-            weights.push(Param::from_tensor(Tensor::from_data(
-                TensorData::new(w, [i, o]),
-                device,
-            )));
-            biases.push(Param::from_tensor(Tensor::from_data(
-                TensorData::new(b, [o]),
-                device,
-            )));
-        }
-        Mlp { weights, biases }
+        Self::from_predictor(&Predictor::init(cfg, rng), device)
     }
 
     /// The same parameters (same ids, same values) as fresh leaves of a new autodiff graph: two

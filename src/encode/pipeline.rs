@@ -182,13 +182,7 @@ impl<B: TrainBackend> Context<'_, B> {
         ) {
             progress.stage("distillation");
             let t_distill = Instant::now();
-            let set = KernelSet::new(
-                &self.layers,
-                &self.permutations,
-                original,
-                original,
-                cfg.kernel_size as usize,
-            );
+            let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
             let start = self.rounded(&predictor, &set.coords, s.storage)?;
@@ -244,13 +238,7 @@ impl<B: TrainBackend> Context<'_, B> {
             None => phase1.held_out,
         };
         if distill_report.is_none() {
-            let set = KernelSet::new(
-                &self.layers,
-                &self.permutations,
-                original,
-                original,
-                cfg.kernel_size as usize,
-            );
+            let set = self.kernel_set(cfg);
             predictor = self.rounded(&predictor, &set.coords, s.storage)?;
         }
         predictor.store_as(s.storage)?;
@@ -265,6 +253,18 @@ impl<B: TrainBackend> Context<'_, B> {
             held_out,
             passthrough,
         })
+    }
+
+    /// Every kernel of the source, targets and norms its own weights (phase 2, the rounding).
+    fn kernel_set(&self, cfg: &PredictorConfig) -> KernelSet {
+        let original = &self.source.weights;
+        KernelSet::new(
+            &self.layers,
+            &self.permutations,
+            original,
+            original,
+            cfg.kernel_size as usize,
+        )
     }
 
     /// `p` rounded to `storage` as `--rounding` says (float storage: unchanged; `store_as`
