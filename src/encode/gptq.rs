@@ -22,6 +22,7 @@
 use rayon::prelude::*;
 
 use crate::decode::gemm::{PackedMatrix, gemm_bias};
+use crate::dense::transpose_into;
 use crate::error::{Error, Result};
 use crate::predictor::WeightDtype;
 use crate::predictor::{COORDS, LinearWeights, Predictor, dequantize_codes};
@@ -104,20 +105,17 @@ fn first_inputs(p: &Predictor, coords: &[[u32; COORDS]]) -> Vec<f32> {
 
 /// `[X 1]^T [X 1]` in f64, `(d + 1) x (d + 1)` row-major, of the `n x d` inputs `x` (n rows).
 fn second_moments(x: &[f32], d: usize) -> Vec<f64> {
+    let zeros = vec![0f32; d];
     let partials: Vec<Vec<f64>> = x
         .par_chunks(CHUNK * d)
         .map(|rows| {
             let m = rows.len() / d;
             // X_c^T (d x m) times X_c (m x d), in f32 on the decoder's GEMM.
             let mut xt = vec![0f32; d * m];
-            for (r, row) in rows.chunks_exact(d).enumerate() {
-                for (k, &v) in row.iter().enumerate() {
-                    xt[k * m + r] = v;
-                }
-            }
+            transpose_into(rows, m, d, &mut xt, m);
             let packed = PackedMatrix::new(rows, m, d);
             let mut prod = vec![0f32; d * d];
-            gemm_bias(&xt, m, d, &packed, &vec![0.0; d], &mut prod, d, false);
+            gemm_bias(&xt, m, d, &packed, &zeros, &mut prod, d, false);
             let e = d + 1;
             let mut h = vec![0f64; e * e];
             for k in 0..d {

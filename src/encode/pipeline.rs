@@ -185,7 +185,7 @@ impl<B: TrainBackend> Context<'_, B> {
             let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
-            let start = self.rounded(&predictor, &set.coords, s.storage)?;
+            let start = self.rounded(&predictor, cfg, s.storage, Some(&set))?;
             let out = distill::<B>(
                 device,
                 &start,
@@ -238,8 +238,7 @@ impl<B: TrainBackend> Context<'_, B> {
             None => phase1.held_out,
         };
         if distill_report.is_none() {
-            let set = self.kernel_set(cfg);
-            predictor = self.rounded(&predictor, &set.coords, s.storage)?;
+            predictor = self.rounded(&predictor, cfg, s.storage, None)?;
         }
         predictor.store_as(s.storage)?;
         if distill_report.is_none() && s.storage != WeightDtype::F32 && held_out.is_some() {
@@ -267,17 +266,22 @@ impl<B: TrainBackend> Context<'_, B> {
         )
     }
 
-    /// `p` rounded to `storage` as `--rounding` says (float storage: unchanged; `store_as`
-    /// rounds it later).
+    /// `p` rounded to `storage` as `--rounding` says (float storage or nearest rounding:
+    /// unchanged; `store_as` rounds it later). The kernel set is built only when compensation
+    /// needs it and `set` is not given.
     fn rounded(
         &self,
         p: &Predictor,
-        coords: &[[u32; crate::predictor::COORDS]],
+        cfg: &PredictorConfig,
         storage: WeightDtype,
+        set: Option<&KernelSet>,
     ) -> Result<Predictor> {
-        match (self.opts.rounding, storage.max_code()) {
-            (Rounding::Compensated, Some(_)) => super::gptq::quantize(p, coords, storage),
-            _ => Ok(p.clone()),
+        if self.opts.rounding != Rounding::Compensated || storage.max_code().is_none() {
+            return Ok(p.clone());
+        }
+        match set {
+            Some(set) => super::gptq::quantize(p, &set.coords, storage),
+            None => super::gptq::quantize(p, &self.kernel_set(cfg).coords, storage),
         }
     }
 
