@@ -60,6 +60,9 @@ pub struct InspectReport {
     /// Passthrough tensors trained in phase 2 (lossy, `--passthrough tuned`), as the
     /// provenance's recipe records them.
     pub passthrough_tuned_tensors: usize,
+    /// Channel groups the encoder reordered (`--channel-order similar`, function-preserving), as
+    /// the provenance's recipe records them; 0 when the source's order was kept.
+    pub reordered_channel_groups: usize,
     pub predictor: PredictorRow,
     pub sections: Vec<SectionRow>,
     pub layers: Vec<LayerRow>,
@@ -99,6 +102,14 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
         passthrough_tuned_tensors: metadata
             .as_ref()
             .and_then(|m| m.pointer("/recipe/tuned_tensors"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as usize,
+        reordered_channel_groups: metadata
+            .as_ref()
+            .filter(|m| {
+                m.pointer("/recipe/channel_order").and_then(|v| v.as_str()) == Some("similar")
+            })
+            .and_then(|m| m.pointer("/recipe/channel_groups"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0) as usize,
         predictor: PredictorRow {
@@ -190,6 +201,13 @@ pub fn render(r: &InspectReport) -> String {
             s,
             "LOSSY passthrough: {} BN/FC tensors tuned in phase 2 (the decoded checkpoint differs from the source there)",
             r.passthrough_tuned_tensors
+        );
+    }
+    if r.reordered_channel_groups > 0 {
+        let _ = writeln!(
+            s,
+            "REORDERED channels: {} groups in a similar-weights order (--channel-order similar: the same function, but the decoded checkpoint's channels are not in the source's order)",
+            r.reordered_channel_groups
         );
     }
     let _ = writeln!(s, "sections:");

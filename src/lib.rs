@@ -9,7 +9,7 @@
 //! With the `train` feature (burn): `encode` (the encoder), `eval`, and what they need: `arch`
 //! (ResNet recognition), `network` (the forward pass), `conv` (CPU convolution for training), `dense`
 //! (the predictor's CPU dense layers),
-//! `data` (datasets), `device` (backends).
+//! `data` (datasets), `device` (backends), `reorder` (function-preserving channel orders).
 
 #[cfg(feature = "train")]
 pub mod arch;
@@ -39,6 +39,8 @@ pub mod network;
 pub mod permute;
 pub mod predictor;
 pub mod provenance;
+#[cfg(feature = "train")]
+pub mod reorder;
 pub mod rng;
 pub mod store;
 

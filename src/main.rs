@@ -84,6 +84,15 @@ enum RoundingArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ChannelOrderArg {
+    /// The source checkpoint's
+    Source,
+    /// Channels with similar weights side by side (opt-in): the same function, no table stored,
+    /// but the decoded checkpoint's channels are in another order than the source's
+    Similar,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum QuantizeArg {
     Int8,
     Int4,
@@ -280,6 +289,13 @@ struct EncodeSettings {
     /// stored weights without it).
     #[arg(long, value_enum, default_value_t = RoundingArg::Compensated)]
     rounding: RoundingArg,
+    /// Reorder channels before encoding [default: source; with --resume: the file's own]. Each
+    /// block's inner channels and each stretch of the residual stream move as a whole (filter,
+    /// BN entries, the next layer's input slice), so the network computes the same function;
+    /// ordered by similarity, the predictor fits them better. Recorded in the file, shown by
+    /// inspect.
+    #[arg(long, value_enum)]
+    channel_order: Option<ChannelOrderArg>,
 }
 
 #[cfg(feature = "train")]
@@ -467,6 +483,10 @@ impl EncodeSettings {
                 RoundingArg::Nearest => nernc::encode::Rounding::Nearest,
                 RoundingArg::Compensated => nernc::encode::Rounding::Compensated,
             },
+            channel_order: self.channel_order.map(|c| match c {
+                ChannelOrderArg::Source => nernc::encode::ChannelOrder::Source,
+                ChannelOrderArg::Similar => nernc::encode::ChannelOrder::Similar,
+            }),
             target_size: self
                 .target_size
                 .as_deref()

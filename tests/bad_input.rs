@@ -217,3 +217,32 @@ fn augmentation_on_noise_or_oversized_shift_is_refused() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// `--channel-order similar` needs the network's wiring: a checkpoint that is not a recognised
+/// ResNet is refused by name, a NaN in a weight it compares too, with nothing written.
+#[test]
+fn channel_reordering_refuses_unknown_networks_and_nans() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("plain.safetensors");
+    write_safetensors(
+        &p,
+        &[(
+            "encoder.weight",
+            safetensors::Dtype::F32,
+            vec![4, 2, 3, 3],
+            f32_bytes(72, 1),
+        )],
+    );
+    let similar = ["--channel-order", "similar", "--distill-steps", "0"];
+    encode_fails_with(dir.path(), &p, &similar, "needs a recognised ResNet");
+    // ResNet-20 with a NaN in a conv weight.
+    let src = std::fs::read(fixture("fmnist-resnet20.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&src).unwrap();
+    let view = st.tensor("layer2.1.conv1.weight").unwrap();
+    let at = view.data().as_ptr() as usize - src.as_ptr() as usize;
+    let mut bad = src.clone();
+    bad[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan = dir.path().join("nan.safetensors");
+    std::fs::write(&nan, &bad).unwrap();
+    encode_fails_with(dir.path(), &nan, &similar, "layer2.1.conv1.weight");
+}

@@ -68,6 +68,25 @@ fn resnet56_logits_match_pytorch() {
     assert!(e < 1e-4, "{e}");
 }
 
+/// `--channel-order similar` reorders channels without changing the function: the reordered
+/// checkpoint's logits match PyTorch's for the original as closely as the original's own.
+#[test]
+fn reordered_channels_compute_the_original_function() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["fmnist-resnet20", "fmnist-resnet56"] {
+        let src = fixture(&format!("{key}.safetensors"));
+        let bytes = std::fs::read(&src).unwrap();
+        let (reordered, groups) = nernc::reorder::reorder_checkpoint(&src, &bytes).unwrap();
+        assert!(groups > 0);
+        assert_ne!(reordered, bytes);
+        let p = dir.path().join(format!("{key}.reordered.safetensors"));
+        std::fs::write(&p, &reordered).unwrap();
+        let e = max_logit_error(&p, key);
+        println!("{key} reordered: max |logit - pytorch(original)| = {e:.2e}");
+        assert!(e < 1e-4, "{key}: {e}");
+    }
+}
+
 #[test]
 fn non_resnet_checkpoints_are_refused_with_the_tensors_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -341,3 +341,86 @@ fn a_resumed_file_keeps_its_storage_unless_another_is_asked_for() {
     let (int8, _) = encode(&path, &pinned, &NoProgress).unwrap();
     assert_eq!(stored(&int8), WeightDtype::Int8);
 }
+
+/// `--channel-order similar`: the file holds the reordered network (passthrough byte-exact to
+/// the reordered checkpoint), records it, `inspect` shows it, and a resume keeps it or refuses
+/// another order.
+#[test]
+fn reordered_channels_are_recorded_shown_and_kept_on_resume() {
+    use nernc::encode::ChannelOrder;
+    let path = fixture("fmnist-resnet20.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let similar = EncodeOptions {
+        channel_order: Some(ChannelOrder::Similar),
+        ..small_options(PermutationKind::None, 1)
+    };
+    let (bytes, _) = encode(&path, &similar, &NoProgress).unwrap();
+    let nern = dir.path().join("similar.nern");
+    std::fs::write(&nern, &bytes).unwrap();
+    let limits = Limits::default();
+    let c = read_container(&bytes, &limits).unwrap();
+    let recipe = c.metadata(&limits).unwrap().unwrap()["recipe"].clone();
+    assert_eq!(recipe["channel_order"], "similar");
+    assert_eq!(recipe["channel_groups"], 12);
+    let shown = nernc::inspect::render(&nernc::inspect::inspect(&c, &limits).unwrap());
+    assert!(shown.contains("REORDERED channels: 12 groups"), "{shown}");
+
+    // Decoded: the source's names and shapes, the reordered checkpoint's passthrough values.
+    let out = dir.path().join("similar.safetensors");
+    nernc::decode::decode_file(&nern, &out, 2, &limits).unwrap();
+    let src = std::fs::read(&path).unwrap();
+    let (reordered, _) = nernc::reorder::reorder_checkpoint(&path, &src).unwrap();
+    let decoded = std::fs::read(&out).unwrap();
+    let (d, r, s) = (
+        SafeTensors::deserialize(&decoded).unwrap(),
+        SafeTensors::deserialize(&reordered).unwrap(),
+        SafeTensors::deserialize(&src).unwrap(),
+    );
+    assert_eq!(d.len(), s.len());
+    for name in [
+        "bn1.weight",
+        "layer3.2.bn2.running_var",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        let (dt, rt, st) = (
+            d.tensor(name).unwrap(),
+            r.tensor(name).unwrap(),
+            s.tensor(name).unwrap(),
+        );
+        assert_eq!(dt.shape(), st.shape());
+        assert_eq!(dt.data(), rt.data(), "{name}");
+        if name != "fc.bias" {
+            assert_ne!(dt.data(), st.data(), "{name} did not move");
+        }
+    }
+
+    // Resumed without --channel-order: the file's order; with another: refused.
+    let resumed = EncodeOptions {
+        resume: Some(nern.clone()),
+        ..small_options(PermutationKind::None, 1)
+    };
+    let (again, _) = encode(&path, &resumed, &NoProgress).unwrap();
+    let c2 = read_container(&again, &limits).unwrap();
+    assert_eq!(
+        c2.metadata(&limits).unwrap().unwrap()["recipe"]["channel_order"],
+        "similar"
+    );
+    let other = EncodeOptions {
+        channel_order: Some(ChannelOrder::Source),
+        ..resumed
+    };
+    let e = encode(&path, &other, &NoProgress).unwrap_err().to_string();
+    assert!(e.contains("--channel-order similar"), "{e}");
+
+    // The source's order records nothing and shows nothing.
+    let (plain, _) = encode(&path, &small_options(PermutationKind::None, 1), &NoProgress).unwrap();
+    let c3 = read_container(&plain, &limits).unwrap();
+    assert!(
+        c3.metadata(&limits).unwrap().unwrap()["recipe"]
+            .get("channel_order")
+            .is_none()
+    );
+    let shown = nernc::inspect::render(&nernc::inspect::inspect(&c3, &limits).unwrap());
+    assert!(!shown.contains("REORDERED"), "{shown}");
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::budget::META_RESERVE;
-use super::options::EncodeOptions;
+use super::options::{ChannelOrder, EncodeOptions};
 use super::report::{
     AccuracyReport, BaselineReport, CandidateReport, DistillReport, EncodeReport, GoalReport,
     RoundReport, TimeLimitReport,
@@ -129,6 +129,10 @@ pub fn assemble(
     let mut recipe = recipe;
     if let Some(t) = opts.time_limit {
         recipe["time_limit_seconds"] = json!(t);
+    }
+    if let Some(groups) = source.reordered_groups {
+        recipe["channel_order"] = json!(ChannelOrder::Similar.name());
+        recipe["channel_groups"] = json!(groups);
     }
     let names: Vec<&str> = r
         .layers

@@ -68,6 +68,35 @@ pub struct EncodeOptions {
     /// How the f32 phase-1 predictor is rounded to integer codes: the start of phase 2, or the
     /// stored weights without it. Phase 2's own rounding is always to the nearest code.
     pub rounding: Rounding,
+    /// `--channel-order`: `None` keeps the source's order (or, with `--resume`, the resumed
+    /// file's); given, it must match a resumed file's.
+    pub channel_order: Option<ChannelOrder>,
+}
+
+/// The order of the channels in the encoded (and decoded) network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChannelOrder {
+    /// The source checkpoint's, unchanged.
+    #[default]
+    Source,
+    /// Reordered so that neighbouring channels have similar weights ([`crate::reorder`]): the
+    /// same function, the decoded checkpoint's channels in another order. Opt-in.
+    Similar,
+}
+
+impl ChannelOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChannelOrder::Source => "source",
+            ChannelOrder::Similar => "similar",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ChannelOrder::Source, ChannelOrder::Similar]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
 }
 
 /// Rounding of a trained f32 predictor to integer codes.
@@ -306,6 +335,7 @@ impl Default for EncodeOptions {
             max_drop: MaxDrop::default(),
             phase2_by_default: false,
             rounding: Rounding::default(),
+            channel_order: None,
             passthrough_f16: false,
             tune_passthrough: None,
             time_limit: None,

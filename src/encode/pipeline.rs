@@ -10,8 +10,8 @@ use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_d
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
 use super::kernels::KernelSet;
 use super::options::{
-    DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding, default_hidden,
-    default_params_per_weight, default_phase1_steps, default_predictor_dtype,
+    ChannelOrder, DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding,
+    default_hidden, default_params_per_weight, default_phase1_steps, default_predictor_dtype,
 };
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillSettings, TuneSettings, distill};
@@ -533,7 +533,19 @@ fn encode_on<B: TrainBackend>(
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
-    let mut source = Source::parse(&file.path, file.bytes(), opts.permutation)?;
+    let reordered = match channel_order(opts)? {
+        ChannelOrder::Similar => Some(crate::reorder::reorder_checkpoint(
+            &file.path,
+            file.bytes(),
+        )?),
+        ChannelOrder::Source => None,
+    };
+    let mut source = match &reordered {
+        Some((bytes, groups)) => {
+            Source::parse_reordered(&file.path, file.bytes(), (bytes, *groups), opts.permutation)?
+        }
+        None => Source::parse(&file.path, file.bytes(), opts.permutation)?,
+    };
     if opts.passthrough_f16 {
         source.store_passthrough_as_f16()?;
     }
@@ -920,6 +932,39 @@ fn hidden_for(opts: &EncodeOptions, storage: WeightDtype, source: &Source<'_>) -
 /// 8 bits (written in code layout 1 when that is smaller) and a hidden width not pinned.
 fn widens(opts: &EncodeOptions, c: &Candidate) -> bool {
     opts.hidden.is_none() && c.dtype.code_bits().is_some_and(|b| b < 8)
+}
+
+/// The channel order to encode in: `--channel-order` if given (it must be a resumed file's own),
+/// else a resumed file's (its predictor was trained on that order), else the source's.
+fn channel_order(opts: &EncodeOptions) -> Result<ChannelOrder> {
+    let Some(path) = &opts.resume else {
+        return Ok(opts.channel_order.unwrap_or_default());
+    };
+    let file = MappedFile::open(path)?;
+    let limits = Limits::default();
+    let c = read_container(file.bytes(), &limits)?;
+    let recorded = c
+        .metadata(&limits)?
+        .as_ref()
+        .and_then(|m| m.pointer("/recipe/channel_order"))
+        .and_then(|v| v.as_str())
+        .map_or(Some(ChannelOrder::Source), ChannelOrder::from_name)
+        .ok_or_else(|| {
+            Error::Incompatible(format!(
+                "{}: its recipe names a channel order this nernc does not know",
+                path.display()
+            ))
+        })?;
+    match opts.channel_order {
+        Some(asked) if asked != recorded => Err(Error::Incompatible(format!(
+            "{} was encoded with --channel-order {}; resuming it with --channel-order {} would \
+             train its predictor on channels in another order",
+            path.display(),
+            recorded.name(),
+            asked.name()
+        ))),
+        _ => Ok(recorded),
+    }
 }
 
 /// Reads the predictor and permutation tables of `path`, checking that its layer table is the

@@ -14,8 +14,11 @@ use super::tune::TunedPassthrough;
 
 pub struct Source<'a> {
     pub path: &'a Path,
-    /// The whole file (its size and hash go into the provenance).
+    /// The whole file as the user gave it (its size and hash go into the provenance).
     pub bytes: &'a [u8],
+    /// `--channel-order similar`: the number of channel groups reordered ([`crate::reorder`]);
+    /// the tensors below are then those of the reordered checkpoint.
+    pub reordered_groups: Option<usize>,
     pub checkpoint: Checkpoint<'a>,
     /// Predicted conv weights in network order (natural order of names).
     pub layers: Vec<LayerEntry>,
@@ -35,7 +38,29 @@ impl<'a> Source<'a> {
 
     /// Parses `bytes` (the file at `path`); every layer gets `permutation` as its kind.
     pub fn parse(path: &'a Path, bytes: &'a [u8], permutation: PermutationKind) -> Result<Self> {
-        let checkpoint = parse_safetensors(path, bytes)?;
+        Self::parse_from(path, bytes, bytes, None, permutation)
+    }
+
+    /// [`Self::parse`] of the checkpoint `bytes` reordered into `reordered` (the same header,
+    /// [`crate::reorder::reorder_checkpoint`]): the tensors are the reordered ones, the
+    /// provenance is the file's.
+    pub fn parse_reordered(
+        path: &'a Path,
+        bytes: &'a [u8],
+        (reordered, groups): (&'a [u8], usize),
+        permutation: PermutationKind,
+    ) -> Result<Self> {
+        Self::parse_from(path, bytes, reordered, Some(groups), permutation)
+    }
+
+    fn parse_from(
+        path: &'a Path,
+        bytes: &'a [u8],
+        tensors: &'a [u8],
+        reordered_groups: Option<usize>,
+        permutation: PermutationKind,
+    ) -> Result<Self> {
+        let checkpoint = parse_safetensors(path, tensors)?;
         let mut predicted: Vec<_> = checkpoint
             .tensors
             .iter()
@@ -71,6 +96,7 @@ impl<'a> Source<'a> {
         Ok(Source {
             path,
             bytes,
+            reordered_groups,
             checkpoint,
             layers,
             weights,
