@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::encode::{EncodeOptions, Progress, encode_file};
+use crate::encode::{ChannelOrder, EncodeOptions, Progress, Rounding, encode_file};
 use crate::error::{Error, Result, StoreFailure};
 use crate::io::{MappedFile, sha256_hex};
 use crate::store::Location;
@@ -162,6 +162,12 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
     }
     if let Some(t) = o.time_limit {
         v["time_limit_seconds"] = json!(t);
+    }
+    if o.rounding != Rounding::default() {
+        v["rounding"] = json!(o.rounding.name());
+    }
+    if let Some(c) = o.channel_order.filter(|&c| c != ChannelOrder::Source) {
+        v["channel_order"] = json!(c.name());
     }
     sha256_hex(v.to_string().as_bytes())
 }
@@ -405,6 +411,19 @@ mod tests {
         );
         b.seed = 1;
         assert_ne!(settings_hash(&a), settings_hash(&b));
+        // The rounding and the channel order change the file, so the name.
+        let mut c = a.clone();
+        c.rounding = Rounding::Nearest;
+        assert_ne!(settings_hash(&a), settings_hash(&c));
+        c = a.clone();
+        c.channel_order = Some(ChannelOrder::Source);
+        assert_eq!(
+            settings_hash(&a),
+            settings_hash(&c),
+            "the default order is no setting"
+        );
+        c.channel_order = Some(ChannelOrder::Similar);
+        assert_ne!(settings_hash(&a), settings_hash(&c));
         let name = output_name(&"ab".repeat(32), &settings_hash(&a));
         assert!(name.starts_with(&"ab".repeat(16)));
         assert!(name.ends_with(&format!("-nernc{}.nern", env!("CARGO_PKG_VERSION"))));
