@@ -292,8 +292,8 @@ struct EncodeSettings {
     /// Reorder channels before encoding [default: source; with --resume: the file's own]. Each
     /// block's inner channels and each stretch of the residual stream move as a whole (filter,
     /// BN entries, the next layer's input slice), so the network computes the same function;
-    /// ordered by similarity, the predictor fits them better. Recorded in the file, shown by
-    /// inspect.
+    /// ordered by similarity, phase 1 fits them 4-5 % better (ResNet-20), with no test-accuracy
+    /// gain measured over two seeds. Recorded in the file, shown by inspect.
     #[arg(long, value_enum)]
     channel_order: Option<ChannelOrderArg>,
 }
