@@ -23,7 +23,7 @@
 use std::path::Path;
 
 use crate::arch::{Network, Norm, Shortcut, recognize};
-use crate::checkpoint::parse_safetensors;
+use crate::checkpoint::{Checkpoint, parse_safetensors};
 use crate::error::{Error, Result};
 use crate::format::RawTensor;
 
@@ -118,17 +118,7 @@ pub fn channel_groups(net: &Network) -> Vec<ChannelGroup> {
 /// groups reordered.
 pub fn reorder_checkpoint(path: &Path, buf: &[u8]) -> Result<(Vec<u8>, usize)> {
     let checkpoint = parse_safetensors(path, buf)?;
-    let shapes = checkpoint
-        .tensors
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.shape.iter().map(|&d| d as usize).collect(),
-            )
-        })
-        .collect();
-    let net = recognize(&shapes).map_err(|e| match e {
+    let net = network_of(&checkpoint).map_err(|e| match e {
         Error::UnsupportedArchitecture(why) => Error::UnsupportedArchitecture(format!(
             "--channel-order similar moves channels through the network, which needs a \
              recognised ResNet: {why}"
@@ -189,6 +179,21 @@ pub fn reorder_checkpoint(path: &Path, buf: &[u8]) -> Result<(Vec<u8>, usize)> {
         }
     }
     Ok((out, groups.len()))
+}
+
+/// The network a checkpoint's tensor names and shapes describe.
+fn network_of(checkpoint: &Checkpoint<'_>) -> Result<Network> {
+    let shapes = checkpoint
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.shape.iter().map(|&d| d as usize).collect(),
+            )
+        })
+        .collect();
+    recognize(&shapes)
 }
 
 fn sq(p: f32, q: f32) -> f64 {
@@ -321,18 +326,7 @@ mod tests {
     #[test]
     fn resnet20_groups_cover_each_stream_stretch_and_inner_channels() {
         let (path, bytes) = fixture();
-        let c = parse_safetensors(&path, &bytes).unwrap();
-        let shapes = c
-            .tensors
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    t.shape.iter().map(|&d| d as usize).collect(),
-                )
-            })
-            .collect();
-        let net = recognize(&shapes).unwrap();
+        let net = network_of(&parse_safetensors(&path, &bytes).unwrap()).unwrap();
         let groups = channel_groups(&net);
         // 9 blocks' inner channels + 3 stretches of the stream (16, 32, 64 channels).
         assert_eq!(groups.len(), 12);
