@@ -135,7 +135,9 @@ pub fn reorder_checkpoint(path: &Path, buf: &[u8]) -> Result<(Vec<u8>, usize)> {
     let mut out = buf.to_vec();
     let groups = channel_groups(&net);
     for g in &groups {
-        let mut features: Vec<(Vec<f32>, usize, usize)> = Vec::new();
+        // Each compared weight: values, filters, values per filter, whether its filters (rows)
+        // or its input slices are the group's channels.
+        let mut features: Vec<(Vec<f32>, usize, usize, bool)> = Vec::new();
         for name in &g.weights {
             let t = find(name)?;
             let values = crate::checkpoint::f32_values(t)?;
@@ -146,13 +148,13 @@ pub fn reorder_checkpoint(path: &Path, buf: &[u8]) -> Result<(Vec<u8>, usize)> {
             }
             let d0 = t.shape[0] as usize;
             let inner = values.len() / d0.max(1);
-            features.push((values, d0, inner));
+            features.push((values, d0, inner, g.rows.contains(name)));
         }
         let channels = channel_count(g, &find)?;
         let order = similar_order(channels, |a, b| {
             let mut d = 0f64;
-            for (&(ref values, d0, inner), name) in features.iter().zip(&g.weights) {
-                if g.rows.contains(name) {
+            for &(ref values, d0, inner, is_row) in &features {
+                if is_row {
                     let (x, y) = (&values[a * inner..][..inner], &values[b * inner..][..inner]);
                     d += x.iter().zip(y).map(|(p, q)| sq(*p, *q)).sum::<f64>();
                 } else {

@@ -32,7 +32,7 @@ use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, check_fit};
-use crate::format::{LayerEntry, Limits, predictor_bytes, read_container};
+use crate::format::{Container, LayerEntry, Limits, predictor_bytes, read_container};
 use crate::io::MappedFile;
 use crate::network::{FixedParams, HostModel};
 use crate::permute::{Permutation, PermutationKind};
@@ -533,7 +533,14 @@ fn encode_on<B: TrainBackend>(
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
-    let reordered = match channel_order(opts)? {
+    // `--resume`: read once; its channel order decides how the source is parsed, its predictor
+    // replaces phase 1 below.
+    let resume_file = opts.resume.as_deref().map(MappedFile::open).transpose()?;
+    let resume_container = resume_file
+        .as_ref()
+        .map(|f| read_container(f.bytes(), &Limits::default()))
+        .transpose()?;
+    let reordered = match channel_order(opts, resume_container.as_ref())? {
         ChannelOrder::Similar => Some(crate::reorder::reorder_checkpoint(
             &file.path,
             file.bytes(),
@@ -633,9 +640,9 @@ fn encode_on<B: TrainBackend>(
     };
 
     // `--resume`: phase 1 comes from an existing file of the same checkpoint.
-    let resumed = match &opts.resume {
-        Some(path) => Some(load_resume(path, &mut layers, &cfg)?),
-        None => None,
+    let resumed = match (&opts.resume, &resume_container) {
+        (Some(path), Some(c)) => Some(load_resume(path, c, &mut layers, &cfg)?),
+        _ => None,
     };
     if let Some((p, _)) = &resumed {
         cfg = p.config.clone();
@@ -936,15 +943,12 @@ fn widens(opts: &EncodeOptions, c: &Candidate) -> bool {
 
 /// The channel order to encode in: `--channel-order` if given (it must be a resumed file's own),
 /// else a resumed file's (its predictor was trained on that order), else the source's.
-fn channel_order(opts: &EncodeOptions) -> Result<ChannelOrder> {
-    let Some(path) = &opts.resume else {
+fn channel_order(opts: &EncodeOptions, resumed: Option<&Container<'_>>) -> Result<ChannelOrder> {
+    let (Some(path), Some(c)) = (&opts.resume, resumed) else {
         return Ok(opts.channel_order.unwrap_or_default());
     };
-    let file = MappedFile::open(path)?;
-    let limits = Limits::default();
-    let c = read_container(file.bytes(), &limits)?;
     let recorded = c
-        .metadata(&limits)?
+        .metadata(&Limits::default())?
         .as_ref()
         .and_then(|m| m.pointer("/recipe/channel_order"))
         .and_then(|v| v.as_str())
@@ -967,15 +971,14 @@ fn channel_order(opts: &EncodeOptions) -> Result<ChannelOrder> {
     }
 }
 
-/// Reads the predictor and permutation tables of `path`, checking that its layer table is the
+/// Takes the predictor and permutation tables of `c` (read from `path`), checking that its layer table is the
 /// one of the checkpoint being encoded (names, shapes) and adopting its permutation kinds.
 fn load_resume(
     path: &Path,
+    c: &Container<'_>,
     layers: &mut [LayerEntry],
     cfg: &PredictorConfig,
 ) -> Result<(Predictor, Vec<Permutation>)> {
-    let file = MappedFile::open(path)?;
-    let c = read_container(file.bytes(), &Limits::default())?;
     let same = c.layers.len() == layers.len()
         && c.layers
             .iter()
