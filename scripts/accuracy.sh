@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the accuracy table in README.md: every row is encoded here, then a markdown table
+# Reproduces the accuracy table in docs/measurements.md ("Measured so far"): every row is encoded here, then a markdown table
 # is printed (size of the .nern against the fp32 safetensors, held-out and test accuracy).
 #
 #   scripts/accuracy.sh [OUT_DIR]          # default out/accuracy; finished rows are skipped
