@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-# The decode-only nernc must build without burn.
-cargo build --release --no-default-features
+# The decode-only nernc must build without burn. Its own target dir keeps target/release/nernc
+# the full build (an encode after this script used to find the decode-only binary there).
+core=(--release --no-default-features --target-dir target/core)
+cargo build "${core[@]}"
 if cargo tree --no-default-features -e normal 2>/dev/null | grep -q '^.*burn'; then
   echo "decode-only build depends on burn" >&2
   exit 1
@@ -22,6 +24,6 @@ if ! command -v s3s-fs >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s
 fi
 cargo test --release
 # The core's tests (format, decoder, spec conformance) also pass without the encoder.
-cargo test --release --no-default-features
+cargo test "${core[@]}"
 # Every fuzz target briefly (the long runs are done by hand: scripts/fuzz.sh 600).
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
