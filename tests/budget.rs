@@ -231,3 +231,56 @@ fn size_target_parsing() {
         }
     );
 }
+
+/// `--target-size` with int6 codes grows the width for how well a full run's codes are expected
+/// to compress; where they compress less, the widened predictor is over the budget after phase
+/// 1, and units are dropped then until it fits.
+#[test]
+fn a_widened_predictor_over_the_budget_after_phase_1_is_trimmed_to_fit() {
+    let src = fixture(RESNET20);
+    let source_bytes = std::fs::metadata(&src).unwrap().len();
+    let budget = source_bytes * 6 / 100;
+    let opts = EncodeOptions {
+        target_size: Some(SizeTarget::Percent(6.0)),
+        predictor_dtype: WeightDtype::Int6,
+        pe_levels: 20,
+        pinned: Pinned {
+            pe_levels: true,
+            predictor_dtype: true,
+        },
+        // Long enough for the probe's codes to compress a little (99.5 % of packed), so the
+        // width grows; the full run's codes then compress less than expected.
+        steps: Some(1200),
+        batch: 4096,
+        ..quick()
+    };
+    let (bytes, report) = encode(&src, &opts, &NoProgress).unwrap();
+    assert!(bytes.len() as u64 <= budget, "{} > {budget}", bytes.len());
+    let note = |needle: &str| {
+        report
+            .notes
+            .iter()
+            .find(|n| n.contains(needle))
+            .unwrap_or_else(|| panic!("no note with {needle:?}: {:?}", report.notes))
+            .clone()
+    };
+    let number_after = |text: &str, key: &str| -> u32 {
+        let rest = &text[text.find(key).unwrap() + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let widened = number_after(&note("was widened to"), "was widened to ");
+    let trimmed = number_after(&note("per layer dropped"), "leaving hidden ");
+    assert!(trimmed < widened, "{trimmed} !< {widened}");
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    assert_eq!(c.predictor.config.widths[1..5], [trimmed; 4]);
+    // Trimmed no further than needed: the file fills the budget to within 2 %.
+    assert!(
+        bytes.len() as u64 > budget - budget / 50,
+        "{} of {budget}",
+        bytes.len()
+    );
+}
