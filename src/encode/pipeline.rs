@@ -348,7 +348,7 @@ impl<B: TrainBackend> Context<'_, B> {
             let drop = ((size - room) as f64 / per_unit).ceil().max(1.0) as u32;
             let next = h.saturating_sub(drop).max(fit.floor);
             self.progress.stage(&format!(
-                "target size: {size} bytes after phase 1, {room} allowed; hidden {h} -> {next}"
+                "target size: {size} bytes after phase 1, {room} fit; hidden {h} -> {next}"
             ));
             p = p.keep_hidden_units(next as usize)?;
         }
