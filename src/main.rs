@@ -163,10 +163,8 @@ struct EncodeSettings {
     /// Size budget of the written file: a percent of the source (`10%`) or bytes (`120000`).
     /// nernc measures a few predictor shapes that fit (hidden width, PE levels; in the default
     /// storage) on a short schedule, trains the best one fully, and never writes a larger
-    /// file. With int6/int5/int4 codes the width grows for how well they are expected to
-    /// compress; a predictor over the budget after phase 1 drops its least-used hidden units.
-    /// Settings given explicitly (--hidden, --pe-levels, --predictor-dtype) are kept and must
-    /// fit.
+    /// file. Settings given explicitly (--hidden, --pe-levels, --predictor-dtype) are kept and
+    /// must fit.
     #[arg(long, allow_hyphen_values = true)]
     target_size: Option<String>,
     /// Held-out accuracy the result may lose against the original, in points. Default: the
