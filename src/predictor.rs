@@ -329,84 +329,6 @@ impl Predictor {
         Ok(())
     }
 
-    /// The same predictor with `hidden` units left in every hidden layer (each must have at
-    /// least that many): in each layer the units with the largest `|incoming weights and bias|
-    /// x |outgoing weights|` (Euclidean norms), kept in their order; ties keep the lower index.
-    /// A unit whose outgoing weights are all zero contributes nothing, so dropping it leaves the
-    /// outputs unchanged. Float predictors only (`--target-size` trims a trained f32 predictor
-    /// before storing it).
-    pub fn keep_hidden_units(&self, hidden: usize) -> crate::Result<Predictor> {
-        let d = self.layers.len();
-        if self.layers.iter().any(|l| !l.scales.is_empty()) {
-            return Err(crate::Error::InvalidArgument(
-                "hidden units are dropped from float predictors only".into(),
-            ));
-        }
-        if hidden == 0
-            || self.layers[..d.saturating_sub(1)]
-                .iter()
-                .any(|l| l.outputs < hidden)
-        {
-            return Err(crate::Error::InvalidArgument(format!(
-                "cannot keep {hidden} units in hidden layers of widths {:?}",
-                &self.config.widths[1..d]
-            )));
-        }
-        // kept[i]: the units of layer i's outputs that stay (all of the last layer's).
-        let kept: Vec<Vec<usize>> = (0..d)
-            .map(|i| {
-                let l = &self.layers[i];
-                if i + 1 == d {
-                    return (0..l.outputs).collect();
-                }
-                let next = &self.layers[i + 1];
-                let score = |j: usize| -> f64 {
-                    let incoming: f64 = (0..l.inputs)
-                        .map(|k| f64::from(l.weight[k * l.outputs + j]).powi(2))
-                        .sum::<f64>()
-                        + f64::from(l.bias[j]).powi(2);
-                    let outgoing: f64 = next.weight[j * next.outputs..(j + 1) * next.outputs]
-                        .iter()
-                        .map(|&w| f64::from(w).powi(2))
-                        .sum();
-                    (incoming * outgoing).sqrt()
-                };
-                let scores: Vec<f64> = (0..l.outputs).map(score).collect();
-                let mut order: Vec<usize> = (0..l.outputs).collect();
-                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-                let mut keep = order[..hidden].to_vec();
-                keep.sort_unstable();
-                keep
-            })
-            .collect();
-        let layers = (0..d)
-            .map(|i| {
-                let l = &self.layers[i];
-                let rows: Vec<usize> = match i {
-                    0 => (0..l.inputs).collect(),
-                    _ => kept[i - 1].clone(),
-                };
-                let cols = &kept[i];
-                let weight = rows
-                    .iter()
-                    .flat_map(|&k| cols.iter().map(move |&j| l.weight[k * l.outputs + j]))
-                    .collect();
-                LinearWeights {
-                    inputs: rows.len(),
-                    outputs: cols.len(),
-                    weight,
-                    bias: cols.iter().map(|&j| l.bias[j]).collect(),
-                    scales: Vec::new(),
-                }
-            })
-            .collect::<Vec<_>>();
-        let mut config = self.config.clone();
-        for (w, l) in config.widths[1..].iter_mut().zip(&layers) {
-            *w = l.outputs as u32;
-        }
-        Ok(Predictor { config, layers })
-    }
-
     /// Runs the predictor on one coordinate the plain way, in f64. Not the normative arithmetic:
     /// the independent reference a conforming f32 decoder is compared against (spec §6.4).
     pub fn forward_f64(&self, coord: [u32; COORDS]) -> Vec<f64> {
@@ -442,49 +364,6 @@ impl Predictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dropping_units_that_contribute_nothing_keeps_the_outputs() {
-        let cfg = PredictorConfig::reference(6, 3, 2, 0.76);
-        let mut p = Predictor::init(&cfg, &mut crate::rng::SplitMix64::new(7));
-        assert_eq!(
-            p.keep_hidden_units(6).unwrap(),
-            p,
-            "keeping every unit changes nothing"
-        );
-        // Unit 0 of every hidden layer feeds nothing onward (its outgoing row is zero).
-        for i in 1..5 {
-            let outputs = p.layers[i].outputs;
-            p.layers[i].weight[..outputs].fill(0.0);
-        }
-        let trimmed = p.keep_hidden_units(5).unwrap();
-        assert_eq!(trimmed.config.widths, vec![12, 5, 5, 5, 5, 9]);
-        for l in &trimmed.layers {
-            assert_eq!(l.weight.len(), l.inputs * l.outputs);
-            assert_eq!(l.bias.len(), l.outputs);
-        }
-        // The dead units went, every contributing one stayed in its order.
-        for i in 0..4 {
-            assert_eq!(trimmed.layers[i].bias, p.layers[i].bias[1..], "layer {i}");
-        }
-        for coord in [[0, 0, 0], [3, 1, 2], [9, 4, 1]] {
-            assert_eq!(p.forward_f64(coord), trimmed.forward_f64(coord));
-        }
-        // A contributing unit dropped changes the outputs.
-        let four = p.keep_hidden_units(4).unwrap();
-        assert_ne!(p.forward_f64([3, 1, 2]), four.forward_f64([3, 1, 2]));
-    }
-
-    #[test]
-    fn dropping_units_refuses_stored_codes_and_impossible_widths() {
-        let cfg = PredictorConfig::reference(6, 3, 2, 0.76);
-        let p = Predictor::init(&cfg, &mut crate::rng::SplitMix64::new(1));
-        assert!(p.keep_hidden_units(7).is_err());
-        assert!(p.keep_hidden_units(0).is_err());
-        let mut q = p.clone();
-        q.store_as(WeightDtype::Int8).unwrap();
-        assert!(q.keep_hidden_units(5).is_err());
-    }
 
     #[test]
     fn reference_parameter_counts_match_method() {

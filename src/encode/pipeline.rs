@@ -83,36 +83,7 @@ struct Trained {
     held_out: Option<f64>,
     /// The passthrough tensors phase 2 tuned (`--passthrough tuned`).
     passthrough: Option<TunedPassthrough>,
-    /// `--target-size`: the hidden width phase 1 trained and the one kept to fit the budget,
-    /// when units were dropped after phase 1.
-    trimmed: Option<(u32, u32)>,
 }
-
-/// A budget the trained predictor is trimmed to after phase 1 (see
-/// `Context::fit_after_phase1`): the file's bytes, and the width that surely fits.
-#[derive(Clone, Copy)]
-struct Fit {
-    budget: u64,
-    floor: u32,
-}
-
-/// What `fit_after_phase1` gives phase 2: the predictor (unrounded), its rounded form (phase
-/// 2's start) and the hidden widths before and after, when units were dropped.
-struct Fitted {
-    predictor: Predictor,
-    rounded: Predictor,
-    trimmed: Option<(u32, u32)>,
-}
-
-/// Room left for phase 2, as a share of `PRED`'s bytes after phase 1: phase 2 moves the codes'
-/// compressed size little (ResNet-20, int6, hidden 195: 44 bytes of 97,996 over 1,600 steps).
-const FIT_MARGIN: f64 = 0.005;
-
-/// The codes of a full run compress further than the short size probe's (a sixth of phase 1):
-/// measured on ResNet-20 int6, the full run's share of packed bytes over the probe's was 0.957
-/// (3,227 phase-1 steps: 92.4 % -> 88.4 %) and 0.935 (12,000 steps: 92.2 % -> 86.2 %). The
-/// width is grown for this expectation; `fit_after_phase1` trims what does not fit.
-const FULL_RUN_RATIO: f64 = 0.94;
 
 /// How long one training run goes.
 struct Schedule<'a> {
@@ -166,7 +137,6 @@ impl<B: TrainBackend> Context<'_, B> {
         resumed: Option<Predictor>,
         s: &Schedule<'_>,
         seeds: &mut SplitMix64,
-        fit: Option<Fit>,
     ) -> Result<Trained> {
         let (device, opts, progress) = (self.device, self.opts, self.progress);
         let original = &self.source.weights;
@@ -200,15 +170,6 @@ impl<B: TrainBackend> Context<'_, B> {
             )?,
         };
         let mut predictor = phase1.predictor;
-        // Phase 2's start, when fitting the budget rounded it already.
-        let mut start = None;
-        let mut trimmed = None;
-        if let Some(fit) = fit {
-            let fitted = self.fit_after_phase1(predictor, cfg, s.storage, fit)?;
-            predictor = fitted.predictor;
-            start = Some(fitted.rounded);
-            trimmed = fitted.trimmed;
-        }
 
         let mut distill_report = None;
         let mut passthrough = None;
@@ -224,10 +185,7 @@ impl<B: TrainBackend> Context<'_, B> {
             let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
-            let start = match start.take() {
-                Some(rounded) => rounded,
-                None => self.rounded(&predictor, cfg, s.storage, Some(&set))?,
-            };
+            let start = self.rounded(&predictor, cfg, s.storage, Some(&set))?;
             let out = distill::<B>(
                 device,
                 &start,
@@ -280,10 +238,7 @@ impl<B: TrainBackend> Context<'_, B> {
             None => phase1.held_out,
         };
         if distill_report.is_none() {
-            predictor = match start {
-                Some(rounded) => rounded,
-                None => self.rounded(&predictor, cfg, s.storage, None)?,
-            };
+            predictor = self.rounded(&predictor, cfg, s.storage, None)?;
         }
         predictor.store_as(s.storage)?;
         if distill_report.is_none() && s.storage != WeightDtype::F32 && held_out.is_some() {
@@ -296,62 +251,7 @@ impl<B: TrainBackend> Context<'_, B> {
             distill: distill_report,
             held_out,
             passthrough,
-            trimmed,
         })
-    }
-
-    /// `--target-size` with a width grown from measured codes: after phase 1 the predictor's
-    /// stored size is known, not estimated (phase 2 moves its compressed size by a few bytes,
-    /// [`FIT_MARGIN`] leaves room for them). While the file would not fit, hidden units are
-    /// dropped ([`Predictor::keep_hidden_units`], never below `fit.floor`, which fits surely)
-    /// and the predictor rounded again; phase 2 then trains the trimmed predictor.
-    fn fit_after_phase1(
-        &self,
-        mut p: Predictor,
-        cfg: &PredictorConfig,
-        storage: WeightDtype,
-        fit: Fit,
-    ) -> Result<Fitted> {
-        let sizer = Sizer {
-            source: self.source,
-            layers: &self.layers,
-            permutations: &self.permutations,
-        };
-        let from = p.config.widths[1];
-        let params_at = |c: &PredictorConfig, h: u32| {
-            let mut c = c.clone();
-            let d = c.widths.len() - 1;
-            c.widths[1..d].fill(h);
-            c.parameter_count()
-        };
-        loop {
-            let rounded = self.rounded(&p, cfg, storage, None)?;
-            let mut stored = rounded.clone();
-            stored.store_as(storage)?;
-            let size = sizer.actual(&stored)?;
-            let (_, pred) = predictor_bytes(&stored)?;
-            let room = fit
-                .budget
-                .saturating_sub((pred as f64 * FIT_MARGIN).ceil() as u64);
-            let h = p.config.widths[1];
-            if size <= room || h <= fit.floor {
-                return Ok(Fitted {
-                    trimmed: (h != from).then_some((from, h)),
-                    predictor: p,
-                    rounded,
-                });
-            }
-            // One unit less in every hidden layer saves about its share of PRED's bytes.
-            let per_unit = pred as f64
-                * (params_at(&p.config, h) - params_at(&p.config, h - 1)) as f64
-                / p.config.parameter_count() as f64;
-            let drop = ((size - room) as f64 / per_unit).ceil().max(1.0) as u32;
-            let next = h.saturating_sub(drop).max(fit.floor);
-            self.progress.stage(&format!(
-                "target size: {size} bytes after phase 1, {room} fit; hidden {h} -> {next}"
-            ));
-            p = p.keep_hidden_units(next as usize)?;
-        }
     }
 
     /// Every kernel of the source, targets and norms its own weights (phase 2, the rounding).
@@ -574,7 +474,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 storage: c.dtype,
             };
             let mut seeds = SplitMix64::new(seed);
-            let trained = self.train(&c.config, None, &schedule, &mut seeds, None)?;
+            let trained = self.train(&c.config, None, &schedule, &mut seeds)?;
             reports.push(CandidateReport {
                 hidden: c.config.widths[1],
                 pe_levels: c.config.pe_levels,
@@ -621,7 +521,7 @@ impl<B: TrainBackend> Context<'_, B> {
             storage: c.dtype,
         };
         Ok(self
-            .train(&c.config, None, &schedule, &mut SplitMix64::new(seed), None)?
+            .train(&c.config, None, &schedule, &mut SplitMix64::new(seed))?
             .predictor)
     }
 }
@@ -902,28 +802,18 @@ fn encode_on<B: TrainBackend>(
                 layers: &ctx.layers,
                 permutations: &ctx.permutations,
             };
-            // Codes that do not compress yet (too short a probe) give no trend to extrapolate.
-            let expected = if ratio < 1.0 {
-                ratio * FULL_RUN_RATIO
-            } else {
-                ratio
-            };
-            if let Some(w) = sizer.widen(budget, pick, expected)? {
+            if let Some(w) = sizer.widen(budget, pick, ratio)? {
                 progress.stage(&format!(
-                    "size probe: codes at {:.1} % of packed, {:.1} % expected after the full \
-                     run; hidden {} -> {}",
+                    "size probe: codes at {:.1} % of packed; hidden {} -> {}",
                     100.0 * ratio,
-                    100.0 * expected,
                     pick.config.widths[1],
                     w.config.widths[1]
                 ));
                 notes.push(format!(
                     "--target-size: {}'s codes took {:.1} % of their packed bytes after the short \
-                     run (code layout 1), {:.1} % expected after the full one, so hidden {} was \
-                     widened to {} (estimated {} bytes)",
+                     run (code layout 1), so hidden {} was widened to {} (estimated {} bytes)",
                     pick.dtype.name(),
                     100.0 * ratio,
-                    100.0 * expected,
                     pick.config.widths[1],
                     w.config.widths[1],
                     w.bound
@@ -936,20 +826,7 @@ fn encode_on<B: TrainBackend>(
 
     let original_held_out = ctx.original_held_out()?;
     let mut seeds = SplitMix64::new(opts.seed);
-    let fit = narrower.as_ref().zip(budget).map(|(narrow, budget)| Fit {
-        budget,
-        floor: narrow.widths[1],
-    });
-    let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds, fit)?;
-    if let Some((from, to)) = trained.trimmed {
-        notes.push(format!(
-            "--target-size: after phase 1 the stored predictor was measured over the budget; \
-             {} hidden unit{} of {from} per layer dropped (the least used), leaving hidden {to}",
-            from - to,
-            if from - to == 1 { "" } else { "s" }
-        ));
-        cfg.widths = trained.predictor.config.widths.clone();
-    }
+    let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
     if let (Some(narrow), Some(budget)) = (narrower, budget) {
         let sizer = Sizer {
             source: &source,
@@ -964,7 +841,7 @@ fn encode_on<B: TrainBackend>(
                 cfg.widths[1], narrow.widths[1]
             ));
             cfg = narrow;
-            trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed), None)?;
+            trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
         }
     }
     let predictor = trained.predictor;
