@@ -46,12 +46,11 @@ for fx in fixtures:
         pct = 100.0 * r["nern_bytes"] / r["source_bytes"]
         d = r.get("distill") or {}
         hidden = next((c["hidden"] for c in r.get("candidates", []) if c.get("chosen")), None)
-        # A widened (and perhaps trimmed) width is told by the notes, the last word winning.
+        # A width the size probe widened is told by the notes.
         for note in r.get("notes", []):
-            for pat in (r"was widened to (\d+)", r"leaving hidden (\d+)"):
-                found = re.search(pat, note)
-                if found:
-                    hidden = int(found.group(1))
+            found = re.search(r"was widened to (\d+)", note)
+            if found:
+                hidden = int(found.group(1))
         label = f"nernc <= {m.group(1)} %, seed {m.group(2)}"
         if hidden:
             label += f" (hidden {hidden})"
