@@ -218,6 +218,10 @@ struct EncodeSettings {
     /// Positional-encoding base b (level l uses frequency pi * b^l).
     #[arg(long, default_value_t = 0.76)]
     pe_base: f64,
+    /// Linear layers of the predictor (hidden layers + 1; NeRN's reference has 5). With
+    /// --target-size the width is chosen for this depth.
+    #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS)]
+    layers: usize,
     /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 400
     /// on data, 150 on noise].
     #[arg(long)]
@@ -463,6 +467,7 @@ impl EncodeSettings {
             beta1: self.beta1,
             pe_levels: self.pe_levels.unwrap_or(defaults.pe_levels),
             pe_base: self.pe_base,
+            layers: self.layers,
             dataset: nernc::data::DatasetKind::parse(&self.dataset)?,
             held_out: self.held_out,
             test_eval: self.test_eval,

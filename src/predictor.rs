@@ -158,20 +158,37 @@ pub fn dequantize_codes(q: &[i8], scales: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// Linear layers of the reference predictor (NeRN's: four hidden layers).
+pub const REFERENCE_LAYERS: usize = 5;
+
 /// Number of coordinates encoded per kernel: layer, filter position, channel position.
 pub const COORDS: usize = 3;
 
 impl PredictorConfig {
-    /// The reference architecture: `E -> h -> h -> h -> h -> K*K`.
+    /// The reference architecture: `E -> h -> h -> h -> h -> K*K` ([`REFERENCE_LAYERS`] linear
+    /// layers).
     pub fn reference(hidden: u32, kernel_size: u32, pe_levels: u32, pe_base: f64) -> Self {
+        Self::mlp(hidden, REFERENCE_LAYERS, kernel_size, pe_levels, pe_base)
+    }
+
+    /// `layers` linear layers (at least 2): `E -> h -> ... -> h -> K*K`.
+    pub fn mlp(hidden: u32, layers: usize, kernel_size: u32, pe_levels: u32, pe_base: f64) -> Self {
         let e = 2 * COORDS as u32 * pe_levels;
+        let mut widths = vec![e];
+        widths.extend(std::iter::repeat_n(hidden, layers.max(2) - 1));
+        widths.push(kernel_size * kernel_size);
         PredictorConfig {
             pe_levels,
             pe_base,
             kernel_size,
-            widths: vec![e, hidden, hidden, hidden, hidden, kernel_size * kernel_size],
+            widths,
             weight_dtype: WeightDtype::F32,
         }
+    }
+
+    /// Width of the hidden layers (all equal in the shapes the encoder builds).
+    pub fn hidden(&self) -> u32 {
+        self.widths.get(1).copied().unwrap_or(0)
     }
 
     /// Number of linear layers.
@@ -373,6 +390,23 @@ mod tests {
                 PredictorConfig::reference(h, 3, 40, 0.76).parameter_count(),
                 want
             );
+        }
+    }
+
+    #[test]
+    fn depth_sets_the_hidden_layers_and_the_parameter_count() {
+        assert_eq!(
+            PredictorConfig::mlp(180, REFERENCE_LAYERS, 3, 40, 0.76),
+            PredictorConfig::reference(180, 3, 40, 0.76)
+        );
+        // E = 120, h = 100, K = 3: (120 + 1) h + (L - 2) (h + 1) h + (h + 1) 9.
+        for (layers, hidden_layers) in [(2, 1), (3, 2), (7, 6)] {
+            let cfg = PredictorConfig::mlp(100, layers, 3, 20, 0.76);
+            assert_eq!(cfg.depth(), layers);
+            assert_eq!(cfg.widths.len(), hidden_layers + 2);
+            assert_eq!(cfg.hidden(), 100);
+            let want = 121 * 100 + (layers as u64 - 2) * 101 * 100 + 101 * 9;
+            assert_eq!(cfg.parameter_count(), want);
         }
     }
 

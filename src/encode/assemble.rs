@@ -87,6 +87,7 @@ pub fn assemble(
     let recipe = json!({
         "phase1": {
             "hidden": cfg.widths.get(1),
+            "layers": cfg.depth(),
             "steps": r.phase1_steps,
             "rounds": opts.rounds,
             "batch": opts.batch,

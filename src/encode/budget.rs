@@ -84,9 +84,10 @@ impl Sizer<'_> {
         let c = &chosen.config;
         let base = Cfg {
             kernel_size: c.kernel_size,
+            layers: c.depth(),
             pe_base: c.pe_base,
         };
-        let (h0, levels) = (c.widths[1], c.pe_levels);
+        let (h0, levels) = (c.hidden(), c.pe_levels);
         let fits = |h: u32| -> Result<bool> {
             Ok(self.estimate(&base.config(h, levels), chosen.dtype, ratio)? <= budget)
         };
@@ -158,15 +159,16 @@ fn blank(cfg: &PredictorConfig, dtype: WeightDtype) -> Result<Predictor> {
     Ok(p)
 }
 
-/// What the candidates share (kernel size, PE base).
+/// What the candidates share (kernel size, depth, PE base).
 pub struct Cfg {
     pub kernel_size: u32,
+    pub layers: usize,
     pub pe_base: f64,
 }
 
 impl Cfg {
     fn config(&self, hidden: u32, levels: u32) -> PredictorConfig {
-        PredictorConfig::reference(hidden, self.kernel_size, levels, self.pe_base)
+        PredictorConfig::mlp(hidden, self.layers, self.kernel_size, levels, self.pe_base)
     }
 }
 
@@ -185,6 +187,7 @@ pub fn candidates(
 ) -> Result<Vec<Candidate>> {
     let base = Cfg {
         kernel_size,
+        layers: opts.layers,
         pe_base: opts.pe_base,
     };
     let levels: Vec<u32> = if opts.pinned.pe_levels {
@@ -299,6 +302,7 @@ mod tests {
         };
         let base = Cfg {
             kernel_size: 3,
+            layers: 5,
             pe_base: 0.76,
         };
         let budget = 60_000;

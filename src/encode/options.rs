@@ -8,7 +8,7 @@ use crate::data::{Augment, DatasetKind, Normalization};
 pub use crate::device::DeviceKind;
 use crate::error::{Error, Result};
 use crate::permute::PermutationKind;
-use crate::predictor::{PredictorConfig, WeightDtype};
+use crate::predictor::{PredictorConfig, REFERENCE_LAYERS, WeightDtype};
 
 /// Everything `nernc encode` can be told.
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ pub struct EncodeOptions {
     pub beta1: f32,
     pub pe_levels: u32,
     pub pe_base: f64,
+    /// Linear layers of the predictor (`--layers`; [`REFERENCE_LAYERS`] by default).
+    pub layers: usize,
     /// Decoder threads used to measure each round.
     pub threads: usize,
     /// Dataset for held-out selection and phase 2 (its training split only).
@@ -223,6 +225,10 @@ pub fn default_params_per_weight(dtype: WeightDtype) -> f64 {
 /// where the predictor is then a smaller share of the weights (the 4x-wide ResNet-20: 0.11).
 pub const DEFAULT_MAX_HIDDEN: u32 = 384;
 
+/// The most linear layers `--layers` accepts (the format allows 64; deeper plain MLPs do not
+/// train without normalisation).
+pub const MAX_LAYERS: usize = 16;
+
 /// Hidden width when none is given: the widest reference predictor (see
 /// [`PredictorConfig::reference`]) with at most [`default_params_per_weight`] parameters per
 /// convolution weight, within 16..=[`DEFAULT_MAX_HIDDEN`].
@@ -230,12 +236,13 @@ pub fn default_hidden(
     conv_weights: u64,
     dtype: WeightDtype,
     kernel_size: u32,
+    layers: usize,
     pe_levels: u32,
     pe_base: f64,
 ) -> u32 {
     let allowed = (conv_weights as f64 * default_params_per_weight(dtype)) as u64;
     let params =
-        |h: u32| PredictorConfig::reference(h, kernel_size, pe_levels, pe_base).parameter_count();
+        |h: u32| PredictorConfig::mlp(h, layers, kernel_size, pe_levels, pe_base).parameter_count();
     let mut h = 16;
     while h < DEFAULT_MAX_HIDDEN && params(h + 1) <= allowed {
         h += 1;
@@ -321,6 +328,7 @@ impl Default for EncodeOptions {
             beta1: 0.5,
             pe_levels: 20,
             pe_base: 0.76,
+            layers: REFERENCE_LAYERS,
             threads: crate::decode::default_threads(),
             data_dir: None,
             dataset: DatasetKind::FashionMnist,
@@ -476,6 +484,9 @@ impl EncodeOptions {
         if o.pe_levels == 0 || o.pe_levels > 256 || !(o.pe_base.is_finite() && o.pe_base > 0.0) {
             return bad("positional encoding: levels in 1..=256, base positive");
         }
+        if !(2..=MAX_LAYERS).contains(&o.layers) {
+            return bad(&format!("--layers must be in 2..={MAX_LAYERS}"));
+        }
         Ok(())
     }
 }
@@ -490,8 +501,25 @@ mod tests {
     const RESNET20_W4: u64 = 4_317_760;
 
     #[test]
+    fn depth_outside_two_to_sixteen_layers_is_refused() {
+        for (layers, ok) in [(1, false), (2, true), (5, true), (16, true), (17, false)] {
+            let o = EncodeOptions {
+                layers,
+                ..EncodeOptions::default()
+            };
+            assert_eq!(o.check().is_ok(), ok, "{layers} layers");
+        }
+    }
+
+    #[test]
+    fn a_shallower_predictor_gets_a_wider_default_at_the_same_parameters() {
+        let h = |layers| default_hidden(RESNET20, WeightDtype::Int6, 3, layers, 20, 0.76);
+        assert!(h(3) > h(5) && h(5) > h(7), "{} {} {}", h(3), h(5), h(7));
+    }
+
+    #[test]
     fn the_default_width_grows_with_the_model_from_resnet20s_measured_180() {
-        let h = |w| default_hidden(w, WeightDtype::Int8, 3, 20, 0.76);
+        let h = |w| default_hidden(w, WeightDtype::Int8, 3, 5, 20, 0.76);
         assert_eq!(h(RESNET20), 180, "ResNet-20 keeps its measured default");
         assert_eq!(h(RESNET56), 335);
         assert_eq!(h(RESNET20_W4), DEFAULT_MAX_HIDDEN);
@@ -504,7 +532,7 @@ mod tests {
             assert!(h(w) == DEFAULT_MAX_HIDDEN || p(h(w) + 1) > allowed);
         }
         // Fewer PE levels leave more parameters to the hidden layers.
-        assert!(default_hidden(RESNET56, WeightDtype::Int8, 3, 10, 0.76) > h(RESNET56));
+        assert!(default_hidden(RESNET56, WeightDtype::Int8, 3, 5, 10, 0.76) > h(RESNET56));
     }
 
     #[test]
@@ -518,7 +546,7 @@ mod tests {
 
     #[test]
     fn narrower_codes_get_the_same_code_bits_per_weight() {
-        let h = |d| default_hidden(RESNET20, d, 3, 20, 0.76);
+        let h = |d| default_hidden(RESNET20, d, 3, 5, 20, 0.76);
         // Floats count as 8 bits: the same width as int8.
         for d in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16] {
             assert_eq!(h(d), 180);
@@ -536,7 +564,7 @@ mod tests {
         }
         // ResNet-56 at 6 bits reaches the cap.
         assert_eq!(
-            default_hidden(RESNET56, WeightDtype::Int6, 3, 20, 0.76),
+            default_hidden(RESNET56, WeightDtype::Int6, 3, 5, 20, 0.76),
             DEFAULT_MAX_HIDDEN
         );
     }

@@ -588,8 +588,13 @@ fn encode_on<B: TrainBackend>(
         Err(e) => return Err(e),
     };
     let hidden = hidden_for(opts, storage, &source);
-    let mut cfg =
-        PredictorConfig::reference(hidden, source.kernel_size, opts.pe_levels, opts.pe_base);
+    let mut cfg = PredictorConfig::mlp(
+        hidden,
+        opts.layers,
+        source.kernel_size,
+        opts.pe_levels,
+        opts.pe_base,
+    );
     if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
         notes.push(format!(
             "hidden width {hidden}: the default for {} conv weights (about \
@@ -929,6 +934,7 @@ fn hidden_for(opts: &EncodeOptions, storage: WeightDtype, source: &Source<'_>) -
             source.conv_weights(),
             storage,
             source.kernel_size,
+            opts.layers,
             opts.pe_levels,
             opts.pe_base,
         )
@@ -1015,8 +1021,9 @@ impl BackendJob for ThroughputJob<'_> {
         let file = MappedFile::open(self.input)?;
         let source = Source::parse(self.input, file.bytes(), PermutationKind::None)?;
         let k = source.kernel_size;
-        let cfg = PredictorConfig::reference(
+        let cfg = PredictorConfig::mlp(
             hidden_for(opts, opts.predictor_dtype, &source),
+            opts.layers,
             k,
             opts.pe_levels,
             opts.pe_base,
