@@ -135,6 +135,30 @@ pub fn quantize_codes(weight: &[f32], outputs: usize, max: f32) -> (Vec<i8>, Vec
     (q, scales)
 }
 
+/// Smallest positive normal binary16 (`2^-14`): a scale below it would lose precision as f16.
+const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// The per-output scales and biases rounded to binary16 (to nearest), when every scale is zero
+/// or a normal binary16 after rounding (its relative error then at most `2^-11`, against the
+/// `1/62` of a 6-bit code) and every bias fits binary16's range; `None` otherwise.
+pub fn side_values_f16(scales: &[f32], bias: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
+    let round = |v: f32| half::f16::from_f32(v).to_f32();
+    let scales: Vec<f32> = scales.iter().map(|&s| round(s)).collect();
+    let bias: Vec<f32> = bias.iter().map(|&b| round(b)).collect();
+    let scales_ok = scales
+        .iter()
+        .all(|&s| s == 0.0 || (s.is_finite() && s >= F16_MIN_NORMAL));
+    (scales_ok && bias.iter().all(|b| b.is_finite())).then_some((scales, bias))
+}
+
+/// Whether every scale and bias of an integer layer is exactly a binary16 value.
+pub fn side_values_are_f16(l: &LinearWeights) -> bool {
+    l.scales
+        .iter()
+        .chain(&l.bias)
+        .all(|&v| half::f16::from_f32(v).to_f32() == v)
+}
+
 /// `round_ties_even(W / scale_j)` clamped to `-max..=max` (0 where the scale is 0).
 pub fn int_codes(weight: &[f32], scales: &[f32], max: f32) -> Vec<i8> {
     weight
@@ -331,16 +355,23 @@ impl Predictor {
             if l.outputs == 0 {
                 continue;
             }
-            // Already stored at this precision (its scales reproduce the weights exactly):
-            // keep, so that storing twice changes nothing.
-            if l.scales.len() == l.outputs
+            // Already stored at this precision (its scales reproduce the weights exactly): keep
+            // the codes, so that storing twice changes nothing.
+            let (q, scales) = if l.scales.len() == l.outputs
                 && dequantize_codes(&int_codes(&l.weight, &l.scales, max), &l.scales) == l.weight
             {
-                continue;
-            }
-            let (q, scales) = quantize_codes(&l.weight, l.outputs, max);
+                (int_codes(&l.weight, &l.scales, max), l.scales.clone())
+            } else {
+                quantize_codes(&l.weight, l.outputs, max)
+            };
+            // Scales and biases rounded to binary16 values where that keeps the scales'
+            // precision: stored as f32 (spec §5.1) their 13 low mantissa bits are then zero,
+            // and zstd's `PRED` takes them in about 2 bytes instead of 4.
+            let (scales, bias) =
+                side_values_f16(&scales, &l.bias).unwrap_or_else(|| (scales, l.bias.clone()));
             l.weight = dequantize_codes(&q, &scales);
             l.scales = scales;
+            l.bias = bias;
         }
         self.config.weight_dtype = dtype;
         Ok(())
@@ -454,13 +485,62 @@ mod tests {
             }],
         };
         p.store_as(WeightDtype::Int8).unwrap();
-        assert_eq!(p.layers[0].weight, deq);
+        // The same codes, with the scales rounded to binary16 values.
+        let l = &p.layers[0];
+        assert_eq!(int_codes(&l.weight, &l.scales, 127.0), q);
+        assert_eq!(l.weight, dequantize_codes(&q, &l.scales));
         let once = p.clone();
         p.store_as(WeightDtype::Int8).unwrap();
         assert_eq!(p, once, "storing twice changed the weights");
-        assert_eq!(p.layers[0].bias, vec![0.5; outputs], "biases stay f32");
+        assert_eq!(
+            p.layers[0].bias,
+            vec![0.5; outputs],
+            "0.5 is a binary16 value"
+        );
         p.layers[0].weight[0] = f32::NAN;
         assert!(p.store_as(WeightDtype::Int8).is_err());
+    }
+
+    /// Integer storage rounds the per-output scales and the biases to binary16 (code layout 2)
+    /// and keeps them so when stored again; a scale under binary16's normal range keeps the
+    /// layer's scales and biases f32.
+    #[test]
+    fn integer_storage_makes_scales_and_biases_binary16() {
+        let (inputs, outputs) = (7, 5);
+        let mut rng = crate::rng::SplitMix64::new(9);
+        let weight: Vec<f32> = (0..inputs * outputs).map(|_| rng.symmetric_f32()).collect();
+        let layer = |weight: Vec<f32>| LinearWeights {
+            inputs,
+            outputs,
+            weight,
+            bias: (0..outputs).map(|j| 0.1 + j as f32 / 3.0).collect(),
+            scales: Vec::new(),
+        };
+        let mut p = Predictor {
+            config: PredictorConfig::reference(outputs as u32, 1, 1, 0.5),
+            layers: vec![layer(weight.clone())],
+        };
+        p.store_as(WeightDtype::Int6).unwrap();
+        let l = &p.layers[0];
+        assert!(side_values_are_f16(l));
+        let q = int_codes(&l.weight, &l.scales, 31.0);
+        assert_eq!(dequantize_codes(&q, &l.scales), l.weight);
+        let (_, f32_scales) = quantize_codes(&weight, outputs, 31.0);
+        for (s16, s32) in l.scales.iter().zip(&f32_scales) {
+            assert!((s16 - s32).abs() <= s32 * 2f32.powi(-11), "{s16} {s32}");
+        }
+        let once = p.clone();
+        p.store_as(WeightDtype::Int6).unwrap();
+        assert_eq!(p, once, "storing twice changed the weights");
+        // Weights so small that a scale falls under 2^-14: the layer stays f32.
+        let tiny: Vec<f32> = weight.iter().map(|w| w * 1e-4).collect();
+        let mut p = Predictor {
+            config: PredictorConfig::reference(outputs as u32, 1, 1, 0.5),
+            layers: vec![layer(tiny.clone())],
+        };
+        p.store_as(WeightDtype::Int6).unwrap();
+        assert_eq!(p.layers[0].scales, quantize_codes(&tiny, outputs, 31.0).1);
+        assert_eq!(p.layers[0].bias, layer(tiny).bias);
     }
 
     /// Int4: codes within -7..=7, the largest weight of each unit at +-7, storing twice is a
