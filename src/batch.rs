@@ -136,15 +136,20 @@ impl Shard {
 /// reruns and other workers with the same command line name their outputs alike.
 pub fn settings_hash(o: &EncodeOptions) -> String {
     let d = o.distill.as_ref().map(|d| {
-        json!({
+        let mut v = json!({
             "steps": d.steps, "source": format!("{:?}", d.source),
             "teacher": d.teacher.as_ref().map(|t| t.display().to_string()),
             "temperature": d.temperature, "recon_weight": d.recon_weight, "lr": d.lr,
             "batch": d.batch, "eval_every": d.eval_every, "warmup": d.warmup,
             "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
-        })
+        });
+        // Added in a later version: present only when set, so earlier settings keep their hash.
+        if d.label_weight > 0.0 {
+            v["label_weight"] = json!(d.label_weight);
+        }
+        v
     });
-    let v = json!({
+    let mut v = json!({
         "hidden": o.hidden, "steps": o.steps, "rounds": o.rounds, "batch": o.batch,
         "permutation": format!("{:?}", o.permutation), "seed": o.seed,
         "device": o.device.name(), "lr": o.lr, "beta1": o.beta1, "pe_levels": o.pe_levels,
@@ -156,7 +161,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
         "max_drop_enforced": o.max_drop.enforced, "passthrough_f16": o.passthrough_f16,
     });
     // Added in a later version: present only when set, so earlier settings keep their hash.
-    let mut v = v;
+    if o.layers != crate::predictor::REFERENCE_LAYERS {
+        v["layers"] = json!(o.layers);
+    }
     if let Some(lr) = o.tune_passthrough {
         v["tune_passthrough_lr"] = json!(lr);
     }

@@ -244,6 +244,10 @@ struct EncodeSettings {
     /// Weight of the reconstruction RMSE added to the distillation loss.
     #[arg(long, default_value_t = 0.0)]
     recon_weight: f64,
+    /// Weight of the cross-entropy on the images' true labels added to the distillation loss
+    /// (phase 2 on real data only; 0: logits of the teacher only).
+    #[arg(long, default_value_t = 0.0)]
+    label_weight: f64,
     /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
     /// Small: Adam moves every weight by about this much per step, and the phase-1 fit is
     /// fragile (measured: 3e-4 destroyed it; on noise 5e-5 lost 8 points, 1e-5 gained 2.5).
@@ -524,6 +528,7 @@ impl EncodeSettings {
             teacher: self.teacher.clone(),
             temperature: self.temperature,
             recon_weight: self.recon_weight,
+            label_weight: self.label_weight,
             lr: self.distill_lr.unwrap_or(d.lr),
             batch: self.distill_batch,
             eval_every: self.eval_every,

@@ -211,3 +211,64 @@ fn tuned_passthrough_with_a_bad_learning_rate_is_refused() {
         encode_fails_with(dir.path(), &src, &extra, "--tune-lr must be positive");
     }
 }
+
+/// `--label-weight`: the cross-entropy on the true labels joins the loss (step 0's loss is the
+/// same KL plus a positive term), the recipe records it, and noise images (no labels) refuse it.
+#[test]
+fn the_label_term_adds_cross_entropy_on_real_data_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DatasetKind::FashionMnist
+        .default_dir()
+        .expect("Fashion-MNIST installed");
+    let src = fixture("fmnist-resnet20.safetensors");
+    let phase1 = EncodeOptions {
+        hidden: Some(16),
+        steps: Some(40),
+        batch: 1024,
+        data_dir: Some(data),
+        held_out: 300,
+        ..EncodeOptions::default()
+    };
+    let (p1, _) = encode(&src, &phase1, &NoProgress).unwrap();
+    let p1_path = dir.path().join("p1.nern");
+    std::fs::write(&p1_path, &p1).unwrap();
+    let run = |label_weight: f64| {
+        let opts = EncodeOptions {
+            resume: Some(p1_path.clone()),
+            distill: Some(DistillOptions {
+                steps: 2,
+                source: DistillSource::Data,
+                batch: 32,
+                label_weight,
+                ..DistillOptions::default()
+            }),
+            ..phase1.clone()
+        };
+        encode(&src, &opts, &NoProgress).unwrap()
+    };
+    let first_loss = |r: &nernc::encode::EncodeReport| r.distill.as_ref().unwrap().loss_history[0];
+    let (_, plain) = run(0.0);
+    let (bytes, labelled) = run(1.0);
+    let (s0, without) = first_loss(&plain);
+    let (s1, with) = first_loss(&labelled);
+    assert_eq!((s0, s1), (0, 0));
+    // A 16-wide predictor after 40 steps is far from the labels: the term is large.
+    assert!(
+        with > without + 0.1,
+        "with labels {with}, without {without}"
+    );
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["recipe"]["phase2"]["label_weight"], 1.0);
+    let noise = EncodeOptions {
+        distill: Some(DistillOptions {
+            steps: 2,
+            source: DistillSource::Noise,
+            label_weight: 1.0,
+            ..DistillOptions::default()
+        }),
+        ..EncodeOptions::default()
+    };
+    let e = encode(&src, &noise, &NoProgress).unwrap_err();
+    assert!(e.to_string().contains("--label-weight"), "{e}");
+}

@@ -283,6 +283,9 @@ pub struct DistillOptions {
     pub teacher: Option<PathBuf>,
     pub temperature: f64,
     pub recon_weight: f64,
+    /// Weight of the cross-entropy on the images' true labels added to the distillation loss
+    /// (`--label-weight`; real data only).
+    pub label_weight: f64,
     pub lr: f64,
     pub batch: usize,
     pub eval_every: Option<usize>,
@@ -303,6 +306,7 @@ impl Default for DistillOptions {
             teacher: None,
             temperature: 1.0,
             recon_weight: 0.0,
+            label_weight: 0.0,
             lr: DistillSource::Data.default_lr(),
             batch: 128,
             eval_every: None,
@@ -464,6 +468,12 @@ impl EncodeOptions {
             }
             if !(d.recon_weight.is_finite() && d.recon_weight >= 0.0) {
                 return bad("--recon-weight must be >= 0");
+            }
+            if !(d.label_weight.is_finite() && d.label_weight >= 0.0) {
+                return bad("--label-weight must be >= 0");
+            }
+            if d.label_weight > 0.0 && d.source == DistillSource::Noise {
+                return bad("--label-weight needs real data (noise images have no labels)");
             }
         }
         if let Some(lr) = o.tune_passthrough {

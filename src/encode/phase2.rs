@@ -84,6 +84,8 @@ pub struct DistillSettings<'a> {
     pub lr: f64,
     pub temperature: f64,
     pub recon_weight: f64,
+    /// Weight of the cross-entropy on the true labels (real data only).
+    pub label_weight: f64,
     pub eval_every: usize,
     /// No held-out evaluation before this step (besides step 0): early states are never the
     /// best ones, and each evaluation costs several training steps.
@@ -370,15 +372,28 @@ pub fn distill<B: TrainBackend>(
             None => fixed.clone(),
         };
         let logits = forward(net, &step_fixed, &convs, Tensor::from_inner(x_inner));
+        let logits_plain = logits.clone();
         let log_p = log_softmax(logits / t, 1);
         // KL(teacher || student), batch mean, scaled by T^2 so gradients keep their size.
         let kl = (target.clone() * (target.clamp_min(1e-12).log() - log_p)).sum() / s.batch as f64
             * (t * t);
-        let loss = if s.recon_weight > 0.0 {
+        let mut loss = if s.recon_weight > 0.0 {
             kl + masked_rmse(pred, kernels.targets.clone(), kernels.masks.clone()) * s.recon_weight
         } else {
             kl
         };
+        if let (true, DistillInput::Real { data, .. }) = (s.label_weight > 0.0, &s.input) {
+            // Cross-entropy on the true labels (no temperature), batch mean.
+            let classes = data.classes;
+            let mut one_hot = vec![0.0f32; s.batch * classes];
+            for (row, &i) in pick.iter().enumerate() {
+                one_hot[row * classes + data.labels[i] as usize] = 1.0;
+            }
+            let one_hot =
+                Tensor::<B, 2>::from_data(TensorData::new(one_hot, [s.batch, classes]), device);
+            let ce = (one_hot * log_softmax(logits_plain, 1)).sum().neg() / s.batch as f64;
+            loss = loss + ce * s.label_weight;
+        }
         let want = step % report_every == 0 || step + 1 == s.steps;
         let value = if want {
             Some(read_scalar(loss.clone())?)

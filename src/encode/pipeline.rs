@@ -207,6 +207,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 warmup: settings.warmup,
                 temperature: d.temperature,
                 recon_weight: d.recon_weight,
+                label_weight: d.label_weight,
                 augment: d.augment,
                 input: match d.source {
                     DistillSource::Data => "data".into(),
@@ -317,6 +318,7 @@ impl<B: TrainBackend> Context<'_, B> {
             lr: d.lr,
             temperature: d.temperature,
             recon_weight: d.recon_weight,
+            label_weight: d.label_weight,
             eval_every,
             eval_from,
             warmup: d.warmup.unwrap_or(0),

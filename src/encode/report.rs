@@ -201,6 +201,7 @@ pub struct DistillReport {
     pub warmup: usize,
     pub temperature: f64,
     pub recon_weight: f64,
+    pub label_weight: f64,
     pub input: String,
     pub teacher: String,
     pub augment: Augment,
