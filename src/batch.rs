@@ -147,6 +147,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
         if d.label_weight > 0.0 {
             v["label_weight"] = json!(d.label_weight);
         }
+        if d.feature_weight > 0.0 {
+            v["feature_weight"] = json!(d.feature_weight);
+        }
         v
     });
     let mut v = json!({

@@ -248,6 +248,11 @@ struct EncodeSettings {
     /// (phase 2 on real data only; 0: logits of the teacher only).
     #[arg(long, default_value_t = 0.0)]
     label_weight: f64,
+    /// Weight of the attention-map term added to the distillation loss: each residual block's
+    /// spatial attention map (channel mean of squared activations, unit L2 norm per image)
+    /// matched to the teacher's by squared distance, summed over blocks, batch mean (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    feature_weight: f64,
     /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
     /// Small: Adam moves every weight by about this much per step, and the phase-1 fit is
     /// fragile (measured: 3e-4 destroyed it; on noise 5e-5 lost 8 points, 1e-5 gained 2.5).
@@ -529,6 +534,7 @@ impl EncodeSettings {
             temperature: self.temperature,
             recon_weight: self.recon_weight,
             label_weight: self.label_weight,
+            feature_weight: self.feature_weight,
             lr: self.distill_lr.unwrap_or(d.lr),
             batch: self.distill_batch,
             eval_every: self.eval_every,

@@ -297,6 +297,42 @@ pub fn forward<B: ConvBackend>(
     convs: &HashMap<String, Tensor<B, 4>>,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 2> {
+    forward_tapped(net, fixed, convs, x, None)
+}
+
+/// [`forward`], also returning every residual block's output (after its ReLU), in order.
+pub fn forward_with_blocks<B: ConvBackend>(
+    net: &Network,
+    fixed: &FixedParams<B>,
+    convs: &HashMap<String, Tensor<B, 4>>,
+    x: Tensor<B, 4>,
+) -> (Tensor<B, 2>, Vec<Tensor<B, 4>>) {
+    let mut blocks = Vec::with_capacity(net.blocks.len());
+    let logits = forward_tapped(net, fixed, convs, x, Some(&mut blocks));
+    (logits, blocks)
+}
+
+/// Spatial attention maps of activations `[batch, c, h, w]` (Zagoruyko and Komodakis): the
+/// channel mean of the squares, flattened and scaled to unit L2 norm per sample, `[batch, h w]`.
+pub fn attention_map<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [b, _, h, w] = x.dims();
+    let a = x.powf_scalar(2.0).mean_dim(1).reshape([b, h * w]);
+    let norm = a
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .add_scalar(1e-6);
+    a / norm
+}
+
+fn forward_tapped<B: ConvBackend>(
+    net: &Network,
+    fixed: &FixedParams<B>,
+    convs: &HashMap<String, Tensor<B, 4>>,
+    x: Tensor<B, 4>,
+    mut taps: Option<&mut Vec<Tensor<B, 4>>>,
+) -> Tensor<B, 2> {
     let params = (convs, fixed);
     let (c, _) = &net.stem;
     let mut x = conv_norm(x, c, params, None, true);
@@ -339,6 +375,9 @@ pub fn forward<B: ConvBackend>(
         };
         // The block's last conv, the shortcut's add and the ReLU in one step.
         x = conv_norm(x, last, params, Some(shortcut), true);
+        if let Some(t) = taps.as_deref_mut() {
+            t.push(x.clone());
+        }
     }
     let [bsz, ch, _, _] = x.dims();
     let pooled = x.mean_dim(3).mean_dim(2).reshape([bsz, ch]);
@@ -346,5 +385,31 @@ pub fn forward<B: ConvBackend>(
     match &fixed.fc_bias {
         Some(b) => logits + b.clone().unsqueeze::<2>(),
         None => logits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attention map is the channel mean of the squares, one unit-norm row per image.
+    #[test]
+    fn attention_maps_are_unit_norm_channel_means_of_squares() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        // Two images, two channels, 1 x 2 pixels.
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(
+                vec![3.0f32, 0.0, 4.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+                [2, 2, 1, 2],
+            ),
+            &device,
+        );
+        let a = attention_map(x).into_data().into_vec::<f32>().unwrap();
+        // Image 0: means of squares (9 + 16) / 2 and 0 -> (1, 0). Image 1: (1, 1) / sqrt 2.
+        let want = [1.0, 0.0, 0.5f32.sqrt(), 0.5f32.sqrt()];
+        for (g, w) in a.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{a:?}");
+        }
     }
 }

@@ -212,10 +212,11 @@ fn tuned_passthrough_with_a_bad_learning_rate_is_refused() {
     }
 }
 
-/// `--label-weight`: the cross-entropy on the true labels joins the loss (step 0's loss is the
-/// same KL plus a positive term), the recipe records it, and noise images (no labels) refuse it.
+/// `--label-weight` and `--feature-weight`: the cross-entropy on the true labels and the
+/// attention-map distance join the loss (step 0's loss is the same KL plus a positive term), the
+/// recipe records them, and noise images (no labels) refuse the label term.
 #[test]
-fn the_label_term_adds_cross_entropy_on_real_data_only() {
+fn the_label_and_attention_map_terms_join_the_loss() {
     let dir = tempfile::tempdir().unwrap();
     let data = DatasetKind::FashionMnist
         .default_dir()
@@ -232,7 +233,7 @@ fn the_label_term_adds_cross_entropy_on_real_data_only() {
     let (p1, _) = encode(&src, &phase1, &NoProgress).unwrap();
     let p1_path = dir.path().join("p1.nern");
     std::fs::write(&p1_path, &p1).unwrap();
-    let run = |label_weight: f64| {
+    let run = |label_weight: f64, feature_weight: f64| {
         let opts = EncodeOptions {
             resume: Some(p1_path.clone()),
             distill: Some(DistillOptions {
@@ -240,6 +241,7 @@ fn the_label_term_adds_cross_entropy_on_real_data_only() {
                 source: DistillSource::Data,
                 batch: 32,
                 label_weight,
+                feature_weight,
                 ..DistillOptions::default()
             }),
             ..phase1.clone()
@@ -247,18 +249,26 @@ fn the_label_term_adds_cross_entropy_on_real_data_only() {
         encode(&src, &opts, &NoProgress).unwrap()
     };
     let first_loss = |r: &nernc::encode::EncodeReport| r.distill.as_ref().unwrap().loss_history[0];
-    let (_, plain) = run(0.0);
-    let (bytes, labelled) = run(1.0);
+    let (_, plain) = run(0.0, 0.0);
+    let (bytes, labelled) = run(1.0, 0.0);
+    let (_, mapped) = run(0.0, 100.0);
     let (s0, without) = first_loss(&plain);
     let (s1, with) = first_loss(&labelled);
-    assert_eq!((s0, s1), (0, 0));
-    // A 16-wide predictor after 40 steps is far from the labels: the term is large.
+    let (s2, with_maps) = first_loss(&mapped);
+    assert_eq!((s0, s1, s2), (0, 0, 0));
+    // A 16-wide predictor after 40 steps is far from the labels and from the teacher's
+    // activations: both terms are large.
     assert!(
         with > without + 0.1,
         "with labels {with}, without {without}"
     );
+    assert!(
+        with_maps > without + 0.1,
+        "with maps {with_maps}, without {without}"
+    );
     let c = read_container(&bytes, &Limits::default()).unwrap();
     let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["recipe"]["phase2"]["feature_weight"], 0.0);
     assert_eq!(meta["recipe"]["phase2"]["label_weight"], 1.0);
     let noise = EncodeOptions {
         distill: Some(DistillOptions {

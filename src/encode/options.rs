@@ -286,6 +286,9 @@ pub struct DistillOptions {
     /// Weight of the cross-entropy on the images' true labels added to the distillation loss
     /// (`--label-weight`; real data only).
     pub label_weight: f64,
+    /// Weight of the attention-map term (`--feature-weight`): every residual block's spatial
+    /// attention map matched to the teacher's.
+    pub feature_weight: f64,
     pub lr: f64,
     pub batch: usize,
     pub eval_every: Option<usize>,
@@ -307,6 +310,7 @@ impl Default for DistillOptions {
             temperature: 1.0,
             recon_weight: 0.0,
             label_weight: 0.0,
+            feature_weight: 0.0,
             lr: DistillSource::Data.default_lr(),
             batch: 128,
             eval_every: None,
@@ -471,6 +475,9 @@ impl EncodeOptions {
             }
             if !(d.label_weight.is_finite() && d.label_weight >= 0.0) {
                 return bad("--label-weight must be >= 0");
+            }
+            if !(d.feature_weight.is_finite() && d.feature_weight >= 0.0) {
+                return bad("--feature-weight must be >= 0");
             }
             if d.label_weight > 0.0 && d.source == DistillSource::Noise {
                 return bad("--label-weight needs real data (noise images have no labels)");

@@ -24,7 +24,7 @@ use crate::device::TrainBackend;
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, input_tensor};
 use crate::format::LayerEntry;
-use crate::network::{FixedParams, HostModel, forward};
+use crate::network::{FixedParams, HostModel, attention_map, forward, forward_with_blocks};
 use crate::permute::Permutation;
 use crate::predictor::{Predictor, WeightDtype};
 use crate::rng::SplitMix64;
@@ -86,6 +86,8 @@ pub struct DistillSettings<'a> {
     pub recon_weight: f64,
     /// Weight of the cross-entropy on the true labels (real data only).
     pub label_weight: f64,
+    /// Weight of the attention-map term (every residual block's map against the teacher's).
+    pub feature_weight: f64,
     pub eval_every: usize,
     /// No held-out evaluation before this step (besides step 0): early states are never the
     /// best ones, and each evaluation costs several training steps.
@@ -321,9 +323,19 @@ pub fn distill<B: TrainBackend>(
         };
         held_out_history.push((0, best_acc));
     }
-    // The teacher's logits of an un-augmented image never change: each is computed once.
+    let maps = s.feature_weight > 0.0;
+    if maps && teacher.net.blocks.len() != net.blocks.len() {
+        return Err(Error::InvalidArgument(format!(
+            "--feature-weight needs a teacher with as many residual blocks as the student ({} \
+             against {})",
+            teacher.net.blocks.len(),
+            net.blocks.len()
+        )));
+    }
+    // The teacher's logits of an un-augmented image never change: each is computed once (not
+    // with the attention-map term, whose maps are recomputed every step).
     let mut cache = match &s.input {
-        DistillInput::Real { data, .. } if s.augment.is_none() => {
+        DistillInput::Real { data, .. } if s.augment.is_none() && !maps => {
             Some(TeacherCache::new(data.len(), teacher.net.num_classes))
         }
         _ => None,
@@ -355,9 +367,20 @@ pub fn distill<B: TrainBackend>(
             }
         };
         let x_inner = input_tensor::<B::InnerBackend>(x, s.batch, shape, device);
+        let mut teacher_maps = Vec::new();
         let teacher_logits = match (&mut cache, &s.input) {
             (Some(c), DistillInput::Real { data, .. }) => {
                 c.logits(teacher, data, &pick, s.norm, device)?
+            }
+            _ if maps => {
+                let (logits, blocks) = forward_with_blocks(
+                    &teacher.net,
+                    &teacher.fixed,
+                    &teacher.convs,
+                    x_inner.clone(),
+                );
+                teacher_maps = blocks.into_iter().map(attention_map).collect();
+                logits
             }
             _ => teacher.logits(x_inner.clone()),
         };
@@ -371,7 +394,14 @@ pub fn distill<B: TrainBackend>(
             Some((t, _)) => t.apply(net, &fixed),
             None => fixed.clone(),
         };
-        let logits = forward(net, &step_fixed, &convs, Tensor::from_inner(x_inner));
+        let (logits, blocks) = if maps {
+            forward_with_blocks(net, &step_fixed, &convs, Tensor::from_inner(x_inner))
+        } else {
+            (
+                forward(net, &step_fixed, &convs, Tensor::from_inner(x_inner)),
+                Vec::new(),
+            )
+        };
         let logits_plain = logits.clone();
         let log_p = log_softmax(logits / t, 1);
         // KL(teacher || student), batch mean, scaled by T^2 so gradients keep their size.
@@ -393,6 +423,22 @@ pub fn distill<B: TrainBackend>(
                 Tensor::<B, 2>::from_data(TensorData::new(one_hot, [s.batch, classes]), device);
             let ce = (one_hot * log_softmax(logits_plain, 1)).sum().neg() / s.batch as f64;
             loss = loss + ce * s.label_weight;
+        }
+        if maps {
+            // Squared distance of the unit-norm maps, summed over blocks, batch mean.
+            let mut distance = None;
+            for (student_block, target) in blocks.into_iter().zip(teacher_maps) {
+                let d = (attention_map(student_block) - Tensor::<B, 2>::from_inner(target))
+                    .powf_scalar(2.0)
+                    .sum();
+                distance = Some(match distance {
+                    Some(sum) => sum + d,
+                    None => d,
+                });
+            }
+            if let Some(d) = distance {
+                loss = loss + d * (s.feature_weight / s.batch as f64);
+            }
         }
         let want = step % report_every == 0 || step + 1 == s.steps;
         let value = if want {

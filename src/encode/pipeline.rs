@@ -208,6 +208,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 temperature: d.temperature,
                 recon_weight: d.recon_weight,
                 label_weight: d.label_weight,
+                feature_weight: d.feature_weight,
                 augment: d.augment,
                 input: match d.source {
                     DistillSource::Data => "data".into(),
@@ -319,6 +320,7 @@ impl<B: TrainBackend> Context<'_, B> {
             temperature: d.temperature,
             recon_weight: d.recon_weight,
             label_weight: d.label_weight,
+            feature_weight: d.feature_weight,
             eval_every,
             eval_from,
             warmup: d.warmup.unwrap_or(0),

@@ -202,6 +202,7 @@ pub struct DistillReport {
     pub temperature: f64,
     pub recon_weight: f64,
     pub label_weight: f64,
+    pub feature_weight: f64,
     pub input: String,
     pub teacher: String,
     pub augment: Augment,
