@@ -9,26 +9,41 @@ use nernc::data::DatasetKind;
 use nernc::encode::{DistillOptions, DistillSource, EncodeOptions, NoProgress, encode};
 use nernc::format::{Limits, read_container};
 
-#[test]
-fn phase_two_keeps_the_best_held_out_state_and_records_it() {
-    let dir = tempfile::tempdir().unwrap();
+/// A short phase-1 file of ResNet-20 (hidden 16, 40 steps, 300 held-out images) written to
+/// `dir`: its options, bytes, report and path.
+fn phase_one(
+    dir: &std::path::Path,
+) -> (
+    EncodeOptions,
+    Vec<u8>,
+    nernc::encode::EncodeReport,
+    std::path::PathBuf,
+) {
     let data = DatasetKind::FashionMnist
         .default_dir()
         .expect("Fashion-MNIST installed");
-    let src = fixture("fmnist-resnet20.safetensors");
     let phase1 = EncodeOptions {
         hidden: Some(16),
         steps: Some(40),
         batch: 1024,
-        data_dir: Some(data.clone()),
+        data_dir: Some(data),
         held_out: 300,
         ..EncodeOptions::default()
     };
+    let src = fixture("fmnist-resnet20.safetensors");
     let (p1, r1) = encode(&src, &phase1, &NoProgress).unwrap();
+    let path = dir.join("p1.nern");
+    std::fs::write(&path, &p1).unwrap();
+    (phase1, p1, r1, path)
+}
+
+#[test]
+fn phase_two_keeps_the_best_held_out_state_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("fmnist-resnet20.safetensors");
+    let (phase1, p1, r1, p1_path) = phase_one(dir.path());
     let p1_acc = r1.accuracy.held_out.unwrap();
     assert_eq!(r1.rounds[0].held_out_accuracy, Some(p1_acc));
-    let p1_path = dir.path().join("p1.nern");
-    std::fs::write(&p1_path, &p1).unwrap();
 
     let phase2 = EncodeOptions {
         resume: Some(p1_path),
@@ -218,21 +233,8 @@ fn tuned_passthrough_with_a_bad_learning_rate_is_refused() {
 #[test]
 fn the_label_and_attention_map_terms_join_the_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let data = DatasetKind::FashionMnist
-        .default_dir()
-        .expect("Fashion-MNIST installed");
     let src = fixture("fmnist-resnet20.safetensors");
-    let phase1 = EncodeOptions {
-        hidden: Some(16),
-        steps: Some(40),
-        batch: 1024,
-        data_dir: Some(data),
-        held_out: 300,
-        ..EncodeOptions::default()
-    };
-    let (p1, _) = encode(&src, &phase1, &NoProgress).unwrap();
-    let p1_path = dir.path().join("p1.nern");
-    std::fs::write(&p1_path, &p1).unwrap();
+    let (phase1, _, _, p1_path) = phase_one(dir.path());
     let run = |label_weight: f64, feature_weight: f64| {
         let opts = EncodeOptions {
             resume: Some(p1_path.clone()),
