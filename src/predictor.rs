@@ -151,14 +151,6 @@ pub fn side_values_f16(scales: &[f32], bias: &[f32]) -> Option<(Vec<f32>, Vec<f3
     (scales_ok && bias.iter().all(|b| b.is_finite())).then_some((scales, bias))
 }
 
-/// Whether every scale and bias of an integer layer is exactly a binary16 value.
-pub fn side_values_are_f16(l: &LinearWeights) -> bool {
-    l.scales
-        .iter()
-        .chain(&l.bias)
-        .all(|&v| half::f16::from_f32(v).to_f32() == v)
-}
-
 /// `round_ties_even(W / scale_j)` clamped to `-max..=max` (0 where the scale is 0).
 pub fn int_codes(weight: &[f32], scales: &[f32], max: f32) -> Vec<i8> {
     weight
@@ -357,12 +349,12 @@ impl Predictor {
             }
             // Already stored at this precision (its scales reproduce the weights exactly): keep
             // the codes, so that storing twice changes nothing.
-            let (q, scales) = if l.scales.len() == l.outputs
-                && dequantize_codes(&int_codes(&l.weight, &l.scales, max), &l.scales) == l.weight
-            {
-                (int_codes(&l.weight, &l.scales, max), l.scales.clone())
-            } else {
-                quantize_codes(&l.weight, l.outputs, max)
+            let stored = (l.scales.len() == l.outputs)
+                .then(|| int_codes(&l.weight, &l.scales, max))
+                .filter(|q| dequantize_codes(q, &l.scales) == l.weight);
+            let (q, scales) = match stored {
+                Some(q) => (q, l.scales.clone()),
+                None => quantize_codes(&l.weight, l.outputs, max),
             };
             // Scales and biases rounded to binary16 values where that keeps the scales'
             // precision: stored as f32 (spec §5.1) their 13 low mantissa bits are then zero,
@@ -501,9 +493,17 @@ mod tests {
         assert!(p.store_as(WeightDtype::Int8).is_err());
     }
 
-    /// Integer storage rounds the per-output scales and the biases to binary16 (code layout 2)
-    /// and keeps them so when stored again; a scale under binary16's normal range keeps the
-    /// layer's scales and biases f32.
+    /// Whether every scale and bias of an integer layer is exactly a binary16 value.
+    fn side_values_are_f16(l: &LinearWeights) -> bool {
+        l.scales
+            .iter()
+            .chain(&l.bias)
+            .all(|&v| half::f16::from_f32(v).to_f32() == v)
+    }
+
+    /// Integer storage rounds the per-output scales and the biases to binary16 values and keeps
+    /// them so when stored again; a scale under binary16's normal range keeps the layer's
+    /// scales and biases f32.
     #[test]
     fn integer_storage_makes_scales_and_biases_binary16() {
         let (inputs, outputs) = (7, 5);
