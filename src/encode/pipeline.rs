@@ -806,8 +806,13 @@ fn encode_on<B: TrainBackend>(
             };
             let (raw, stored) = predictor_bytes(&probed)?;
             let probe_ratio = stored as f64 / raw as f64;
-            // A full run's codes compress further than the probe's: expect a little of that.
-            let ratio = probe_ratio * PROBE_TO_FULL_RUN;
+            // A full run's codes compress further than the probe's: expect a little of that,
+            // unless the probe's codes do not compress at all (no trend to extrapolate).
+            let ratio = if probe_ratio < 1.0 {
+                probe_ratio * PROBE_TO_FULL_RUN
+            } else {
+                probe_ratio
+            };
             let sizer = Sizer {
                 source: &source,
                 layers: &ctx.layers,
