@@ -246,3 +246,26 @@ fn channel_reordering_refuses_unknown_networks_and_nans() {
     std::fs::write(&nan, &bad).unwrap();
     encode_fails_with(dir.path(), &nan, &similar, "layer2.1.conv1.weight");
 }
+
+/// `--feature-weight` matches every residual block's map: a teacher with another number of
+/// blocks is refused (before phase 1 runs), with nothing written.
+#[test]
+fn attention_maps_refuse_a_teacher_of_another_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("fmnist-resnet20.safetensors");
+    let teacher = fixture("fmnist-resnet56.safetensors");
+    let args = [
+        "--batch",
+        "64",
+        "--data",
+        "noise",
+        "--distill-steps",
+        "2",
+        "--feature-weight",
+        "1",
+        "--teacher",
+        teacher.to_str().unwrap(),
+    ];
+    encode_fails_with(dir.path(), &src, &args, "as many residual blocks");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

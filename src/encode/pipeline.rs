@@ -640,6 +640,15 @@ fn encode_on<B: TrainBackend>(
                         n.in_channels
                     )));
                 }
+                // Checked here, before phase 1, not when phase 2 starts.
+                if d.feature_weight > 0.0 && t.net.blocks.len() != n.blocks.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "--feature-weight needs a teacher with as many residual blocks as the \
+                         student ({} against {})",
+                        t.net.blocks.len(),
+                        n.blocks.len()
+                    )));
+                }
                 t
             }
             // The default teacher is the source checkpoint itself.
