@@ -284,3 +284,57 @@ fn the_label_and_attention_map_terms_join_the_loss() {
     let e = encode(&src, &noise, &NoProgress).unwrap_err();
     assert!(e.to_string().contains("--label-weight"), "{e}");
 }
+
+/// `--ema`: the stored predictor is the moving average of phase 2's weights, not the last
+/// step's (same phase 1, same steps: another file), and the recipe records the decay.
+#[test]
+fn the_moving_average_is_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("fmnist-resnet20.safetensors");
+    let (phase1, _, _, p1_path) = phase_one(dir.path());
+    let run = |ema: Option<f64>| {
+        let opts = EncodeOptions {
+            resume: Some(p1_path.clone()),
+            distill: Some(DistillOptions {
+                steps: 3,
+                source: DistillSource::Noise,
+                batch: 16,
+                lr: 1e-3,
+                ema,
+                ..DistillOptions::default()
+            }),
+            // f32 storage: every step's change shows in the stored weights. No data: no
+            // held-out selection, the end of phase 2 is what is stored.
+            predictor_dtype: nernc::predictor::WeightDtype::F32,
+            pinned: nernc::encode::Pinned {
+                predictor_dtype: true,
+                ..Default::default()
+            },
+            data_dir: None,
+            ..phase1.clone()
+        };
+        encode(&src, &opts, &NoProgress).unwrap().0
+    };
+    let (last, averaged, again) = (run(None), run(Some(0.5)), run(Some(0.5)));
+    let read = |b: &[u8]| {
+        let c = read_container(b, &Limits::default()).unwrap();
+        let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+        (c.predictor.layers, meta)
+    };
+    let ((p_last, m_last), (p_avg, m_avg), (p_again, _)) =
+        (read(&last), read(&averaged), read(&again));
+    // (The metadata holds wall times: the predictors are compared, not the files.)
+    assert!(
+        p_last.iter().zip(&p_avg).any(|(a, b)| a.weight != b.weight),
+        "the average is another predictor than the last step's"
+    );
+    assert!(
+        p_avg
+            .iter()
+            .zip(&p_again)
+            .all(|(a, b)| a.weight == b.weight && a.bias == b.bias),
+        "the average is deterministic"
+    );
+    assert_eq!(m_avg["recipe"]["phase2"]["ema"], 0.5);
+    assert!(m_last["recipe"]["phase2"]["ema"].is_null());
+}

@@ -209,6 +209,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 recon_weight: d.recon_weight,
                 label_weight: d.label_weight,
                 feature_weight: d.feature_weight,
+                ema: d.ema,
                 augment: d.augment,
                 input: match d.source {
                     DistillSource::Data => "data".into(),
@@ -321,6 +322,7 @@ impl<B: TrainBackend> Context<'_, B> {
             recon_weight: d.recon_weight,
             label_weight: d.label_weight,
             feature_weight: d.feature_weight,
+            ema: d.ema,
             eval_every,
             eval_from,
             warmup: d.warmup.unwrap_or(0),
