@@ -26,6 +26,7 @@ use crate::dense::transpose_into;
 use crate::error::{Error, Result};
 use crate::predictor::WeightDtype;
 use crate::predictor::{COORDS, LinearWeights, Predictor, dequantize_codes};
+use crate::rng::SplitMix64;
 
 /// Rows per partial second-moment product (the sum of the partials runs in a fixed order, so the
 /// result does not depend on the number of threads).
@@ -82,6 +83,36 @@ pub fn quantize(p: &Predictor, coords: &[[u32; COORDS]], dtype: WeightDtype) -> 
         }
     }
     Ok(out)
+}
+
+/// Moves every weight of a predictor stored on its code grid (a resumed file's) to a random
+/// point of its own rounding cell: `(q + d) * scale_j`, `d` uniform in `(-0.49, 0.49)`, drawn
+/// from `rng`. Nearest rounding gives the same codes and the same scales (a weight with
+/// `|q| = max` sets its output's scale and stays), so the network is unchanged; what changes is
+/// where phase 2 starts: on the grid every latent weight is half a cell from flipping its code,
+/// which Adam's steps of about the learning rate need hundreds of steps to cross (a resumed
+/// phase 2 ended 0.7 points under one encode's, where the compensated rounding leaves weights
+/// anywhere in their cells). Layers without scales (float storage) are left alone.
+pub fn off_grid(p: &mut Predictor, max: f32, rng: &mut SplitMix64) {
+    for l in &mut p.layers {
+        if l.scales.len() != l.outputs || l.outputs == 0 {
+            continue;
+        }
+        for row in l.weight.chunks_exact_mut(l.outputs) {
+            for (w, &s) in row.iter_mut().zip(&l.scales) {
+                let d = (rng.next_f64() - 0.5) as f32 * 0.98;
+                if s == 0.0 {
+                    continue;
+                }
+                let q = (*w / s).round_ties_even();
+                if q.abs() < max {
+                    *w = (q + d) * s;
+                }
+            }
+        }
+        // The weights are no longer `q * scale`: they are latent weights now.
+        l.scales.clear();
+    }
 }
 
 /// The first layer's inputs: each kernel's coordinate encodings side by side (`n x 6 L`).
@@ -276,7 +307,6 @@ fn round_layer(layer: &mut LinearWeights, u: &[f64], max: f32) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::predictor::PredictorConfig;
-    use crate::rng::SplitMix64;
 
     fn random_predictor(hidden: u32, seed: u64) -> Predictor {
         let config = PredictorConfig::reference(hidden, 3, 4, 0.76);
@@ -364,6 +394,33 @@ mod tests {
         let a = one.install(|| quantize(&p, &c, WeightDtype::Int6).unwrap());
         let b = three.install(|| quantize(&p, &c, WeightDtype::Int6).unwrap());
         assert_eq!(a, b);
+    }
+
+    /// Off the grid, every weight rounds back to its code and every scale is the same: the
+    /// stored predictor is unchanged, the latent weights are not.
+    #[test]
+    fn off_grid_weights_keep_the_stored_codes() {
+        let mut stored = random_predictor(12, 5);
+        stored.store_as(WeightDtype::Int6).unwrap();
+        let mut moved = stored.clone();
+        off_grid(&mut moved, 31.0, &mut SplitMix64::new(8));
+        let changed = moved
+            .layers
+            .iter()
+            .zip(&stored.layers)
+            .map(|(a, b)| {
+                a.weight
+                    .iter()
+                    .zip(&b.weight)
+                    .filter(|(x, y)| x != y)
+                    .count()
+            })
+            .sum::<usize>();
+        let total: usize = stored.layers.iter().map(|l| l.weight.len()).sum();
+        assert!(changed > total * 9 / 10, "{changed} of {total} moved");
+        let mut again = moved.clone();
+        again.store_as(WeightDtype::Int6).unwrap();
+        assert_eq!(again, stored);
     }
 
     #[test]

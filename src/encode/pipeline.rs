@@ -43,6 +43,9 @@ use crate::rng::SplitMix64;
 /// encode's own sequence.
 const CALIBRATION_SEED: u64 = 0x7469_6d65_6c69_6d69;
 
+/// Mixed into the seed that moves a resumed predictor's weights off the code grid.
+const OFF_GRID_SEED: u64 = 0x6f66_665f_6772_6964;
+
 /// `encode` as a job for [`crate::device::run_on`].
 pub struct EncodeJob<'a> {
     pub input: &'a MappedFile,
@@ -141,6 +144,10 @@ impl<B: TrainBackend> Context<'_, B> {
         let (device, opts, progress) = (self.device, self.opts, self.progress);
         let original = &self.source.weights;
         let held_acc = |p: &Predictor| self.held_acc(p);
+        // A resumed file's weights lie on the grid of the storage phase 2 trains through.
+        let on_grid = resumed
+            .as_ref()
+            .is_some_and(|p| p.config.weight_dtype == s.storage);
         let phase1 = match resumed {
             Some(predictor) => RoundsOutcome {
                 held_out: held_acc(&predictor)?,
@@ -185,7 +192,17 @@ impl<B: TrainBackend> Context<'_, B> {
             let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
-            let start = self.rounded(&predictor, cfg, s.storage, Some(&set))?;
+            let start = match (on_grid, s.storage.max_code()) {
+                // Already rounded (the compensation would find no error): only moved off the
+                // grid, with its own seed, so the encode's sequence stays what it was.
+                (true, Some(max)) => {
+                    let mut start = predictor.clone();
+                    let mut rng = SplitMix64::new(opts.seed ^ OFF_GRID_SEED);
+                    super::gptq::off_grid(&mut start, max, &mut rng);
+                    start
+                }
+                _ => self.rounded(&predictor, cfg, s.storage, Some(&set))?,
+            };
             let out = distill::<B>(
                 device,
                 &start,
