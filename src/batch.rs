@@ -150,9 +150,6 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
         if d.feature_weight > 0.0 {
             v["feature_weight"] = json!(d.feature_weight);
         }
-        if let Some(e) = d.ema {
-            v["ema"] = json!(e);
-        }
         v
     });
     let mut v = json!({

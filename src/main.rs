@@ -253,11 +253,6 @@ struct EncodeSettings {
     /// matched to the teacher's by squared distance, summed over blocks, batch mean (0: off).
     #[arg(long, default_value_t = 0.0)]
     feature_weight: f64,
-    /// Phase 2 keeps an exponential moving average of the predictor's weights with this decay
-    /// per step (e.g. 0.99); the average is what is measured on held-out images and stored
-    /// [default: off, the last step's weights].
-    #[arg(long)]
-    ema: Option<f64>,
     /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
     /// Small: Adam moves every weight by about this much per step, and the phase-1 fit is
     /// fragile (measured: 3e-4 destroyed it; on noise 5e-5 lost 8 points, 1e-5 gained 2.5).
@@ -540,7 +535,6 @@ impl EncodeSettings {
             recon_weight: self.recon_weight,
             label_weight: self.label_weight,
             feature_weight: self.feature_weight,
-            ema: self.ema,
             lr: self.distill_lr.unwrap_or(d.lr),
             batch: self.distill_batch,
             eval_every: self.eval_every,

@@ -104,7 +104,7 @@ pub fn assemble(
         "phase2": report.distill.as_ref().map(|d| json!({
             "steps": d.steps, "batch": d.batch, "lr": d.lr, "warmup": d.warmup, "temperature": d.temperature,
             "recon_weight": d.recon_weight, "label_weight": d.label_weight,
-            "feature_weight": d.feature_weight, "ema": d.ema,
+            "feature_weight": d.feature_weight,
             "input": d.input, "teacher": d.teacher,
             "augment_shift": d.augment.shift, "augment_flip": d.augment.flip,
             "loss": "KL(teacher || student) * T^2 (+ recon_weight * RMSE) (+ label_weight * CE(labels)) (+ feature_weight * attention-map distance)",

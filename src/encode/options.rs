@@ -289,10 +289,6 @@ pub struct DistillOptions {
     /// Weight of the attention-map term (`--feature-weight`): every residual block's spatial
     /// attention map matched to the teacher's.
     pub feature_weight: f64,
-    /// Decay of an exponential moving average of the predictor's weights (`--ema`): the
-    /// average, not the last step's weights, is what each held-out check measures and what is
-    /// stored. `None`: off.
-    pub ema: Option<f64>,
     pub lr: f64,
     pub batch: usize,
     pub eval_every: Option<usize>,
@@ -315,7 +311,6 @@ impl Default for DistillOptions {
             recon_weight: 0.0,
             label_weight: 0.0,
             feature_weight: 0.0,
-            ema: None,
             lr: DistillSource::Data.default_lr(),
             batch: 128,
             eval_every: None,
@@ -483,9 +478,6 @@ impl EncodeOptions {
             }
             if !(d.feature_weight.is_finite() && d.feature_weight >= 0.0) {
                 return bad("--feature-weight must be >= 0");
-            }
-            if d.ema.is_some_and(|e| !(e > 0.0 && e < 1.0)) {
-                return bad("--ema must be in (0, 1)");
             }
             if d.label_weight > 0.0 && d.source == DistillSource::Noise {
                 return bad("--label-weight needs real data (noise images have no labels)");

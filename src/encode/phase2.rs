@@ -88,8 +88,6 @@ pub struct DistillSettings<'a> {
     pub label_weight: f64,
     /// Weight of the attention-map term (every residual block's map against the teacher's).
     pub feature_weight: f64,
-    /// Decay of the moving average of the predictor's weights that is measured and kept.
-    pub ema: Option<f64>,
     pub eval_every: usize,
     /// No held-out evaluation before this step (besides step 0): early states are never the
     /// best ones, and each evaluation costs several training steps.
@@ -338,8 +336,6 @@ pub fn distill<B: TrainBackend>(
     };
     let t = s.temperature;
     let mut loss_history = Vec::new();
-    // `--ema`: the moving average of the weights after each step (latent f32 weights).
-    let mut average: Option<Predictor> = None;
     let report_every = (s.steps / 200).clamp(1, 10);
     let history_every = (s.steps / 20).max(1);
     progress.start(s.steps as u64);
@@ -465,29 +461,12 @@ pub fn distill<B: TrainBackend>(
             }
             progress.update(step as u64 + 1, v);
         }
-        if let Some(decay) = s.ema {
-            let now = model.valid().to_predictor(cfg)?;
-            average = Some(match average.take() {
-                Some(mut a) => {
-                    blend(&mut a, &now, decay as f32);
-                    a
-                }
-                None => now,
-            });
-        }
-        // The candidate at a check: the moving average when there is one.
-        let candidate = |model: &Mlp<B>, average: &Option<Predictor>| -> Result<Predictor> {
-            stored(match average {
-                Some(a) => a.clone(),
-                None => model.valid().to_predictor(cfg)?,
-            })
-        };
         let done = step + 1;
         if let Some(h) = &s.held_out
             && (done % s.eval_every.max(1) == 0 || done == s.steps)
             && done >= s.eval_from
         {
-            let p = candidate(&model, &average)?;
+            let p = stored(model.valid().to_predictor(cfg)?)?;
             let pass = tuned_now(&tune)?;
             let acc = measure(&p, &pass, h)?;
             held_out_history.push((done, acc));
@@ -501,10 +480,7 @@ pub fn distill<B: TrainBackend>(
     }
     progress.finish();
     if s.held_out.is_none() {
-        best = stored(match average {
-            Some(a) => a,
-            None => model.valid().to_predictor(cfg)?,
-        })?;
+        best = stored(model.valid().to_predictor(cfg)?)?;
         best_pass = tuned_now(&tune)?;
         best_step = s.steps;
     }
@@ -518,43 +494,11 @@ pub fn distill<B: TrainBackend>(
     })
 }
 
-/// `average = decay * average + (1 - decay) * now`, weight by weight and bias by bias (both
-/// predictors of one shape, latent f32 weights).
-fn blend(average: &mut Predictor, now: &Predictor, decay: f32) {
-    for (a, n) in average.layers.iter_mut().zip(&now.layers) {
-        for (x, &y) in a.weight.iter_mut().zip(&n.weight) {
-            *x = decay * *x + (1.0 - decay) * y;
-        }
-        for (x, &y) in a.bias.iter_mut().zip(&n.bias) {
-            *x = decay * *x + (1.0 - decay) * y;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::TensorDtype;
     use crate::permute::PermutationKind;
-
-    /// `blend` is `decay * average + (1 - decay) * now` in every weight and bias.
-    #[test]
-    fn blend_is_the_moving_average_update() {
-        let cfg = crate::predictor::PredictorConfig::reference(4, 3, 2, 0.76);
-        let mut rng = SplitMix64::new(1);
-        let mut average = Predictor::init(&cfg, &mut rng);
-        let now = Predictor::init(&cfg, &mut rng);
-        let before = average.clone();
-        blend(&mut average, &now, 0.75);
-        for ((a, b), n) in average.layers.iter().zip(&before.layers).zip(&now.layers) {
-            for ((x, y), z) in a.weight.iter().zip(&b.weight).zip(&n.weight) {
-                assert_eq!(*x, 0.75 * y + 0.25 * z);
-            }
-            for ((x, y), z) in a.bias.iter().zip(&b.bias).zip(&n.bias) {
-                assert_eq!(*x, 0.75 * y + 0.25 * z);
-            }
-        }
-    }
 
     /// A cached logit is the one the teacher gives the image inside any other batch, to float
     /// rounding: the cache changes no target beyond it.

@@ -226,7 +226,6 @@ impl<B: TrainBackend> Context<'_, B> {
                 recon_weight: d.recon_weight,
                 label_weight: d.label_weight,
                 feature_weight: d.feature_weight,
-                ema: d.ema,
                 augment: d.augment,
                 input: match d.source {
                     DistillSource::Data => "data".into(),
@@ -339,7 +338,6 @@ impl<B: TrainBackend> Context<'_, B> {
             recon_weight: d.recon_weight,
             label_weight: d.label_weight,
             feature_weight: d.feature_weight,
-            ema: d.ema,
             eval_every,
             eval_from,
             warmup: d.warmup.unwrap_or(0),

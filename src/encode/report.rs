@@ -203,8 +203,6 @@ pub struct DistillReport {
     pub recon_weight: f64,
     pub label_weight: f64,
     pub feature_weight: f64,
-    /// Decay of the weights' moving average (`--ema`), when on.
-    pub ema: Option<f64>,
     pub input: String,
     pub teacher: String,
     pub augment: Augment,
