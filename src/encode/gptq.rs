@@ -25,7 +25,7 @@ use crate::decode::gemm::{PackedMatrix, gemm_bias};
 use crate::dense::transpose_into;
 use crate::error::{Error, Result};
 use crate::predictor::WeightDtype;
-use crate::predictor::{COORDS, LinearWeights, Predictor, dequantize_codes};
+use crate::predictor::{COORDS, LinearWeights, Predictor, dequantize_codes, int_codes};
 use crate::rng::SplitMix64;
 
 /// Rows per partial second-moment product (the sum of the partials runs in a fixed order, so the
@@ -98,15 +98,17 @@ pub fn off_grid(p: &mut Predictor, max: f32, rng: &mut SplitMix64) {
         if l.scales.len() != l.outputs || l.outputs == 0 {
             continue;
         }
-        for row in l.weight.chunks_exact_mut(l.outputs) {
-            for (w, &s) in row.iter_mut().zip(&l.scales) {
+        let codes = int_codes(&l.weight, &l.scales, max);
+        for (row, codes) in l
+            .weight
+            .chunks_exact_mut(l.outputs)
+            .zip(codes.chunks_exact(l.outputs))
+        {
+            for ((w, &q), &s) in row.iter_mut().zip(codes).zip(&l.scales) {
                 let d = (rng.next_f64() - 0.5) as f32 * 0.98;
-                if s == 0.0 {
-                    continue;
-                }
-                let q = (*w / s).round_ties_even();
-                if q.abs() < max {
-                    *w = (q + d) * s;
+                // Zero scales give code 0 and stay 0.
+                if s != 0.0 && f32::from(q).abs() < max {
+                    *w = (f32::from(q) + d) * s;
                 }
             }
         }
