@@ -13,7 +13,9 @@ pub struct SectionRow {
     pub offset: u64,
     pub stored_bytes: u64,
     pub decoded_bytes: u64,
-    pub encoding: &'static str,
+    /// `raw`, `zstd`, or `zstd shuffled/S` (format 1.6: bytes regrouped by position in
+    /// `S`-byte elements before zstd).
+    pub encoding: String,
     pub required: bool,
     pub blake3: String,
 }
@@ -132,7 +134,11 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
                 offset: s.offset,
                 stored_bytes: s.stored_len,
                 decoded_bytes: s.decoded_len,
-                encoding: if s.encoding == 0 { "raw" } else { "zstd" },
+                encoding: match (s.encoding, c.data_stride) {
+                    (0, _) => "raw".into(),
+                    (2, Some(stride)) if s.tag == TAG_DATA => format!("zstd shuffled/{stride}"),
+                    _ => "zstd".into(),
+                },
                 required: s.flags & crate::format::FLAG_REQUIRED != 0,
                 blake3: s.hash.iter().map(|b| format!("{b:02x}")).collect(),
             })
@@ -214,7 +220,7 @@ pub fn render(r: &InspectReport) -> String {
     for sec in &r.sections {
         let _ = writeln!(
             s,
-            "  {}  offset {:>9}  {:>9} bytes  {:<4} {}",
+            "  {}  offset {:>9}  {:>9} bytes  {:<16} {}",
             sec.tag,
             sec.offset,
             sec.stored_bytes,

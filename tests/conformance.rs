@@ -8,7 +8,7 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 10] = [
+const GOLDEN: [&str; 11] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
@@ -25,6 +25,8 @@ const GOLDEN: [&str; 10] = [
     // Format 1.5: a trained int6 predictor (hidden 195) in code layout 1 (codes one byte each,
     // all layers' codes first).
     "resnet20-h195-int6-bytecodes",
+    // Format 1.6: DATA (the F32 passthrough, byte-exact) stored byte-shuffled by 4 under zstd.
+    "resnet20-h16-int6-shuffled",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {

@@ -400,6 +400,37 @@ fn passthrough_tensor_with_wrong_byte_length() {
     ));
 }
 
+/// Format 1.6: the base file stores `DATA` shuffled under zstd. Re-encoded with valid hashes:
+/// a stride out of range, frames that decode to fewer bytes than declared, and a well-formed
+/// payload 8 bytes shorter than the index needs are each refused as a malformed `DATA`.
+#[test]
+fn shuffled_data_with_a_bad_stride_or_length() {
+    let b = base();
+    let mut e = split(&b);
+    let stored = e.iter().find(|e| &e.tag == b"DATA").unwrap();
+    assert_eq!(stored.encoding, 2, "the writer shuffles DATA");
+    let stride = stored.payload[0];
+    let raw = find(&mut e, b"DATA").payload.clone();
+    let with_data = |payload: Vec<u8>, declared: u64| {
+        let mut e = split(&b);
+        let d = e.iter_mut().find(|e| &e.tag == b"DATA").unwrap();
+        (d.payload, d.decoded_len) = (payload, declared);
+        assemble(&e)
+    };
+    let n = raw.len() as u64;
+    read_container(
+        &with_data(shuffled_zstd(&raw, stride), n),
+        &Limits::default(),
+    )
+    .unwrap();
+    let mut bad = shuffled_zstd(&raw, stride);
+    bad[0] = 0;
+    assert_malformed(err(&with_data(bad, n)), "DATA", "stride");
+    let short = shuffled_zstd(&raw[..raw.len() - 8], stride);
+    assert_malformed(err(&with_data(short.clone(), n)), "DATA", "decoded to");
+    assert_malformed(err(&with_data(short, n - 8)), "DATA", "index declares");
+}
+
 #[test]
 fn unknown_sections_required_refused_optional_skipped() {
     let b = base();

@@ -84,6 +84,7 @@ fn rewrite_with(c: &nernc::format::Container<'_>, raw_predictor: bool) -> Vec<u8
         source_metadata: c.source_metadata.clone(),
         metadata: c.metadata(&Limits::default()).unwrap(),
         raw_predictor,
+        raw_data: raw_predictor,
     })
     .unwrap()
 }
@@ -110,12 +111,19 @@ fn s2_minor_versions() {
         let int8 = c.predictor.config.weight_dtype == nernc::predictor::WeightDtype::Int8;
         assert_eq!(minor(&b), u16::from(int8), "{name}");
         // Rewritten today, PRED is zstd-compressed when that is smaller (format 1.2), and so
-        // are LAYR and PASS (1.4): the tables of names always shrink.
+        // are LAYR and PASS (1.4): the tables of names always shrink; so does DATA, shuffled
+        // (1.6).
         let again = rewrite(&c);
         let entries = split(&again);
-        let zstd = |tag: &[u8; 4]| entries.iter().any(|e| &e.tag == tag && e.encoding == 1);
-        assert!(zstd(b"LAYR") && zstd(b"PASS"), "{name} rewritten");
-        assert_eq!(minor(&again), 4, "{name} rewritten");
+        let encoded =
+            |tag: &[u8; 4], enc: u8| entries.iter().any(|e| &e.tag == tag && e.encoding == enc);
+        assert!(
+            encoded(b"LAYR", 1) && encoded(b"PASS", 1),
+            "{name} rewritten"
+        );
+        assert!(encoded(b"DATA", 2), "{name} rewritten");
+        assert_eq!(minor(&again), 6, "{name} rewritten");
+        assert_eq!(ok(&again).data, c.data);
         assert_eq!(ok(&again).layers, c.layers);
         assert_eq!(ok(&again).passthrough, c.passthrough);
     }
@@ -204,8 +212,11 @@ fn s3_unknown_sections() {
     let last = y.len() - 1;
     y[last] ^= 1;
     assert!(matches!(err(&y), Error::SectionHashMismatch { tag } if tag == "ZZZZ"));
-    // Encodings other than 0 and 1.
-    for enc in [2u8, 0xff] {
+    // Shuffled zstd (2, format 1.6) is an encoding too: skipped undecoded.
+    let z = with_extra(*b"ZZZZ", 0, 2, u64::MAX, b"no stride, no frame");
+    assert_eq!(ok(&z).sections.len(), 7);
+    // Encodings other than 0, 1 and 2.
+    for enc in [3u8, 0xff] {
         layout_err(&with_extra(*b"ZZZZ", 0, enc, 5, b"hello"), "encoding");
     }
     // Unknown required sections, raw or zstd.
@@ -366,6 +377,71 @@ fn s5_2_s5_4_zstd_tables_read_as_raw_and_are_checked() {
     d.payload = zstd::bulk::compress(&d.payload, 3).unwrap();
     d.encoding = 1;
     assert!(matches!(err(&assemble(&e)), Error::SectionLayout(m) if m.contains("not allowed")));
+}
+
+/// §3 / §5.4 (format 1.6): `DATA` may be stored byte-shuffled under zstd (encoding 2). Every
+/// stride `1 ..= 8` reads as the raw section, tensor for tensor; another stride, a missing stride
+/// byte, a non-zstd payload, a declared length other than the decoded one or over the output
+/// limit are refused, and so is encoding 2 on every other known section.
+#[test]
+fn s5_4_shuffled_zstd_data_reads_as_raw_and_is_checked() {
+    let b = golden("resnet20-h16-int6-pass16");
+    let c = ok(&b);
+    assert_eq!(c.data_stride, None);
+    let raw = c.data.to_vec();
+    let with_data = |payload: Vec<u8>, declared: u64| {
+        let mut e = split(&b);
+        let d = e.iter_mut().find(|e| &e.tag == b"DATA").unwrap();
+        assert_eq!(d.encoding, 0, "raw in the 1.4 golden");
+        (d.payload, d.encoding, d.decoded_len) = (payload, 2, declared);
+        assemble(&e)
+    };
+    let n = raw.len() as u64;
+    for stride in 1..=8u8 {
+        let f = with_data(shuffled_zstd(&raw, stride), n);
+        let r = ok(&f);
+        assert_eq!((r.minor, r.data_stride), (6, Some(stride)));
+        assert_eq!(&*r.data, &raw[..], "stride {stride}");
+        for p in &c.passthrough {
+            assert_eq!(r.tensor_bytes(p), c.tensor_bytes(p), "{}", p.name);
+        }
+    }
+    let stored = shuffled_zstd(&raw, 2);
+    for bad in [0u8, 9, 0xff] {
+        let mut s = stored.clone();
+        s[0] = bad;
+        malformed(err(&with_data(s, n)), "DATA", "stride");
+    }
+    malformed(err(&with_data(Vec::new(), n)), "DATA", "stride byte");
+    malformed(
+        err(&with_data(
+            stored[..1].iter().chain(&stored[5..]).copied().collect(),
+            n,
+        )),
+        "DATA",
+        "zstd",
+    );
+    malformed(err(&with_data(stored.clone(), n - 1)), "DATA", "zstd");
+    malformed(err(&with_data(stored.clone(), n + 1)), "DATA", "declares");
+    let f = with_data(stored.clone(), n);
+    let tight = Limits {
+        max_output_bytes: n - 1,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        read_container(&f, &tight),
+        Err(Error::LimitExceeded {
+            what: "DATA decoded bytes",
+            ..
+        })
+    ));
+    // Only DATA: encoding 2 anywhere else is refused by the section table.
+    for tag in [b"META", b"PRED", b"LAYR", b"PERM", b"PASS"] {
+        let mut e = split(&b);
+        let s = e.iter_mut().find(|e| &e.tag == tag).unwrap();
+        s.encoding = 2;
+        layout_err(&assemble(&e), "not allowed");
+    }
 }
 
 /// A hidden-3, L = 1 predictor (odd code counts: layer 0 is 6 x 3) with random weights stored

@@ -184,6 +184,7 @@ pub fn assemble(
             source_metadata: source.checkpoint.metadata.clone(),
             metadata,
             raw_predictor: false,
+            raw_data: false,
         })
     };
     let mut bytes = write(Some(metadata.clone()))?;

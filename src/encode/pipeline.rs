@@ -877,7 +877,12 @@ fn encode_on<B: TrainBackend>(
             layers: &ctx.layers,
             permutations: &ctx.permutations,
         };
-        let size = sizer.actual(&trained.predictor)?;
+        let tuned = trained
+            .passthrough
+            .as_ref()
+            .map(|t| source.tuned_bytes(t))
+            .transpose()?;
+        let size = sizer.actual(&trained.predictor, tuned.as_ref())?;
         if size > budget {
             notes.push(format!(
                 "--target-size: the widened predictor (hidden {}) came out at {size} bytes, over \

@@ -7,6 +7,7 @@ mod bitpack;
 mod bytes;
 mod dtype;
 mod read;
+pub mod shuffle;
 mod write;
 
 pub use bitpack::{bit_width, permutation_bytes};
@@ -22,8 +23,9 @@ use crate::permute::PermutationKind;
 /// `\x89NERN\r\n\x1a`: a non-ASCII first byte and CR/LF/EOF catch text-mode transfers (as PNG).
 pub const MAGIC: [u8; 8] = *b"\x89NERN\r\n\x1a";
 pub const MAJOR_VERSION: u16 = 1;
-/// Newest minor version this implementation reads and writes (1.5 added PRED code layout 1).
-pub const MINOR_VERSION: u16 = 5;
+/// Newest minor version this implementation reads and writes (1.5 added PRED code layout 1,
+/// 1.6 a byte-shuffled zstd `DATA`).
+pub const MINOR_VERSION: u16 = 6;
 /// Fixed header: magic, version, section count, file length, reserved.
 pub const HEADER_LEN: usize = 32;
 pub const SECTION_ENTRY_LEN: usize = 64;
@@ -40,6 +42,9 @@ pub const FLAG_REQUIRED: u16 = 1;
 /// Section payload encodings.
 pub const ENCODING_RAW: u8 = 0;
 pub const ENCODING_ZSTD: u8 = 1;
+/// A stride byte, then zstd frames of the payload byte-shuffled by that stride (format 1.6,
+/// `DATA` only; see [`shuffle`]).
+pub const ENCODING_SHUFFLED_ZSTD: u8 = 2;
 
 pub const TAG_PREDICTOR: [u8; 4] = *b"PRED";
 pub const TAG_LAYERS: [u8; 4] = *b"LAYR";

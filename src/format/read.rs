@@ -1,6 +1,7 @@
 //! Parses and validates a `.nern` file. Nothing is trusted before it is checked: hashes first,
 //! then every count and length against the bytes present and against [`Limits`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use super::bitpack::unpack_permutation;
@@ -56,17 +57,19 @@ pub struct Container<'a> {
     /// `PRED`'s code layout (spec §5.1): 0 packed per layer, 1 every layer's codes first, one
     /// byte each.
     pub code_layout: u8,
-    /// The `DATA` section.
-    pub data: &'a [u8],
+    /// The `DATA` section's decoded bytes: borrowed from the input when stored raw, owned when
+    /// stored byte-shuffled and compressed (format 1.6).
+    pub data: Cow<'a, [u8]>,
+    /// The byte-shuffle stride of a compressed `DATA` (format 1.6); `None` when stored raw.
+    pub data_stride: Option<u8>,
     /// `META`, decoded and validated as a JSON object at read time (spec §5.5).
     meta: Option<serde_json::Value>,
 }
 
 impl<'a> Container<'a> {
     /// The verbatim bytes of a passthrough tensor (validated in range at read time).
-    pub fn tensor_bytes(&self, entry: &PassEntry) -> &'a [u8] {
-        let data: &'a [u8] = self.data;
-        &data[entry.offset as usize..(entry.offset + entry.len) as usize]
+    pub fn tensor_bytes(&self, entry: &PassEntry) -> &[u8] {
+        &self.data[entry.offset as usize..(entry.offset + entry.len) as usize]
     }
 
     /// Bytes of the decoded checkpoint's tensor data.
@@ -349,7 +352,8 @@ fn next_entry(
 }
 
 /// Encoding rules of one entry (spec §3): raw sections decode to their own length; zstd only
-/// for `META`, `PRED` (since 1.2) and unknown tags.
+/// for `META`, `PRED` (since 1.2), `LAYR`, `PASS` (since 1.4) and unknown tags; shuffled zstd
+/// only for `DATA` (since 1.6) and unknown tags.
 fn check_encoding(info: &SectionInfo) -> Result<()> {
     let name = info.tag_str();
     match info.encoding {
@@ -366,6 +370,7 @@ fn check_encoding(info: &SectionInfo) -> Result<()> {
         {
             Ok(())
         }
+        ENCODING_SHUFFLED_ZSTD if info.tag == TAG_DATA || known_tag(&info.tag).is_none() => Ok(()),
         e => Err(Error::SectionLayout(format!(
             "{name}: encoding {e} not allowed"
         ))),
@@ -473,7 +478,29 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     let layers = parse_layers(&layr, &predictor.config, limits)?;
     let pass = table(TAG_PASSTHROUGH, ("PASS", "PASS decoded bytes"))?;
     let (passthrough, source_metadata) = parse_passthrough(&pass, limits, layers.len())?;
-    let data = find(TAG_DATA, "DATA")?;
+    let data_info = sections
+        .iter()
+        .find(|s| s.tag == TAG_DATA)
+        .ok_or(Error::MissingSection("DATA"))?;
+    let data_stored = find(TAG_DATA, "DATA")?;
+    let data: Cow<'a, [u8]> = if data_info.encoding == ENCODING_SHUFFLED_ZSTD {
+        // DATA is part of the decoded checkpoint: bounded by the output limit before any
+        // allocation (and by the index's exact length in `check_data` below).
+        at_most(
+            "DATA decoded bytes",
+            data_info.decoded_len,
+            limits.max_output_bytes,
+            "",
+        )?;
+        Cow::Owned(shuffle::decompress(
+            data_stored,
+            data_info.decoded_len,
+            "DATA",
+        )?)
+    } else {
+        Cow::Borrowed(data_stored)
+    };
+    let data_stride = (data_info.encoding == ENCODING_SHUFFLED_ZSTD).then(|| data_stored[0]);
 
     // Names unique across both tables.
     let mut names = HashSet::new();
@@ -508,7 +535,7 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         limits.max_output_bytes,
         RAISE,
     )?;
-    check_data(&passthrough, data)?;
+    check_data(&passthrough, &data)?;
     let permutations = parse_permutations(find(TAG_PERMUTATIONS, "PERM")?, &layers)?;
 
     let meta = match sections.iter().find(|s| s.tag == TAG_METADATA) {
@@ -527,6 +554,7 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         source_metadata,
         code_layout,
         data,
+        data_stride,
         meta,
     })
 }

@@ -35,6 +35,9 @@ pub struct ContainerParts<'a> {
     pub metadata: Option<serde_json::Value>,
     /// Store `PRED` raw even where zstd would be smaller (size bounds for budgets).
     pub raw_predictor: bool,
+    /// Store `DATA` raw (readable in place from a memory map; size bounds for budgets) even
+    /// where the byte-shuffled zstd of format 1.6 would be smaller.
+    pub raw_data: bool,
 }
 
 struct Section {
@@ -66,6 +69,24 @@ fn compressed_if_smaller(tag: [u8; 4], payload: Vec<u8>) -> Result<Section> {
         tag,
         flags: FLAG_REQUIRED,
         encoding: ENCODING_ZSTD,
+        decoded_len: payload.len() as u64,
+        payload: packed,
+    })
+}
+
+/// `DATA` as the writer stores it: byte-shuffled zstd (format 1.6) when that is smaller, raw
+/// otherwise. BatchNorm and classifier tensors shrink 10-19 % this way (ResNet-20, F32: 15,312
+/// -> 12,412 bytes; binary16: 7,744 -> 6,755); the price is that a decoder copies `DATA` out
+/// instead of reading it in place, a few kilobytes for these networks.
+fn stored_data(payload: Vec<u8>) -> Result<Section> {
+    let packed = super::shuffle::compress(&payload)?;
+    if packed.len() >= payload.len() {
+        return Ok(raw(TAG_DATA, payload));
+    }
+    Ok(Section {
+        tag: TAG_DATA,
+        flags: FLAG_REQUIRED,
+        encoding: ENCODING_SHUFFLED_ZSTD,
         decoded_len: payload.len() as u64,
         payload: packed,
     })
@@ -299,7 +320,7 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
 
     let (predictor, byte_codes) = stored_predictor(parts.predictor, parts.raw_predictor)?;
     let pred_zstd = predictor.encoding == ENCODING_ZSTD;
-    // The tables of names compress about 6x (format 1.4); DATA stays raw for memory mapping.
+    // The tables of names compress about 6x (format 1.4).
     let layers = compressed_if_smaller(TAG_LAYERS, layers_section(parts.layers)?)?;
     let index = compressed_if_smaller(TAG_PASSTHROUGH, index.buf)?;
     let tables_zstd = layers.encoding == ENCODING_ZSTD
@@ -308,13 +329,13 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
             .passthrough
             .iter()
             .any(|t| t.storage == PassStorage::F16);
-    let mut sections = vec![
-        predictor,
-        layers,
-        raw(TAG_PERMUTATIONS, perm),
-        index,
-        raw(TAG_DATA, data),
-    ];
+    let data = if parts.raw_data {
+        raw(TAG_DATA, data)
+    } else {
+        stored_data(data)?
+    };
+    let data_shuffled = data.encoding == ENCODING_SHUFFLED_ZSTD;
+    let mut sections = vec![predictor, layers, raw(TAG_PERMUTATIONS, perm), index, data];
     if let Some(meta) = &parts.metadata {
         let json = serde_json::to_vec(meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let packed = zstd::bulk::compress(&json, 19).map_err(|e| Error::io("<zstd>", e))?;
@@ -332,10 +353,11 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
+    // they can: 6 for a shuffled zstd DATA, 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
     // for a zstd PRED, 1 for an int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
-        _ if byte_codes => MINOR_VERSION,
+        _ if data_shuffled => MINOR_VERSION,
+        _ if byte_codes => 5,
         _ if tables_zstd => 4,
         (WeightDtype::Int6 | WeightDtype::Int5, _) => 4,
         (WeightDtype::Int4, _) => 3,

@@ -85,8 +85,8 @@ pub fn rehash_header(bytes: &mut [u8]) {
     bytes[t..t + 32].copy_from_slice(h.as_bytes());
 }
 
-/// The entry with `tag`; a zstd `PRED` (format 1.2), `LAYR` or `PASS` (1.4) is decompressed to
-/// raw first, so tests edit the layouts of spec §5 directly.
+/// The entry with `tag`; a zstd `PRED` (format 1.2), `LAYR` or `PASS` (1.4) or a shuffled zstd
+/// `DATA` (1.6) is decoded to raw first, so tests edit the layouts of spec §5 directly.
 pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
     let e = entries.iter_mut().find(|e| &e.tag == tag).unwrap();
     if matches!(&e.tag, b"PRED" | b"LAYR" | b"PASS") && e.encoding == 1 {
@@ -94,13 +94,53 @@ pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
         e.encoding = 0;
         e.decoded_len = e.payload.len() as u64;
     }
+    if &e.tag == b"DATA" && e.encoding == 2 {
+        e.payload = unshuffled_zstd(&e.payload, e.decoded_len as usize);
+        e.encoding = 0;
+    }
     e
 }
 
-/// The lowest minor version describing `entries` (spec §2): 4 with an int6 or int5 predictor
+/// Spec §3 encoding 2 (format 1.6), written from the spec: the stride byte `s`, then zstd frames
+/// of `payload` with byte `j` of every whole `s`-byte element grouped, `j = 0 .. s`, and the
+/// bytes after the last whole element at the end in order.
+pub fn shuffled_zstd(payload: &[u8], s: u8) -> Vec<u8> {
+    let s = s.max(1) as usize;
+    let whole = payload.len() / s;
+    let mut planes = Vec::with_capacity(payload.len());
+    for j in 0..s {
+        for i in 0..whole {
+            planes.push(payload[i * s + j]);
+        }
+    }
+    planes.extend_from_slice(&payload[whole * s..]);
+    let mut out = vec![s as u8];
+    out.extend(zstd::bulk::compress(&planes, 3).unwrap());
+    out
+}
+
+/// The inverse of [`shuffled_zstd`] (the decoded length as declared).
+pub fn unshuffled_zstd(stored: &[u8], decoded_len: usize) -> Vec<u8> {
+    let s = stored[0] as usize;
+    let planes = zstd::bulk::decompress(&stored[1..], decoded_len).unwrap();
+    let whole = planes.len() / s;
+    let mut out = planes.clone();
+    for j in 0..s {
+        for i in 0..whole {
+            out[i * s + j] = planes[j * whole + i];
+        }
+    }
+    out
+}
+
+/// The lowest minor version describing `entries` (spec §2): 6 with a shuffled zstd `DATA`
+/// (encoding 2), 4 with an int6 or int5 predictor
 /// (dtype codes 5, 6 at byte 6 of a raw `PRED`) or a zstd `LAYR`/`PASS`, 3 with an int4
 /// predictor (code 4), 2 with a zstd `PRED`, 1 with an int8 predictor (code 3), else 0.
 fn minor_version(entries: &[Entry]) -> u16 {
+    if entries.iter().any(|e| &e.tag == b"DATA" && e.encoding == 2) {
+        return 6;
+    }
     let zstd_table = entries
         .iter()
         .any(|e| matches!(&e.tag, b"LAYR" | b"PASS") && e.encoding == 1);
