@@ -3,6 +3,19 @@
 
 use crate::data::Augment;
 
+/// A loss history with each loss to 4 significant digits: its shape is what a reader of `META`
+/// wants, and the 15-digit decimal forms of f32 values took a fifth of a small file's `META`
+/// (ResNet-20 at 8 %: 1,925 -> 1,568 bytes compressed with every float so rounded).
+fn four_digits<S: serde::Serializer>(h: &[(usize, f32)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(h.len()))?;
+    for &(step, loss) in h {
+        let short: f64 = format!("{loss:.3e}").parse().unwrap_or(f64::from(loss));
+        seq.serialize_element(&(step, short))?;
+    }
+    seq.end()
+}
+
 /// Result of one progressive round, measured with the decoder.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RoundReport {
@@ -12,6 +25,7 @@ pub struct RoundReport {
     /// RMSE of the decoded weights against the source checkpoint.
     pub rmse_vs_original: f64,
     pub train_seconds: f64,
+    #[serde(serialize_with = "four_digits")]
     pub loss_history: Vec<(usize, f32)>,
     /// Held-out accuracy (%) of this round's decoded network, when data is given.
     pub held_out_accuracy: Option<f64>,
@@ -206,6 +220,7 @@ pub struct DistillReport {
     pub input: String,
     pub teacher: String,
     pub augment: Augment,
+    #[serde(serialize_with = "four_digits")]
     pub loss_history: Vec<(usize, f32)>,
     pub held_out_history: Vec<(usize, f64)>,
     pub kept_step: usize,
@@ -294,5 +309,27 @@ impl EncodeReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_histories_are_written_to_four_significant_digits() {
+        let r = RoundReport {
+            round: 1,
+            rmse_vs_target: 0.5,
+            rmse_vs_original: 0.5,
+            train_seconds: 1.0,
+            loss_history: vec![(0, 0.417_627_2), (40, 5.151_672e-2), (80, f32::NAN)],
+            held_out_accuracy: None,
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            j["loss_history"],
+            serde_json::json!([[0, 0.4176], [40, 0.05152], [80, null]])
+        );
     }
 }
