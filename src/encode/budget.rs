@@ -34,12 +34,28 @@ pub struct Candidate {
 
 /// The everything-but-the-predictor's-values of a file: sizes candidates exactly.
 pub struct Sizer<'a> {
-    pub source: &'a Source<'a>,
-    pub layers: &'a [LayerEntry],
-    pub permutations: &'a [Permutation],
+    source: &'a Source<'a>,
+    layers: &'a [LayerEntry],
+    permutations: &'a [Permutation],
+    /// [`Self::data_saving`], computed once: compressing a large passthrough at zstd-19 for every
+    /// step of a width search would cost minutes.
+    data_saving: std::cell::OnceCell<u64>,
 }
 
-impl Sizer<'_> {
+impl<'a> Sizer<'a> {
+    pub fn new(
+        source: &'a Source<'a>,
+        layers: &'a [LayerEntry],
+        permutations: &'a [Permutation],
+    ) -> Self {
+        Sizer {
+            source,
+            layers,
+            permutations,
+            data_saving: std::cell::OnceCell::new(),
+        }
+    }
+
     /// The file's size with a predictor of `cfg` stored as `dtype`: exact for `PRED` and `DATA`
     /// stored raw (compression only ever makes them smaller), plus [`META_RESERVE`].
     pub fn bound(&self, cfg: &PredictorConfig, dtype: WeightDtype) -> Result<u64> {
@@ -78,12 +94,17 @@ impl Sizer<'_> {
         Ok(bytes.len() as u64)
     }
 
-    /// Bytes the writer saves by compressing the source's `DATA` (format 1.6). Tuned values
-    /// compress differently, which [`Self::actual`] measures after training.
+    /// Bytes the writer saves by compressing the source's `DATA` (format 1.6). `DATA` is the
+    /// last section, so the saving is the same for every predictor. Tuned values compress
+    /// differently, which [`Self::actual`] measures after training.
     fn data_saving(&self, cfg: &PredictorConfig, dtype: WeightDtype) -> Result<u64> {
+        if let Some(&s) = self.data_saving.get() {
+            return Ok(s);
+        }
         let p = blank(cfg, dtype)?;
         let raw = self.write(&p, (true, true), None)?;
-        Ok(raw.saturating_sub(self.write(&p, (true, false), None)?))
+        let saving = raw.saturating_sub(self.write(&p, (true, false), None)?);
+        Ok(*self.data_saving.get_or_init(|| saving))
     }
 
     /// The file's size when the predictor's `PRED` takes `ratio` of its raw (packed) bytes, as a
@@ -316,11 +337,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let source = Source::parse(&path, &bytes, PermutationKind::None).unwrap();
         let perms = vec![Permutation::Identity; source.layers.len()];
-        let sizer = Sizer {
-            source: &source,
-            layers: &source.layers,
-            permutations: &perms,
-        };
+        let sizer = Sizer::new(&source, &source.layers, &perms);
         let base = Cfg {
             kernel_size: 3,
             layers: 5,
