@@ -402,7 +402,7 @@ fn passthrough_tensor_with_wrong_byte_length() {
 
 /// Format 1.6: the base file stores `DATA` shuffled under zstd. Re-encoded with valid hashes:
 /// a stride out of range, frames that decode to fewer bytes than declared, and a well-formed
-/// payload 8 bytes shorter than the index needs are each refused as a malformed `DATA`.
+/// payload declared 8 bytes shorter than the index needs are each refused as a malformed `DATA`.
 #[test]
 fn shuffled_data_with_a_bad_stride_or_length() {
     let b = base();
@@ -428,7 +428,7 @@ fn shuffled_data_with_a_bad_stride_or_length() {
     assert_malformed(err(&with_data(bad, n)), "DATA", "stride");
     let short = shuffled_zstd(&raw[..raw.len() - 8], stride);
     assert_malformed(err(&with_data(short.clone(), n)), "DATA", "decoded to");
-    assert_malformed(err(&with_data(short, n - 8)), "DATA", "index declares");
+    assert_malformed(err(&with_data(short, n - 8)), "DATA", "the index declares");
 }
 
 #[test]

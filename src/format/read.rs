@@ -478,30 +478,6 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     let layers = parse_layers(&layr, &predictor.config, limits)?;
     let pass = table(TAG_PASSTHROUGH, ("PASS", "PASS decoded bytes"))?;
     let (passthrough, source_metadata) = parse_passthrough(&pass, limits, layers.len())?;
-    let data_info = sections
-        .iter()
-        .find(|s| s.tag == TAG_DATA)
-        .ok_or(Error::MissingSection("DATA"))?;
-    let data_stored = find(TAG_DATA, "DATA")?;
-    let data: Cow<'a, [u8]> = if data_info.encoding == ENCODING_SHUFFLED_ZSTD {
-        // DATA is part of the decoded checkpoint: bounded by the output limit before any
-        // allocation (and by the index's exact length in `check_data` below).
-        at_most(
-            "DATA decoded bytes",
-            data_info.decoded_len,
-            limits.max_output_bytes,
-            "",
-        )?;
-        Cow::Owned(shuffle::decompress(
-            data_stored,
-            data_info.decoded_len,
-            "DATA",
-        )?)
-    } else {
-        Cow::Borrowed(data_stored)
-    };
-    let data_stride = (data_info.encoding == ENCODING_SHUFFLED_ZSTD).then(|| data_stored[0]);
-
     // Names unique across both tables.
     let mut names = HashSet::new();
     for n in layers
@@ -535,6 +511,29 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         limits.max_output_bytes,
         RAISE,
     )?;
+    // DATA after the output bound: its decoded length must be the index's (checked before
+    // decompressing), and the index's tensors are part of the bounded output.
+    let data_info = sections
+        .iter()
+        .find(|s| s.tag == TAG_DATA)
+        .ok_or(Error::MissingSection("DATA"))?;
+    let data_stored = find(TAG_DATA, "DATA")?;
+    let (data, data_stride): (Cow<'a, [u8]>, _) = if data_info.encoding == ENCODING_SHUFFLED_ZSTD {
+        let declared = passthrough.last().map_or(0, |e| e.offset + e.len);
+        if data_info.decoded_len != declared {
+            return Err(Error::malformed(
+                "DATA",
+                format!(
+                    "decoded length {}, the index declares {declared}",
+                    data_info.decoded_len
+                ),
+            ));
+        }
+        let decoded = shuffle::decompress(data_stored, data_info.decoded_len, "DATA")?;
+        (Cow::Owned(decoded), Some(data_stored[0]))
+    } else {
+        (Cow::Borrowed(data_stored), None)
+    };
     check_data(&passthrough, &data)?;
     let permutations = parse_permutations(find(TAG_PERMUTATIONS, "PERM")?, &layers)?;
 
