@@ -139,6 +139,27 @@ pub enum PassStorage {
 /// `PASS` dtype code of an F32 tensor stored as binary16 (spec §5.4, format 1.4).
 pub const DTYPE_CODE_F32_AS_F16: u8 = 16;
 
+/// zstd frames decoded to exactly `decoded_len` bytes (at most that much is decompressed; the
+/// caller has bounded it), else a malformed-section error naming `name`.
+pub(crate) fn zstd_exact(
+    frames: &[u8],
+    decoded_len: u64,
+    name: &'static str,
+) -> crate::error::Result<Vec<u8>> {
+    let decoded = zstd::bulk::decompress(frames, decoded_len as usize)
+        .map_err(|e| crate::error::Error::malformed(name, format!("zstd: {e}")))?;
+    if decoded.len() as u64 != decoded_len {
+        return Err(crate::error::Error::malformed(
+            name,
+            format!(
+                "decoded to {} bytes, the table declares {decoded_len}",
+                decoded.len()
+            ),
+        ));
+    }
+    Ok(decoded)
+}
+
 pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
     x.checked_add(align - 1).map(|v| v / align * align)
 }

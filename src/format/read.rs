@@ -121,19 +121,7 @@ fn decompress_exact(
     limit: u64,
 ) -> Result<Vec<u8>> {
     at_most(what, info.decoded_len, limit, "")?;
-    let decoded = zstd::bulk::decompress(stored, info.decoded_len as usize)
-        .map_err(|e| Error::malformed(name, format!("zstd: {e}")))?;
-    if decoded.len() as u64 != info.decoded_len {
-        return Err(Error::malformed(
-            name,
-            format!(
-                "decoded to {} bytes, the table declares {}",
-                decoded.len(),
-                info.decoded_len
-            ),
-        ));
-    }
-    Ok(decoded)
+    zstd_exact(stored, info.decoded_len, name)
 }
 
 /// `n` codes of `bits`-bit two's complement, packed as `write::pack_codes` packs them; `None`

@@ -69,17 +69,7 @@ pub fn decompress(stored: &[u8], decoded_len: u64, name: &'static str) -> Result
             format!("shuffled zstd: stride {stride} (must be 1..={MAX_STRIDE})"),
         ));
     }
-    let decoded = zstd::bulk::decompress(frames, decoded_len as usize)
-        .map_err(|e| Error::malformed(name, format!("zstd: {e}")))?;
-    if decoded.len() as u64 != decoded_len {
-        return Err(Error::malformed(
-            name,
-            format!(
-                "decoded to {} bytes, the table declares {decoded_len}",
-                decoded.len()
-            ),
-        ));
-    }
+    let decoded = super::zstd_exact(frames, decoded_len, name)?;
     Ok(unshuffle(&decoded, stride as usize))
 }
 

@@ -62,16 +62,21 @@ fn raw(tag: [u8; 4], payload: Vec<u8>) -> Section {
 /// format 1.2), raw otherwise.
 fn compressed_if_smaller(tag: [u8; 4], payload: Vec<u8>) -> Result<Section> {
     let packed = zstd::bulk::compress(&payload, 19).map_err(|e| Error::io("<zstd>", e))?;
+    Ok(smaller_of(tag, payload, packed, ENCODING_ZSTD))
+}
+
+/// `packed` (the payload in `encoding`) when it is smaller than the raw `payload`.
+fn smaller_of(tag: [u8; 4], payload: Vec<u8>, packed: Vec<u8>, encoding: u8) -> Section {
     if packed.len() >= payload.len() {
-        return Ok(raw(tag, payload));
+        return raw(tag, payload);
     }
-    Ok(Section {
+    Section {
         tag,
         flags: FLAG_REQUIRED,
-        encoding: ENCODING_ZSTD,
+        encoding,
         decoded_len: payload.len() as u64,
         payload: packed,
-    })
+    }
 }
 
 /// `DATA` as the writer stores it: byte-shuffled zstd (format 1.6) when that is smaller, raw
@@ -80,16 +85,12 @@ fn compressed_if_smaller(tag: [u8; 4], payload: Vec<u8>) -> Result<Section> {
 /// instead of reading it in place, a few kilobytes for these networks.
 fn stored_data(payload: Vec<u8>) -> Result<Section> {
     let packed = super::shuffle::compress(&payload)?;
-    if packed.len() >= payload.len() {
-        return Ok(raw(TAG_DATA, payload));
-    }
-    Ok(Section {
-        tag: TAG_DATA,
-        flags: FLAG_REQUIRED,
-        encoding: ENCODING_SHUFFLED_ZSTD,
-        decoded_len: payload.len() as u64,
-        payload: packed,
-    })
+    Ok(smaller_of(
+        TAG_DATA,
+        payload,
+        packed,
+        ENCODING_SHUFFLED_ZSTD,
+    ))
 }
 
 fn check_name(name: &str) -> Result<()> {
