@@ -167,6 +167,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
     if o.layers != crate::predictor::REFERENCE_LAYERS {
         v["layers"] = json!(o.layers);
     }
+    if o.raw_passthrough {
+        v["raw_passthrough"] = json!(true);
+    }
     if let Some(lr) = o.tune_passthrough {
         v["tune_passthrough_lr"] = json!(lr);
     }

@@ -260,6 +260,57 @@ fn f16_bf16_and_int8_predictors_store_what_was_measured() {
     }
 }
 
+/// `--raw-passthrough`: `DATA` stored raw (read in place from the file's bytes, no copy), the
+/// same decoded checkpoint as the default's shuffled zstd, and the file says so.
+#[test]
+fn raw_passthrough_is_read_in_place_and_decodes_the_same() {
+    let path = fixture("fmnist-resnet20.safetensors");
+    let opts = small_options(PermutationKind::None, 1);
+    let (packed, _) = encode(&path, &opts, &NoProgress).unwrap();
+    let raw_opts = EncodeOptions {
+        raw_passthrough: true,
+        ..opts
+    };
+    let (raw, _) = encode(&path, &raw_opts, &NoProgress).unwrap();
+    let limits = Limits::default();
+    let (pc, rc) = (
+        read_container(&packed, &limits).unwrap(),
+        read_container(&raw, &limits).unwrap(),
+    );
+    let encoding = |c: &nernc::format::Container<'_>| {
+        c.sections
+            .iter()
+            .find(|s| s.tag == *b"DATA")
+            .unwrap()
+            .encoding
+    };
+    assert_eq!((encoding(&pc), encoding(&rc)), (2, 0));
+    assert!(pc.data_stride.is_some() && rc.data_stride.is_none());
+    assert!(matches!(rc.data, std::borrow::Cow::Borrowed(_)));
+    assert_eq!(pc.data, rc.data, "the same passthrough bytes");
+    // ResNet-20's F32 passthrough: 15,312 bytes raw, 12,413 shuffled under zstd.
+    assert!(
+        raw.len() > packed.len() + 2000,
+        "{} vs {}",
+        raw.len(),
+        packed.len()
+    );
+    let meta = rc.metadata(&limits).unwrap().unwrap();
+    assert_eq!(meta["recipe"]["raw_passthrough"], true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut decoded = Vec::new();
+    for (name, bytes) in [("packed", &packed), ("raw", &raw)] {
+        let (nern, out) = (
+            dir.path().join(format!("{name}.nern")),
+            dir.path().join(format!("{name}.safetensors")),
+        );
+        std::fs::write(&nern, bytes).unwrap();
+        nernc::decode::decode_file(&nern, &out, 2, &limits).unwrap();
+        decoded.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(decoded[0], decoded[1]);
+}
+
 /// `--passthrough f16`: the F32 passthrough tensors come back as the source rounded to binary16
 /// (and widened to F32), everything else byte-exact, and the file says so.
 #[test]

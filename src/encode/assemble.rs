@@ -117,6 +117,7 @@ pub fn assemble(
             (false, true) => "tuned (lossy: BN weight/bias and FC trained in phase 2)",
             (true, true) => "tuned f16 (lossy: BN weight/bias and FC trained in phase 2, stored as binary16)",
         },
+        "raw_passthrough": opts.raw_passthrough,
         "tune_lr": opts.tune_passthrough.filter(|_| r.tuned.is_some()),
         "tuned_tensors": r.tuned.as_ref().map(|t| t.tensors.len()),
         "target_size": opts.target_size.map(|t| format!("{t:?}")),
@@ -184,7 +185,7 @@ pub fn assemble(
             source_metadata: source.checkpoint.metadata.clone(),
             metadata,
             raw_predictor: false,
-            raw_data: false,
+            raw_data: opts.raw_passthrough,
         })
     };
     let mut bytes = write(Some(metadata.clone()))?;

@@ -37,6 +37,8 @@ pub struct Sizer<'a> {
     source: &'a Source<'a>,
     layers: &'a [LayerEntry],
     permutations: &'a [Permutation],
+    /// `DATA` stays raw in the file (`--raw-passthrough`): no saving to count.
+    raw_data: bool,
     /// [`Self::data_saving`], computed once: compressing a large passthrough at zstd-19 for every
     /// step of a width search would cost minutes.
     data_saving: std::cell::OnceCell<u64>,
@@ -47,11 +49,13 @@ impl<'a> Sizer<'a> {
         source: &'a Source<'a>,
         layers: &'a [LayerEntry],
         permutations: &'a [Permutation],
+        raw_data: bool,
     ) -> Self {
         Sizer {
             source,
             layers,
             permutations,
+            raw_data,
             data_saving: std::cell::OnceCell::new(),
         }
     }
@@ -67,7 +71,7 @@ impl<'a> Sizer<'a> {
     /// tuned tensors' bytes from [`Source::tuned_bytes`]) as the writer stores them, plus
     /// [`META_RESERVE`].
     pub fn actual(&self, p: &Predictor, tuned: Option<&HashMap<String, Vec<u8>>>) -> Result<u64> {
-        Ok(self.write(p, (false, false), tuned)? + META_RESERVE)
+        Ok(self.write(p, (false, self.raw_data), tuned)? + META_RESERVE)
     }
 
     /// The container's length, `PRED` and `DATA` stored raw as `(raw_predictor, raw_data)` say.
@@ -98,6 +102,9 @@ impl<'a> Sizer<'a> {
     /// last section, so the saving is the same for every predictor. Tuned values compress
     /// differently, which [`Self::actual`] measures after training.
     fn data_saving(&self, cfg: &PredictorConfig, dtype: WeightDtype) -> Result<u64> {
+        if self.raw_data {
+            return Ok(0);
+        }
         if let Some(&s) = self.data_saving.get() {
             return Ok(s);
         }
@@ -337,7 +344,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let source = Source::parse(&path, &bytes, PermutationKind::None).unwrap();
         let perms = vec![Permutation::Identity; source.layers.len()];
-        let sizer = Sizer::new(&source, &source.layers, &perms);
+        let sizer = Sizer::new(&source, &source.layers, &perms, false);
         let base = Cfg {
             kernel_size: 3,
             layers: 5,
@@ -366,6 +373,9 @@ mod tests {
         let raw_bound = sizer.bound(&by_data.config, WeightDtype::Int6).unwrap();
         assert_eq!(by_data.bound, raw_bound - saving);
         assert!(by_data.bound <= budget && raw_bound > budget);
+        // With `--raw-passthrough` DATA saves nothing: the same incompressible codes do not widen.
+        let raw_sizer = Sizer::new(&source, &source.layers, &perms, true);
+        assert!(raw_sizer.widen(budget, &chosen, 1.0).unwrap().is_none());
         // Codes that compress: measured on one predictor, a wider shape fits by the estimate,
         // and a predictor of that shape with the same statistics does fit.
         let (raw, stored) = predictor_bytes(&peaked(&chosen.config, 1)).unwrap();

@@ -57,6 +57,9 @@ pub struct EncodeOptions {
     /// Store F32 passthrough tensors (BN, FC, biases) as binary16: lossy, opt-in
     /// (`--passthrough f16`), recorded in the file by their dtype code.
     pub passthrough_f16: bool,
+    /// Store `DATA` raw (`--raw-passthrough`) even where the byte-shuffled zstd of format 1.6
+    /// is smaller: a decoder can then read the passthrough in place from a memory map.
+    pub raw_passthrough: bool,
     /// Train the BN affine parameters and the FC layer in phase 2 beside the predictor, at this
     /// peak learning rate (`--passthrough tuned`): lossy, opt-in, recorded in the recipe.
     pub tune_passthrough: Option<f64>,
@@ -353,6 +356,7 @@ impl Default for EncodeOptions {
             rounding: Rounding::default(),
             channel_order: None,
             passthrough_f16: false,
+            raw_passthrough: false,
             tune_passthrough: None,
             time_limit: None,
         }

@@ -727,7 +727,12 @@ fn encode_on<B: TrainBackend>(
     let mut candidates = Vec::new();
     let mut list = None;
     if let Some(budget) = budget {
-        let sizer = Sizer::new(&source, &ctx.layers, &ctx.permutations);
+        let sizer = Sizer::new(
+            &source,
+            &ctx.layers,
+            &ctx.permutations,
+            opts.raw_passthrough,
+        );
         if resumed.is_some() {
             schedule.storage = resumed_dtype(&sizer, opts, &cfg, budget)?;
         } else {
@@ -835,7 +840,12 @@ fn encode_on<B: TrainBackend>(
             } else {
                 probe_ratio
             };
-            let sizer = Sizer::new(&source, &ctx.layers, &ctx.permutations);
+            let sizer = Sizer::new(
+                &source,
+                &ctx.layers,
+                &ctx.permutations,
+                opts.raw_passthrough,
+            );
             if let Some(w) = sizer.widen(budget, pick, ratio)? {
                 progress.stage(&format!(
                     "size probe: codes at {:.1} % of packed; hidden {} -> {}",
@@ -864,7 +874,12 @@ fn encode_on<B: TrainBackend>(
     let mut seeds = SplitMix64::new(opts.seed);
     let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
     if let (Some(narrow), Some(budget)) = (narrower, budget) {
-        let sizer = Sizer::new(&source, &ctx.layers, &ctx.permutations);
+        let sizer = Sizer::new(
+            &source,
+            &ctx.layers,
+            &ctx.permutations,
+            opts.raw_passthrough,
+        );
         let tuned = trained
             .passthrough
             .as_ref()
