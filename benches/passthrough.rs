@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use nernc::format::shuffle::{FULL_TRY_LIMIT, WRITER_STRIDES, compress, decompress, shuffle};
+use nernc::format::shuffle::{FULL_TRY_LIMIT, compress, compress_trying_every_stride, decompress};
 use nernc::rng::SplitMix64;
 
 fn classifier_like(bytes: usize) -> Vec<u8> {
@@ -39,17 +39,11 @@ fn main() {
         let mut stored = Vec::new();
         let write = seconds(|| stored = compress(&payload).expect("compress"));
         let (full, full_best) = if payload.len() > FULL_TRY_LIMIT && mib <= 16 {
-            let mut best = usize::MAX;
-            let s = seconds(|| {
-                for stride in WRITER_STRIDES {
-                    let z = zstd::bulk::compress(&shuffle(&payload, stride as usize), 19)
-                        .expect("zstd");
-                    best = best.min(z.len() + 1);
-                }
-            });
+            let mut full = Vec::new();
+            let s = seconds(|| full = compress_trying_every_stride(&payload).expect("compress"));
             (
                 format!("{s:.1}"),
-                format!("{:.4}", best as f64 / payload.len() as f64),
+                format!("{:.4}", full.len() as f64 / payload.len() as f64),
             )
         } else {
             ("-".into(), "-".into())

@@ -723,16 +723,17 @@ fn encode_on<B: TrainBackend>(
         },
     };
 
+    // One sizer for the whole encode: it caches what compressing the passthrough saves.
+    let sizer = Sizer::new(
+        &source,
+        &ctx.layers,
+        &ctx.permutations,
+        opts.raw_passthrough,
+    );
     // A budget lists the predictors that fit; which one wins is measured before the full run.
     let mut candidates = Vec::new();
     let mut list = None;
     if let Some(budget) = budget {
-        let sizer = Sizer::new(
-            &source,
-            &ctx.layers,
-            &ctx.permutations,
-            opts.raw_passthrough,
-        );
         if resumed.is_some() {
             schedule.storage = resumed_dtype(&sizer, opts, &cfg, budget)?;
         } else {
@@ -840,12 +841,6 @@ fn encode_on<B: TrainBackend>(
             } else {
                 probe_ratio
             };
-            let sizer = Sizer::new(
-                &source,
-                &ctx.layers,
-                &ctx.permutations,
-                opts.raw_passthrough,
-            );
             if let Some(w) = sizer.widen(budget, pick, ratio)? {
                 progress.stage(&format!(
                     "size probe: codes at {:.1} % of packed; hidden {} -> {}",
@@ -874,12 +869,6 @@ fn encode_on<B: TrainBackend>(
     let mut seeds = SplitMix64::new(opts.seed);
     let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
     if let (Some(narrow), Some(budget)) = (narrower, budget) {
-        let sizer = Sizer::new(
-            &source,
-            &ctx.layers,
-            &ctx.permutations,
-            opts.raw_passthrough,
-        );
         let tuned = trained
             .passthrough
             .as_ref()
