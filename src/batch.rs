@@ -150,6 +150,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
         if d.feature_weight > 0.0 {
             v["feature_weight"] = json!(d.feature_weight);
         }
+        if d.cycles != 1 {
+            v["cycles"] = json!(d.cycles);
+        }
         v
     });
     let mut v = json!({

@@ -256,10 +256,14 @@ pub fn render(r: &InspectReport) -> String {
             }
         }
         if let Some(d) = m.get("distillation").filter(|d| !d.is_null()) {
+            // Files before `--distill-cycles` record no cycles: one.
+            let steps = match d["cycles"].as_u64() {
+                Some(c) if c > 1 => format!("{c} cycles of {} steps", d["steps"]),
+                _ => format!("{} steps", d["steps"]),
+            };
             let _ = writeln!(
                 s,
-                "phase 2: {} steps, input {}, teacher {}, kept step {}, {:.1} s",
-                d["steps"],
+                "phase 2: {steps}, input {}, teacher {}, kept step {}, {:.1} s",
                 d["input"],
                 d["teacher"],
                 d["kept_step"],

@@ -268,6 +268,13 @@ struct EncodeSettings {
     /// not help in the measurements so far].
     #[arg(long)]
     distill_warmup: Option<usize>,
+    /// Phase 2 in this many cycles of --distill-steps each. Each cycle after the first restarts
+    /// from the previous one's kept state: learning rate back at its peak, a fresh Adam, the
+    /// weights moved off their code grid (as --resume does to a finished file). Measured on
+    /// ResNet-56 at 5 %: two restarts gained 0.1-0.2 test points where 800 steps in one cycle
+    /// had gone flat.
+    #[arg(long, default_value_t = 1)]
+    distill_cycles: usize,
     /// Phase 2 on real data: translate each image by up to this many pixels per axis
     /// (zero fill), as in training (the fixtures were trained with 2).
     #[arg(long, default_value_t = 0)]
@@ -545,6 +552,7 @@ impl EncodeSettings {
             batch: self.distill_batch,
             eval_every: self.eval_every,
             warmup: self.distill_warmup,
+            cycles: self.distill_cycles,
             augment: nernc::data::Augment {
                 shift: self.augment_shift,
                 flip: self.augment_flip,

@@ -94,6 +94,41 @@ fn phase_two_keeps_the_best_held_out_state_and_records_it() {
     assert!((recorded - int4).abs() < 1e-9, "{recorded} vs {int4}");
     let report = nernc::inspect::inspect(&c2, &Limits::default()).unwrap();
     assert!(nernc::inspect::render(&report).contains("held-out"));
+
+    // `--distill-cycles 2`: the first cycle is the run above, step for step; the second restarts
+    // from its kept state and counts on (steps 6 and 8). The kept state is the first best over
+    // both cycles, recorded as the file's figure.
+    let cycled = EncodeOptions {
+        distill: phase2
+            .distill
+            .clone()
+            .map(|d| DistillOptions { cycles: 2, ..d }),
+        ..phase2.clone()
+    };
+    let (p3, r3) = encode(&src, &cycled, &NoProgress).unwrap();
+    let d3 = r3.distill.as_ref().unwrap();
+    assert_eq!((d3.steps, d3.cycles), (4, 2));
+    let steps: Vec<usize> = d3.held_out_history.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [0, 2, 4, 6, 8]);
+    assert_eq!(d3.held_out_history[..3], d.held_out_history[..]);
+    assert_eq!(d3.loss_history[..d.loss_history.len()], d.loss_history[..]);
+    assert!(d3.loss_history.last().unwrap().0 > 4);
+    assert!(d3.teacher_images > d.teacher_images);
+    let best3 =
+        d3.held_out_history.iter().fold(
+            (0, f64::NEG_INFINITY),
+            |b, &(s, a)| if a > b.1 { (s, a) } else { b },
+        );
+    assert_eq!(d3.kept_step, best3.0);
+    assert_eq!(r3.accuracy.held_out, Some(best3.1));
+    // Kept in the first cycle: the same predictor as the one-cycle run's.
+    let c3 = read_container(&p3, &Limits::default()).unwrap();
+    assert_eq!(c3.predictor == c2.predictor, d3.kept_step == d.kept_step);
+    let meta = c3.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["distillation"]["cycles"], 2);
+    assert_eq!(meta["recipe"]["phase2"]["cycles"], 2);
+    let shown = nernc::inspect::render(&nernc::inspect::inspect(&c3, &Limits::default()).unwrap());
+    assert!(shown.contains("phase 2: 2 cycles of 4 steps"), "{shown}");
 }
 
 /// `--passthrough tuned`: phase 2 also trains the BN affine parameters and the FC layer; the
@@ -225,6 +260,14 @@ fn tuned_passthrough_with_a_bad_learning_rate_is_refused() {
         let extra = ["--passthrough", "tuned", &format!("--tune-lr={lr}")];
         encode_fails_with(dir.path(), &src, &extra, "--tune-lr must be positive");
     }
+    let cycles = ["--passthrough", "tuned", "--distill-cycles", "2"];
+    encode_fails_with(dir.path(), &src, &cycles, "--distill-cycles above 1");
+    encode_fails_with(
+        dir.path(),
+        &src,
+        &["--distill-cycles", "0"],
+        "--distill-cycles must be",
+    );
 }
 
 /// `--label-weight` and `--feature-weight`: the cross-entropy on the true labels and the

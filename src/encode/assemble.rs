@@ -102,7 +102,7 @@ pub fn assemble(
             "loss": "global RMSE after centre crop",
         },
         "phase2": report.distill.as_ref().map(|d| json!({
-            "steps": d.steps, "batch": d.batch, "lr": d.lr, "warmup": d.warmup, "temperature": d.temperature,
+            "steps": d.steps, "cycles": d.cycles, "batch": d.batch, "lr": d.lr, "warmup": d.warmup, "temperature": d.temperature,
             "recon_weight": d.recon_weight, "label_weight": d.label_weight,
             "feature_weight": d.feature_weight,
             "input": d.input, "teacher": d.teacher,

@@ -37,8 +37,10 @@ pub struct Plan {
     pub rounds: usize,
     /// Phase-1 steps per round as asked (or defaulted): the most a limit leaves.
     pub phase1_steps: usize,
-    /// Phase-2 steps as asked (0: no phase 2).
+    /// Phase-2 steps per cycle as asked (0: no phase 2).
     pub distill_steps: usize,
+    /// Phase-2 cycles (each its own cosine schedule, teacher cache and evaluations).
+    pub distill_cycles: usize,
     pub distill_batch: usize,
     /// Images the teacher-logit cache draws from (`None`: no cache, the teacher runs on every
     /// image of every step: noise or augmented images).
@@ -72,16 +74,18 @@ pub fn probe_steps(phase1_steps: usize, distill_steps: usize) -> (usize, usize) 
 }
 
 impl Plan {
-    /// Seconds of one training run (phase 1 rounds, phase 2, their held-out evaluations).
-    fn train_seconds(&self, c: &Costs, rounds: usize, s1: usize, s2: usize) -> f64 {
+    /// Seconds of one training run (phase 1 rounds, `cycles` phase-2 cycles of `s2` steps,
+    /// their held-out evaluations).
+    fn train_seconds(&self, c: &Costs, rounds: usize, s1: usize, s2: usize, cycles: usize) -> f64 {
         let eval = self.held_out_images as f64 * c.eval_image;
         let mut t = rounds as f64 * (s1 as f64 * c.phase1_step + eval);
         if rounds == 0 {
             // A resumed predictor is measured once before phase 2.
             t += eval;
         }
-        if s2 > 0 {
+        if s2 > 0 && cycles > 0 {
             let b = self.distill_batch as f64;
+            // Each cycle fills its own teacher-logit cache.
             let teacher = match self.cached_pool {
                 // Expected distinct images among s2 * b draws with replacement.
                 Some(n) => {
@@ -90,15 +94,17 @@ impl Plan {
                 }
                 None => s2 as f64 * b,
             };
-            t += s2 as f64 * c.distill_step + teacher * c.teacher_image;
+            let mut cycle = s2 as f64 * c.distill_step + teacher * c.teacher_image;
             if self.held_out_images > 0 {
                 let (every, from) = distill_evals(s2, self.eval_every);
-                let evals = 1
-                    + (1..=s2)
-                        .filter(|&d| (d % every == 0 || d == s2) && d >= from)
-                        .count();
-                t += evals as f64 * eval;
+                let evals = (1..=s2)
+                    .filter(|&d| (d % every == 0 || d == s2) && d >= from)
+                    .count();
+                cycle += evals as f64 * eval;
+                // Step 0 is measured once: a later cycle starts from a measured state.
+                t += eval;
             }
+            t += cycles as f64 * cycle;
         }
         t
     }
@@ -109,14 +115,14 @@ impl Plan {
         let (p1, p2) = probe_steps(s1, s2);
         let probe = if self.probes > 1 {
             let p2 = if s2 > 0 { p2 } else { 0 };
-            self.probes as f64 * self.train_seconds(c, 1, p1, p2)
+            self.probes as f64 * self.train_seconds(c, 1, p1, p2, 1)
         } else if self.size_probe {
-            self.train_seconds(c, 1, p1, 0)
+            self.train_seconds(c, 1, p1, 0, 0)
         } else {
             0.0
         };
         let finals = (2 * self.test_images + self.held_out_images) as f64 * c.eval_image;
-        probe + self.train_seconds(c, self.rounds, s1, s2) + finals
+        probe + self.train_seconds(c, self.rounds, s1, s2, self.distill_cycles) + finals
     }
 
     /// The step counts to run inside `seconds_left` ([`SAFETY`] of it): phase 2 is shortened
@@ -216,6 +222,7 @@ mod tests {
             rounds: 1,
             phase1_steps: 3000,
             distill_steps: 400,
+            distill_cycles: 1,
             distill_batch: 128,
             cached_pool: Some(55_000),
             eval_every: None,
@@ -310,7 +317,7 @@ mod tests {
         let (p1, p2) = probe_steps(3000, 400);
         assert_eq!((p1, p2), (500, 20));
         let extra = probed.seconds(&c, 3000, 400) - base.seconds(&c, 3000, 400);
-        assert!((extra - 3.0 * base.train_seconds(&c, 1, 500, 20)).abs() < 1e-9);
+        assert!((extra - 3.0 * base.train_seconds(&c, 1, 500, 20, 1)).abs() < 1e-9);
         let resumed = Plan {
             rounds: 0,
             ..plan()
@@ -324,6 +331,28 @@ mod tests {
         };
         let want = 300.0 + 400.0 * (1.0 + 128.0 * c.teacher_image);
         assert!((noise.seconds(&c, 3000, 400) - want).abs() < 1e-9);
+        // Two cycles run phase 2 twice: its steps, teacher images and evaluations, but not the
+        // step-0 measurement (a later cycle starts from a measured state).
+        let two = Plan {
+            distill_cycles: 2,
+            ..plan()
+        };
+        let one_cycle = base.seconds(&c, 3000, 400) - base.seconds(&c, 3000, 0);
+        let eval = 5000.0 * c.eval_image;
+        let extra = two.seconds(&c, 3000, 400) - base.seconds(&c, 3000, 400);
+        assert!(
+            (extra - (one_cycle - eval)).abs() < 1e-9,
+            "{extra} {one_cycle}"
+        );
+        let noise2 = Plan {
+            distill_cycles: 2,
+            ..noise
+        };
+        assert!(
+            (noise2.seconds(&c, 3000, 400) - (want + 400.0 * (1.0 + 128.0 * c.teacher_image)))
+                .abs()
+                < 1e-9
+        );
         // Phase 1 only: no phase-2 steps appear.
         let p1_only = Plan {
             distill_steps: 0,

@@ -302,6 +302,12 @@ pub struct DistillOptions {
     pub warmup: Option<usize>,
     /// Random translations / flips of real phase-2 images.
     pub augment: Augment,
+    /// Phase-2 cycles of `steps` steps each (`--distill-cycles`, default 1). Each cycle after the
+    /// first restarts from the previous one's kept state: learning rate back at its peak, a fresh
+    /// Adam, the weights moved off their code grid (what `--resume` does to a finished file).
+    /// Measured on ResNet-56 at 5 % (session 23): 800 steps in one cycle ended at 94.30 / 94.31 %
+    /// test, held-out flat from step 720; the same files resumed for 400 more 94.50 / 94.40 %.
+    pub cycles: usize,
 }
 
 impl Default for DistillOptions {
@@ -319,6 +325,7 @@ impl Default for DistillOptions {
             eval_every: None,
             warmup: None,
             augment: Augment::default(),
+            cycles: 1,
         }
     }
 }
@@ -473,6 +480,16 @@ impl EncodeOptions {
             let positive = |v: f64| v.is_finite() && v > 0.0;
             if d.steps == 0 || d.batch == 0 || !positive(d.lr) || !positive(d.temperature) {
                 return bad("distillation: steps, batch, lr and temperature must be positive");
+            }
+            if d.cycles == 0 || d.cycles > 64 {
+                return bad("--distill-cycles must be in 1..=64");
+            }
+            if d.cycles > 1 && o.tune_passthrough.is_some() {
+                return bad(
+                    "--distill-cycles above 1 with --passthrough tuned is not supported (the \
+                     tuned passthrough would have to carry from cycle to cycle; neither has \
+                     been measured to pay)",
+                );
             }
             if !(d.recon_weight.is_finite() && d.recon_weight >= 0.0) {
                 return bad("--recon-weight must be >= 0");

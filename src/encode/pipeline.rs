@@ -14,7 +14,7 @@ use super::options::{
     default_hidden, default_params_per_weight, default_phase1_steps, default_predictor_dtype,
 };
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
-use super::phase2::{DistillInput, DistillSettings, TuneSettings, distill};
+use super::phase2::{DistillInput, DistillOutcome, DistillSettings, TuneSettings, distill};
 use super::progress::{NoProgress, Progress};
 use super::report::{
     AccuracyReport, CandidateReport, DistillReport, EncodeReport, GoalReport, RoundReport,
@@ -94,7 +94,43 @@ struct Schedule<'a> {
     rounds: usize,
     distill: Option<&'a DistillOptions>,
     distill_steps: usize,
+    /// Phase-2 cycles of `distill_steps` each (the candidates' short runs take one).
+    distill_cycles: usize,
     storage: WeightDtype,
+}
+
+/// Phase 2's cycles gathered into one history, steps counted from the first cycle's start.
+#[derive(Default)]
+struct Cycles {
+    loss_history: Vec<(usize, f32)>,
+    held_out_history: Vec<(usize, f64)>,
+    kept_step: usize,
+    kept_held_out: Option<f64>,
+    teacher_images: usize,
+}
+
+impl Cycles {
+    /// Adds the cycle that began at step `offset`. A later cycle's step 0 is the kept state it
+    /// restarted from, already in the history: kept only if no later step beats it.
+    fn add(&mut self, offset: usize, o: &DistillOutcome) {
+        self.loss_history
+            .extend(o.loss_history.iter().map(|&(s, l)| (offset + s, l)));
+        self.held_out_history.extend(
+            o.held_out_history
+                .iter()
+                .filter(|&&(s, _)| offset == 0 || s > 0)
+                .map(|&(s, a)| (offset + s, a)),
+        );
+        if offset == 0 || o.best_step > 0 {
+            self.kept_step = offset + o.best_step;
+            self.kept_held_out = o
+                .held_out_history
+                .iter()
+                .find(|(s, _)| *s == o.best_step)
+                .map(|&(_, a)| a);
+        }
+        self.teacher_images += o.teacher_images;
+    }
 }
 
 impl<B: TrainBackend> Context<'_, B> {
@@ -187,12 +223,11 @@ impl<B: TrainBackend> Context<'_, B> {
             &self.teacher,
             &self.student,
         ) {
-            progress.stage("distillation");
             let t_distill = Instant::now();
             let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
-            let start = match (on_grid, s.storage.max_code()) {
+            let mut start = match (on_grid, s.storage.max_code()) {
                 // Already rounded (the compensation would find no error): only moved off the
                 // grid, with its own seed, so the encode's sequence stays what it was.
                 (true, Some(max)) => {
@@ -203,22 +238,49 @@ impl<B: TrainBackend> Context<'_, B> {
                 }
                 _ => self.rounded(&predictor, cfg, s.storage, Some(&set))?,
             };
-            let out = distill::<B>(
-                device,
-                &start,
-                &set,
-                &self.layers,
-                &self.permutations,
-                host,
-                student,
-                phase1.held_out,
-                teacher,
-                &settings,
-                seeds.next_u64(),
-                progress,
-            )?;
+            let mut start_held_out = phase1.held_out;
+            let mut cycles = Cycles::default();
+            let mut out = None;
+            for cycle in 0..s.distill_cycles {
+                progress.stage(&if s.distill_cycles > 1 {
+                    format!("distillation, cycle {}/{}", cycle + 1, s.distill_cycles)
+                } else {
+                    "distillation".into()
+                });
+                if cycle > 0 {
+                    // The previous cycle's kept state, on its code grid: restarted as `--resume`
+                    // restarts a finished file.
+                    let kept: &DistillOutcome = out.as_ref().expect("a cycle ran");
+                    start = kept.predictor.clone();
+                    if let Some(max) = s.storage.max_code() {
+                        let mut rng = SplitMix64::new(seeds.next_u64());
+                        super::gptq::off_grid(&mut start, max, &mut rng);
+                    }
+                    start_held_out = cycles.kept_held_out;
+                }
+                let o = distill::<B>(
+                    device,
+                    &start,
+                    &set,
+                    &self.layers,
+                    &self.permutations,
+                    host,
+                    student,
+                    start_held_out,
+                    teacher,
+                    &settings,
+                    seeds.next_u64(),
+                    progress,
+                )?;
+                cycles.add(cycle * s.distill_steps, &o);
+                out = Some(o);
+            }
+            let out = out.expect("at least one cycle");
+            // The last cycle's kept state is the best seen: each cycle keeps its own start
+            // (step 0) unless a later step beats it.
             distill_report = Some(DistillReport {
                 steps: s.distill_steps,
+                cycles: s.distill_cycles,
                 batch: d.batch,
                 lr: d.lr,
                 warmup: settings.warmup,
@@ -235,12 +297,12 @@ impl<B: TrainBackend> Context<'_, B> {
                     .teacher
                     .as_ref()
                     .map_or_else(|| "original".into(), |t| t.display().to_string()),
-                loss_history: out.loss_history,
-                held_out_history: out.held_out_history,
-                kept_step: out.best_step,
+                loss_history: cycles.loss_history,
+                held_out_history: cycles.held_out_history,
+                kept_step: cycles.kept_step,
                 rmse_vs_original: self.conv_rmse(&out.predictor),
                 seconds: t_distill.elapsed().as_secs_f64(),
-                teacher_images: out.teacher_images,
+                teacher_images: cycles.teacher_images,
             });
             predictor = out.predictor;
             passthrough = out.passthrough;
@@ -492,6 +554,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 rounds: 1,
                 distill: full.distill,
                 distill_steps,
+                distill_cycles: 1,
                 storage: c.dtype,
             };
             let mut seeds = SplitMix64::new(seed);
@@ -539,6 +602,7 @@ impl<B: TrainBackend> Context<'_, B> {
             rounds: 1,
             distill: None,
             distill_steps: 0,
+            distill_cycles: 0,
             storage: c.dtype,
         };
         Ok(self
@@ -716,6 +780,7 @@ fn encode_on<B: TrainBackend>(
         rounds: opts.rounds,
         distill: opts.distill.as_ref(),
         distill_steps: opts.distill.as_ref().map_or(0, |d| d.steps),
+        distill_cycles: opts.distill.as_ref().map_or(0, |d| d.cycles),
         // A resumed file is continued in its own storage unless another one is asked for.
         storage: match &resumed {
             Some(p) if !opts.pinned.predictor_dtype => p.config.weight_dtype,
@@ -769,6 +834,7 @@ fn encode_on<B: TrainBackend>(
             },
             phase1_steps: schedule.phase1_steps,
             distill_steps: schedule.distill.map_or(0, |_| schedule.distill_steps),
+            distill_cycles: schedule.distill_cycles,
             distill_batch: schedule.distill.map_or(0, |d| d.batch),
             cached_pool,
             eval_every: schedule.distill.and_then(|d| d.eval_every),

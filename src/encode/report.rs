@@ -208,7 +208,11 @@ pub struct AccuracyReport {
 /// What phase 2 did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DistillReport {
+    /// Steps per cycle.
     pub steps: usize,
+    /// Cycles of `steps` steps (`--distill-cycles`); the histories count steps from the first
+    /// cycle's start.
+    pub cycles: usize,
     pub batch: usize,
     pub lr: f64,
     /// Linear learning-rate warm-up steps.
