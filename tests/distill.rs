@@ -37,6 +37,14 @@ fn phase_one(
     (phase1, p1, r1, path)
 }
 
+/// The first (step, accuracy) with the highest accuracy: the state phase 2 must keep.
+fn first_best(history: &[(usize, f64)]) -> (usize, f64) {
+    history.iter().fold(
+        (0, f64::NEG_INFINITY),
+        |b, &(s, a)| if a > b.1 { (s, a) } else { b },
+    )
+}
+
 #[test]
 fn phase_two_keeps_the_best_held_out_state_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,11 +72,7 @@ fn phase_two_keeps_the_best_held_out_state_and_records_it() {
     // Step 0 is the resumed predictor, measured the same way.
     assert_eq!(d.held_out_history[0].1, p1_acc);
     // The kept state is the first best one, and its figure is the one recorded.
-    let best =
-        d.held_out_history.iter().fold(
-            (0, f64::NEG_INFINITY),
-            |b, &(s, a)| if a > b.1 { (s, a) } else { b },
-        );
+    let best = first_best(&d.held_out_history);
     assert_eq!(d.kept_step, best.0);
     assert_eq!(r2.accuracy.held_out, Some(best.1));
     // A kept step 0 stores the phase-1 predictor unchanged.
@@ -114,11 +118,7 @@ fn phase_two_keeps_the_best_held_out_state_and_records_it() {
     assert_eq!(d3.loss_history[..d.loss_history.len()], d.loss_history[..]);
     assert!(d3.loss_history.last().unwrap().0 > 4);
     assert!(d3.teacher_images > d.teacher_images);
-    let best3 =
-        d3.held_out_history.iter().fold(
-            (0, f64::NEG_INFINITY),
-            |b, &(s, a)| if a > b.1 { (s, a) } else { b },
-        );
+    let best3 = first_best(&d3.held_out_history);
     assert_eq!(d3.kept_step, best3.0);
     assert_eq!(r3.accuracy.held_out, Some(best3.1));
     // Kept in the first cycle: the same predictor as the one-cycle run's.
