@@ -397,6 +397,29 @@ fn a_resumed_file_keeps_its_storage_unless_another_is_asked_for() {
     };
     let (int8, _) = encode(&path, &pinned, &NoProgress).unwrap();
     assert_eq!(stored(&int8), WeightDtype::Int8);
+    // A width or PE levels asked for that are not the file's: refused, not ignored.
+    let wider = EncodeOptions {
+        hidden: Some(25),
+        ..pinned.clone()
+    };
+    let e = encode(&path, &wider, &NoProgress).unwrap_err().to_string();
+    assert!(
+        e.contains("--hidden 25") && e.contains("hidden width 24"),
+        "{e}"
+    );
+    let levels = EncodeOptions {
+        pe_levels: 10,
+        pinned: Pinned {
+            pe_levels: true,
+            ..Pinned::default()
+        },
+        ..pinned
+    };
+    let e = encode(&path, &levels, &NoProgress).unwrap_err().to_string();
+    assert!(
+        e.contains("--pe-levels 10") && e.contains("20 levels"),
+        "{e}"
+    );
 }
 
 /// `--channel-order similar`: the file holds the reordered network (passthrough byte-exact to

@@ -740,7 +740,7 @@ fn encode_on<B: TrainBackend>(
 
     // `--resume`: phase 1 comes from an existing file of the same checkpoint.
     let resumed = match (&opts.resume, &resume_container) {
-        (Some(path), Some(c)) => Some(load_resume(path, c, &mut layers, &cfg)?),
+        (Some(path), Some(c)) => Some(load_resume(path, c, &mut layers, &cfg, opts)?),
         _ => None,
     };
     if let Some((p, _)) = &resumed {
@@ -1092,7 +1092,28 @@ fn load_resume(
     c: &Container<'_>,
     layers: &mut [LayerEntry],
     cfg: &PredictorConfig,
+    opts: &EncodeOptions,
 ) -> Result<(Predictor, Vec<Permutation>)> {
+    // The file's predictor is continued as it is: a shape asked for that differs from it would
+    // otherwise be ignored without a word.
+    let file = &c.predictor.config;
+    if let Some(h) = opts.hidden.filter(|&h| h != file.hidden()) {
+        return Err(Error::Incompatible(format!(
+            "--hidden {h}: {} holds a predictor of hidden width {}, which --resume continues; \
+             leave --hidden out (or encode without --resume for another width)",
+            path.display(),
+            file.hidden()
+        )));
+    }
+    if opts.pinned.pe_levels && opts.pe_levels != file.pe_levels {
+        return Err(Error::Incompatible(format!(
+            "--pe-levels {}: {} holds a predictor with {} levels, which --resume continues; \
+             leave --pe-levels out (or encode without --resume)",
+            opts.pe_levels,
+            path.display(),
+            file.pe_levels
+        )));
+    }
     let same = c.layers.len() == layers.len()
         && c.layers
             .iter()
