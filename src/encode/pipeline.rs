@@ -240,17 +240,16 @@ impl<B: TrainBackend> Context<'_, B> {
             };
             let mut start_held_out = phase1.held_out;
             let mut cycles = Cycles::default();
-            let mut out = None;
+            let mut out: Option<DistillOutcome> = None;
             for cycle in 0..s.distill_cycles {
                 progress.stage(&if s.distill_cycles > 1 {
                     format!("distillation, cycle {}/{}", cycle + 1, s.distill_cycles)
                 } else {
                     "distillation".into()
                 });
-                if cycle > 0 {
+                if let Some(kept) = &out {
                     // The previous cycle's kept state, on its code grid: restarted as `--resume`
                     // restarts a finished file.
-                    let kept: &DistillOutcome = out.as_ref().expect("a cycle ran");
                     start = kept.predictor.clone();
                     if let Some(max) = s.storage.max_code() {
                         let mut rng = SplitMix64::new(seeds.next_u64());
@@ -275,7 +274,8 @@ impl<B: TrainBackend> Context<'_, B> {
                 cycles.add(cycle * s.distill_steps, &o);
                 out = Some(o);
             }
-            let out = out.expect("at least one cycle");
+            let out = out
+                .ok_or_else(|| Error::InvalidArgument("phase 2 needs at least one cycle".into()))?;
             // The last cycle's kept state is the best seen: each cycle keeps its own start
             // (step 0) unless a later step beats it.
             distill_report = Some(DistillReport {
