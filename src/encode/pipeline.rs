@@ -855,10 +855,15 @@ fn encode_on<B: TrainBackend>(
         let (s1, s2) = plan.fit(&costs, left)?;
         let asked = (plan.phase1_steps, plan.distill_steps);
         if (s1, s2) != asked {
+            let per_cycle = if plan.distill_cycles > 1 {
+                format!(" per cycle ({} cycles)", plan.distill_cycles)
+            } else {
+                String::new()
+            };
             notes.push(format!(
-                "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} steps \
-                 (measured here; `--steps {s1} --distill-steps {s2}` without the limit gives \
-                 the same file)",
+                "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} \
+                 steps{per_cycle} (measured here; `--steps {s1} --distill-steps {s2}` without \
+                 the limit gives the same file)",
                 asked.0, asked.1
             ));
         }
