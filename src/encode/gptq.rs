@@ -117,6 +117,13 @@ pub fn off_grid(p: &mut Predictor, max: f32, rng: &mut SplitMix64) {
     }
 }
 
+/// A copy of `p` moved off its code grid by [`off_grid`], drawn from `seed`.
+pub fn off_grid_copy(p: &Predictor, max: f32, seed: u64) -> Predictor {
+    let mut moved = p.clone();
+    off_grid(&mut moved, max, &mut SplitMix64::new(seed));
+    moved
+}
+
 /// The first layer's inputs: each kernel's coordinate encodings side by side (`n x 6 L`).
 fn first_inputs(p: &Predictor, coords: &[[u32; COORDS]]) -> Vec<f32> {
     let cw = p.config.coord_width();

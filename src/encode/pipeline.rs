@@ -231,14 +231,10 @@ impl<B: TrainBackend> Context<'_, B> {
                 // Already rounded (the compensation would find no error): only moved off the
                 // grid, with its own seed, so the encode's sequence stays what it was.
                 (true, Some(max)) => {
-                    let mut start = predictor.clone();
-                    let mut rng = SplitMix64::new(opts.seed ^ OFF_GRID_SEED);
-                    super::gptq::off_grid(&mut start, max, &mut rng);
-                    start
+                    super::gptq::off_grid_copy(&predictor, max, opts.seed ^ OFF_GRID_SEED)
                 }
                 _ => self.rounded(&predictor, cfg, s.storage, Some(&set))?,
             };
-            let mut start_held_out = phase1.held_out;
             let mut cycles = Cycles::default();
             let mut out: Option<DistillOutcome> = None;
             for cycle in 0..s.distill_cycles {
@@ -250,13 +246,18 @@ impl<B: TrainBackend> Context<'_, B> {
                 if let Some(kept) = &out {
                     // The previous cycle's kept state, on its code grid: restarted as `--resume`
                     // restarts a finished file.
-                    start = kept.predictor.clone();
-                    if let Some(max) = s.storage.max_code() {
-                        let mut rng = SplitMix64::new(seeds.next_u64());
-                        super::gptq::off_grid(&mut start, max, &mut rng);
-                    }
-                    start_held_out = cycles.kept_held_out;
+                    start = match s.storage.max_code() {
+                        Some(max) => {
+                            super::gptq::off_grid_copy(&kept.predictor, max, seeds.next_u64())
+                        }
+                        None => kept.predictor.clone(),
+                    };
                 }
+                // Each cycle's step 0 is the state it starts from, already measured.
+                let start_held_out = match &out {
+                    Some(_) => cycles.kept_held_out,
+                    None => phase1.held_out,
+                };
                 let o = distill::<B>(
                     device,
                     &start,
