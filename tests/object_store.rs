@@ -47,9 +47,15 @@ fn s3s_fs_binary() -> PathBuf {
 
 impl S3Server {
     fn start() -> Self {
+        // The tests of this file run in parallel, each with its own server. A free port is
+        // found by binding to 0 and releasing it for the server; without this lock a second
+        // test could be handed the same port before the first server binds it, lose the race,
+        // and talk to the other test's server until that one is killed (seen once on two
+        // loaded cores: "error sending request" after 10 retries).
+        static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _held = PORTS.lock().unwrap_or_else(|e| e.into_inner());
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        // A free port: bind to 0, read it, release it for the server.
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap()
             .local_addr()
@@ -72,9 +78,15 @@ impl S3Server {
             });
         let mut server = S3Server { child, port, root };
         let t = Instant::now();
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        loop {
+            // Listening is not enough: the listener must be this server (one that lost its
+            // port to another process exits).
+            let listening = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok();
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("s3s-fs exited at start: {status}");
+                panic!("s3s-fs exited at start (port {port}): {status}");
+            }
+            if listening {
+                break;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(20),
@@ -82,7 +94,6 @@ impl S3Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        server.port = port;
         server
     }
 
