@@ -327,3 +327,58 @@ fn the_label_and_attention_map_terms_join_the_loss() {
     let e = encode(&src, &noise, &NoProgress).unwrap_err();
     assert!(e.to_string().contains("--label-weight"), "{e}");
 }
+
+/// Writes the first `n` images of a Fashion-MNIST split as raw IDX files into `dir`.
+fn write_subset(dir: &std::path::Path, split: nernc::data::Split, prefix: &str, n: usize) {
+    let real = DatasetKind::FashionMnist.default_dir().unwrap();
+    let d = nernc::data::load(&real, DatasetKind::FashionMnist, split, Some(n)).unwrap();
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n, 28, 28] {
+        images.extend_from_slice(&(v as u32).to_be_bytes());
+    }
+    images.extend_from_slice(&d.images);
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend_from_slice(&(n as u32).to_be_bytes());
+    labels.extend(d.labels.iter().map(|&l| l as u8));
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// The teacher's logits are computed once per image for the whole encode: a later phase-2
+/// cycle reuses the first cycle's cache. On a training pool of 64 images, two cycles of
+/// 4 x 32 draws (256 in all) run the teacher on at most the 64 distinct images; a cache per
+/// cycle would run it on about 110.
+#[test]
+fn phase_two_cycles_share_the_teacher_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // At most half of the training images are held out: 64 of 128, leaving 64 to draw from.
+    write_subset(&data, nernc::data::Split::Train, "train", 128);
+    write_subset(&data, nernc::data::Split::Test, "t10k", 100);
+    let opts = EncodeOptions {
+        hidden: Some(16),
+        steps: Some(40),
+        batch: 1024,
+        data_dir: Some(data),
+        held_out: 64,
+        distill: Some(DistillOptions {
+            steps: 4,
+            source: DistillSource::Data,
+            batch: 32,
+            cycles: 2,
+            ..DistillOptions::default()
+        }),
+        ..EncodeOptions::default()
+    };
+    let src = fixture("fmnist-resnet20.safetensors");
+    let (_, r) = encode(&src, &opts, &NoProgress).unwrap();
+    let d = r.distill.as_ref().unwrap();
+    assert_eq!(d.cycles, 2);
+    // The first cycle alone draws 128 times from 64 images: more than half of them.
+    assert!(
+        (33..=64).contains(&d.teacher_images),
+        "the teacher ran on {} images for a pool of 64",
+        d.teacher_images
+    );
+}

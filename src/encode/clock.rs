@@ -39,7 +39,7 @@ pub struct Plan {
     pub phase1_steps: usize,
     /// Phase-2 steps per cycle as asked (0: no phase 2).
     pub distill_steps: usize,
-    /// Phase-2 cycles (each its own cosine schedule, teacher cache and evaluations).
+    /// Phase-2 cycles (each its own cosine schedule and evaluations; one teacher-logit cache).
     pub distill_cycles: usize,
     pub distill_batch: usize,
     /// Images the teacher-logit cache draws from (`None`: no cache, the teacher runs on every
@@ -85,16 +85,18 @@ impl Plan {
         }
         if s2 > 0 && cycles > 0 {
             let b = self.distill_batch as f64;
-            // Each cycle fills its own teacher-logit cache.
+            let draws = (cycles * s2) as f64 * b;
+            // One teacher-logit cache serves every cycle.
             let teacher = match self.cached_pool {
-                // Expected distinct images among s2 * b draws with replacement.
+                // Expected distinct images among the draws (with replacement).
                 Some(n) => {
                     let n = n.max(1) as f64;
-                    n * (1.0 - (-(s2 as f64) * b / n).exp())
+                    n * (1.0 - (-draws / n).exp())
                 }
-                None => s2 as f64 * b,
+                None => draws,
             };
-            let mut cycle = s2 as f64 * c.distill_step + teacher * c.teacher_image;
+            t += teacher * c.teacher_image;
+            let mut cycle = s2 as f64 * c.distill_step;
             if self.held_out_images > 0 {
                 let (every, from) = distill_evals(s2, self.eval_every);
                 let evals = (1..=s2)
@@ -331,19 +333,20 @@ mod tests {
         };
         let want = 300.0 + 400.0 * (1.0 + 128.0 * c.teacher_image);
         assert!((noise.seconds(&c, 3000, 400) - want).abs() < 1e-9);
-        // Two cycles run phase 2 twice: its steps, teacher images and evaluations, but not the
-        // step-0 measurement (a later cycle starts from a measured state).
+        // Two cycles run phase 2 twice: its steps and evaluations, but not the step-0
+        // measurement (a later cycle starts from a measured state); the teacher runs only on
+        // images the first cycle did not draw (one cache for both).
         let two = Plan {
             distill_cycles: 2,
             ..plan()
         };
         let one_cycle = base.seconds(&c, 3000, 400) - base.seconds(&c, 3000, 0);
         let eval = 5000.0 * c.eval_image;
+        let distinct = |draws: f64| 55_000.0 * (1.0 - (-draws / 55_000.0).exp());
+        let (d1, d2) = (distinct(400.0 * 128.0), distinct(800.0 * 128.0));
         let extra = two.seconds(&c, 3000, 400) - base.seconds(&c, 3000, 400);
-        assert!(
-            (extra - (one_cycle - eval)).abs() < 1e-9,
-            "{extra} {one_cycle}"
-        );
+        let twice = one_cycle - eval - d1 * c.teacher_image + (d2 - d1) * c.teacher_image;
+        assert!((extra - twice).abs() < 1e-9, "{extra} {twice}");
         let noise2 = Plan {
             distill_cycles: 2,
             ..noise

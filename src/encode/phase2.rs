@@ -185,8 +185,9 @@ impl<B: Backend> KernelLayout<B> {
 /// forward pass over the batch's new images) and reused after. BN runs on running statistics, so
 /// an image's logits do not depend on the rest of its batch but for float rounding (measured:
 /// about 1e-6 apart, the GEMMs block batches differently): the targets are the ones recomputing
-/// them gives, to rounding, and the same seed still gives the same file.
-struct TeacherCache {
+/// them gives, to rounding, and the same seed still gives the same file. One cache serves every
+/// phase-2 cycle of an encode (the teacher and the images do not change between cycles).
+pub struct TeacherCache {
     classes: usize,
     logits: Vec<f32>,
     known: Vec<bool>,
@@ -261,6 +262,7 @@ pub fn distill<B: TrainBackend>(
     teacher: &LoadedNet<B::InnerBackend>,
     s: &DistillSettings<'_>,
     seed: u64,
+    teacher_cache: &mut Option<TeacherCache>,
     progress: &dyn Progress,
 ) -> Result<DistillOutcome> {
     let cfg = &start.config;
@@ -327,13 +329,21 @@ pub fn distill<B: TrainBackend>(
     // (The pipeline refused a teacher with another number of blocks before phase 1.)
     debug_assert!(!maps || teacher.net.blocks.len() == net.blocks.len());
     // The teacher's logits of an un-augmented image never change: each is computed once (not
-    // with the attention-map term, whose maps are recomputed every step).
-    let mut cache = match &s.input {
+    // with the attention-map term, whose maps are recomputed every step). A cache the caller
+    // kept from an earlier cycle is reused when it is for the same images.
+    match &s.input {
         DistillInput::Real { data, .. } if s.augment.is_none() && !maps => {
-            Some(TeacherCache::new(data.len(), teacher.net.num_classes))
+            if teacher_cache
+                .as_ref()
+                .is_none_or(|c| c.known.len() != data.len() || c.classes != teacher.net.num_classes)
+            {
+                *teacher_cache = Some(TeacherCache::new(data.len(), teacher.net.num_classes));
+            }
         }
-        _ => None,
-    };
+        _ => *teacher_cache = None,
+    }
+    let cache = teacher_cache;
+    let computed_before = cache.as_ref().map_or(0, |c| c.computed);
     let t = s.temperature;
     let mut loss_history = Vec::new();
     let report_every = (s.steps / 200).clamp(1, 10);
@@ -362,7 +372,7 @@ pub fn distill<B: TrainBackend>(
         };
         let x_inner = input_tensor::<B::InnerBackend>(x, s.batch, shape, device);
         let mut teacher_maps = Vec::new();
-        let teacher_logits = match (&mut cache, &s.input) {
+        let teacher_logits = match (cache.as_mut(), &s.input) {
             (Some(c), DistillInput::Real { data, .. }) => {
                 c.logits(teacher, data, &pick, s.norm, device)?
             }
@@ -485,7 +495,9 @@ pub fn distill<B: TrainBackend>(
         best_step = s.steps;
     }
     Ok(DistillOutcome {
-        teacher_images: cache.as_ref().map_or(s.steps * s.batch, |c| c.computed),
+        teacher_images: cache
+            .as_ref()
+            .map_or(s.steps * s.batch, |c| c.computed - computed_before),
         predictor: best,
         passthrough: best_pass,
         loss_history,

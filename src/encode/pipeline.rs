@@ -237,6 +237,8 @@ impl<B: TrainBackend> Context<'_, B> {
             };
             let mut cycles = Cycles::default();
             let mut out: Option<DistillOutcome> = None;
+            // Filled by the first cycle; later cycles compute only the images it never drew.
+            let mut teacher_cache = None;
             for cycle in 0..s.distill_cycles {
                 progress.stage(&if s.distill_cycles > 1 {
                     format!("distillation, cycle {}/{}", cycle + 1, s.distill_cycles)
@@ -270,6 +272,7 @@ impl<B: TrainBackend> Context<'_, B> {
                     teacher,
                     &settings,
                     seeds.next_u64(),
+                    &mut teacher_cache,
                     progress,
                 )?;
                 cycles.add(cycle * s.distill_steps, &o);
@@ -515,6 +518,8 @@ impl<B: TrainBackend> Context<'_, B> {
                     teacher,
                     &settings,
                     opts.seed ^ CALIBRATION_SEED,
+                    // Cold, as the calibration below assumes.
+                    &mut None,
                     &NoProgress,
                 )?;
                 Ok(t.elapsed().as_secs_f64())
