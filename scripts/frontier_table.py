@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """The frontier table and plot from the JSON files scripts/frontier.sh leaves in OUT.
     python3 scripts/frontier_table.py OUT FIXTURE...
-Writes OUT/frontier.md and OUT/frontier.svg (standard library only) and prints the table.
+Also reads OUT/points.csv when present: points measured by earlier runs whose JSON is not
+kept (columns fixture, kind, label, size_pct, test_pct, source; kind is nernc, plain, QAT or
+original). docs/frontier/ holds the README's points that way.
+Writes OUT/frontier.md and one plot per fixture, OUT/frontier-FIXTURE.svg (size % against test
+accuracy, standard library only), and prints the table.
 """
+import csv
 import glob
 import json
 import os
@@ -17,20 +22,23 @@ def load(path):
         return json.load(f)
 
 
-rows = []  # (fixture, method, size %, held-out, test, seconds, device)
+rows = []  # (fixture, kind, label, size %, held-out, test, seconds, device or source)
+original = {}  # fixture -> test accuracy of the fp32 checkpoint
 for fx in fixtures:
     for bits in ("int8", "int4", "int3", "int2"):
         p = os.path.join(out, f"{fx}-ptq-{bits}.json")
         if os.path.exists(p):
             r = load(p)
-            rows.append((fx, f"plain {bits} per-channel + zstd", r["quantized"]["percent"], None,
-                         r["model"]["accuracy"], None, "cpu"))
+            original.setdefault(fx, r["reference"]["accuracy"])
+            rows.append((fx, "plain", f"plain {bits} per-channel + zstd", r["quantized"]["percent"],
+                         None, r["model"]["accuracy"], None, "cpu"))
     p = os.path.join(out, f"{fx}-qat.json")
     if os.path.exists(p):
         r = load(p)
         for bits, v in sorted(r["by_bits"].items()):
-            rows.append((fx, f"QAT {bits}-bit + KD, 600 steps (PyTorch)", v["pct"], None, v["acc"],
-                         v["seconds"], "cpu"))
+            rows.append((fx, "QAT", f"QAT {bits}-bit + KD, 600 steps (PyTorch)", v["pct"], None,
+                         v["acc"], v["seconds"], "cpu"))
+
     def budget_and_seed(p):
         m = re.search(r"-([0-9.]+)-s(\d+)\.json$", p)
         return (float(m.group(1)), int(m.group(2))) if m else (0.0, 0)
@@ -44,7 +52,6 @@ for fx in fixtures:
         if os.path.exists(p + ".wall"):
             wall = load(p + ".wall")["wall_seconds"]
         pct = 100.0 * r["nern_bytes"] / r["source_bytes"]
-        d = r.get("distill") or {}
         hidden = next((c["hidden"] for c in r.get("candidates", []) if c.get("chosen")), None)
         # A width the size probe widened is told by the notes.
         for note in r.get("notes", []):
@@ -54,57 +61,138 @@ for fx in fixtures:
         label = f"nernc <= {m.group(1)} %, seed {m.group(2)}"
         if hidden:
             label += f" (hidden {hidden})"
-        rows.append((fx, label, pct, r["accuracy"]["held_out"], r["accuracy"]["test"],
+        rows.append((fx, "nernc", label, pct, r["accuracy"]["held_out"], r["accuracy"]["test"],
                      wall or r["total_seconds"], r.get("device", "?")))
 
+points = os.path.join(out, "points.csv")
+if os.path.exists(points):
+    with open(points, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["fixture"] not in fixtures:
+                continue
+            if r["kind"] == "original":
+                original[r["fixture"]] = float(r["test_pct"])
+                continue
+            rows.append((r["fixture"], r["kind"], r["label"], float(r["size_pct"]), None,
+                         float(r["test_pct"]), None, r["source"]))
+
 fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)
-lines = ["| fixture | method | size % | held-out % | test % | seconds | device |",
+lines = ["| fixture | method | size % | held-out % | test % | seconds | device / source |",
          "|---|---|---|---|---|---|---|"]
-for fx, meth, pct, held, test, sec, dev in rows:
-    lines.append(f"| {fx} | {meth} | {pct:.2f} | {fmt(held)} | {fmt(test)} | {fmt(sec, '{:.0f}')} | {dev} |")
+for fx in fixtures:
+    for _, kind, label, pct, held, test, sec, dev in sorted(
+            (r for r in rows if r[0] == fx), key=lambda r: r[3]):
+        lines.append(f"| {fx} | {label} | {pct:.2f} | {fmt(held)} | {fmt(test)} | "
+                     f"{fmt(sec, '{:.0f}')} | {dev} |")
 table = "\n".join(lines)
 with open(os.path.join(out, "frontier.md"), "w") as f:
     f.write(table + "\n")
 print(table)
 
-# The plot: one panel per fixture, size % (x) against test accuracy (y).
-W, H, PAD = 420, 300, 48
-colors = {"plain": "#888888", "QAT": "#d95f02", "nernc": "#1b9e77"}
-svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * max(1, len(fixtures))}" height="{H}" '
-       'font-family="sans-serif" font-size="11">']
-for i, fx in enumerate(fixtures):
-    # Points below 80 % (collapsed settings, e.g. int2) stay in the table but off the plot.
-    pts = [(r[2], r[4], r[1].split()[0]) for r in rows
-           if r[0] == fx and r[4] is not None and r[4] >= 80.0]
-    x0 = i * W
-    svg.append(f'<text x="{x0 + W / 2}" y="14" text-anchor="middle">{fx}</text>')
+
+def front(series):
+    """The points no smaller-or-equal point beats on accuracy: the kind's frontier."""
+    best, kept = float("-inf"), []
+    for a, b in sorted(series, key=lambda p: (p[0], -p[1])):
+        if b > best:
+            kept.append((a, b))
+            best = b
+    return kept
+
+
+def recipe(label):
+    """A run's label without its seed and width: the runs of one recipe share it."""
+    return re.sub(r",? seed \d+| \(hidden \d+\)", "", label)
+
+
+def means(runs):
+    """(size, test) averaged over the runs of each recipe: seeds are draws, not choices."""
+    groups = {}
+    for a, b, label in runs:
+        groups.setdefault(recipe(label), []).append((a, b))
+    return [(sum(a for a, _ in g) / len(g), sum(b for _, b in g) / len(g))
+            for g in groups.values()]
+
+
+# One plot per fixture: size % (x) against test accuracy (y), over the sizes and accuracies
+# where the codecs compete; a point outside is drawn on the edge as a triangle with its figures.
+W, H, L, R, T, B = 560, 360, 56, 16, 28, 44
+colors = {"nernc": "#1b9e77", "QAT": "#d95f02", "plain": "#666666"}
+names = {"nernc": "nernc", "QAT": "QAT + KD (PyTorch)", "plain": "plain per-channel + zstd"}
+for fx in fixtures:
+    pts = [(r[3], r[5], r[1], r[2]) for r in rows if r[0] == fx and r[5] is not None]
     if not pts:
         continue
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
-    xlo, xhi = 0.0, max(xs) * 1.05
-    ylo, yhi = min(ys) - 0.5, max(ys) + 0.3
-    X = lambda v: x0 + PAD + (v - xlo) / (xhi - xlo) * (W - 1.5 * PAD)
-    Y = lambda v: H - PAD + (-(v - ylo) / (yhi - ylo)) * (H - 1.6 * PAD)
-    svg.append(f'<line x1="{X(xlo)}" y1="{Y(ylo)}" x2="{X(xhi)}" y2="{Y(ylo)}" stroke="black"/>')
-    svg.append(f'<line x1="{X(xlo)}" y1="{Y(ylo)}" x2="{X(xlo)}" y2="{Y(yhi)}" stroke="black"/>')
-    for k in range(5):
-        xv = xlo + (xhi - xlo) * k / 4
-        yv = ylo + (yhi - ylo) * k / 4
-        svg.append(f'<text x="{X(xv)}" y="{Y(ylo) + 14}" text-anchor="middle">{xv:.1f}</text>')
-        svg.append(f'<text x="{X(xlo) - 4}" y="{Y(yv) + 4}" text-anchor="end">{yv:.1f}</text>')
-    svg.append(f'<text x="{X((xlo + xhi) / 2)}" y="{H - 8}" text-anchor="middle">size, % of fp32</text>')
-    svg.append(f'<text x="{x0 + 10}" y="{H / 2}" transform="rotate(-90 {x0 + 10} {H / 2})" '
+    orig = original.get(fx)
+    inside = [p for p in pts if p[0] <= 15 and (orig is None or p[1] >= orig - 1.0)]
+    xhi = max([p[0] for p in inside] + [1.0]) * 1.08
+    ys = [p[1] for p in inside] + ([orig] if orig else [])
+    ylo, yhi = min(ys) - 0.15, max(ys) + 0.12
+    X = lambda v: L + v / xhi * (W - L - R)
+    Y = lambda v: H - B - (v - ylo) / (yhi - ylo) * (H - B - T)
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+           'font-family="sans-serif" font-size="11">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">{fx}: size against '
+           'test accuracy (10,000 images)</text>']
+    svg.append(f'<line x1="{L}" y1="{Y(ylo):.1f}" x2="{W - R}" y2="{Y(ylo):.1f}" stroke="black"/>')
+    svg.append(f'<line x1="{L}" y1="{Y(ylo):.1f}" x2="{L}" y2="{T}" stroke="black"/>')
+    for k in range(0, int(xhi) + 1):
+        svg.append(f'<line x1="{X(k):.1f}" y1="{Y(ylo):.1f}" x2="{X(k):.1f}" '
+                   f'y2="{Y(ylo) + 4:.1f}" stroke="black"/>')
+        svg.append(f'<text x="{X(k):.1f}" y="{Y(ylo) + 16:.1f}" text-anchor="middle">{k}</text>')
+    ystep = 0.1 if yhi - ylo <= 1 else 0.2 if yhi - ylo <= 2 else 0.5
+    v = round(ylo / ystep + 0.5) * ystep
+    while v <= yhi:
+        svg.append(f'<line x1="{L - 4}" y1="{Y(v):.1f}" x2="{W - R}" y2="{Y(v):.1f}" '
+                   'stroke="#e4e4e4"/>')
+        svg.append(f'<text x="{L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+        v += ystep
+    svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">size, % of the '
+               'fp32 checkpoint (every side table included)</text>')
+    svg.append(f'<text x="14" y="{(T + H - B) / 2}" transform="rotate(-90 14 {(T + H - B) / 2})" '
                'text-anchor="middle">test accuracy %</text>')
+    if orig is not None:
+        for v, text, dash in ((orig, f"original {orig:.2f} %", ""),
+                              (orig - 0.3, "original - 0.3 points", ' stroke-dasharray="4 3"')):
+            svg.append(f'<line x1="{L}" y1="{Y(v):.1f}" x2="{W - R}" y2="{Y(v):.1f}" '
+                       f'stroke="#3366cc"{dash}/>')
+            svg.append(f'<text x="{L + 4}" y="{Y(v) - 3:.1f}" fill="#3366cc">{text}</text>')
     for kind, color in colors.items():
-        series = sorted((p[0], p[1]) for p in pts if p[2] == kind)
-        if len(series) > 1:
-            path = " ".join(f"{X(a):.1f},{Y(b):.1f}" for a, b in series)
-            svg.append(f'<polyline points="{path}" fill="none" stroke="{color}"/>')
-        for a, b in series:
-            svg.append(f'<circle cx="{X(a):.1f}" cy="{Y(b):.1f}" r="3" fill="{color}"/>')
+        runs = [(a, b, label) for a, b, k, label in pts if k == kind]
+        shown = [(a, b) for a, b, _ in runs if a <= xhi and b >= ylo]
+        line = [(a, b) for a, b in front(means(runs)) if a <= xhi and b >= ylo]
+        if len(line) > 1:
+            path = " ".join(f"{X(a):.1f},{Y(b):.1f}" for a, b in line)
+            svg.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
+                       'stroke-width="1.5"/>')
+        for a, b in shown:
+            svg.append(f'<circle cx="{X(a):.1f}" cy="{Y(b):.1f}" r="3" fill="{color}" '
+                       'fill-opacity="0.7"/>')
+        for a, b, _ in runs:
+            if a > xhi:
+                # Past the right edge: a triangle pointing right at its accuracy (or the floor).
+                x, y = X(xhi), Y(min(max(b, ylo), yhi))
+                svg.append(f'<path d="M{x - 8:.1f},{y - 4:.1f} L{x - 8:.1f},{y + 4:.1f} '
+                           f'L{x - 1:.1f},{y:.1f} Z" fill="{color}"/>')
+                svg.append(f'<text x="{x - 11:.1f}" y="{y + 4:.1f}" text-anchor="end" '
+                           f'fill="{color}">{a:.1f} %: {b:.2f}</text>')
+            elif b < ylo:
+                x, y = X(a), Y(ylo)
+                svg.append(f'<path d="M{x - 4:.1f},{y - 8:.1f} L{x + 4:.1f},{y - 8:.1f} '
+                           f'L{x:.1f},{y - 1:.1f} Z" fill="{color}"/>')
+                svg.append(f'<text x="{x:.1f}" y="{y - 11:.1f}" text-anchor="middle" '
+                           f'fill="{color}">{b:.1f}</text>')
+    # The legend sits at the left, under the lines, where small sizes leave room.
+    legend_y = (Y(orig - 0.3) if orig is not None else T) + 30
     for j, (kind, color) in enumerate(colors.items()):
-        svg.append(f'<text x="{x0 + W - 1.2 * PAD}" y="{30 + 14 * j}" fill="{color}">{kind}</text>')
-svg.append("</svg>")
-with open(os.path.join(out, "frontier.svg"), "w") as f:
-    f.write("\n".join(svg) + "\n")
+        y = legend_y + 14 * j
+        svg.append(f'<circle cx="{L + 14}" cy="{y - 4}" r="3" fill="{color}"/>')
+        svg.append(f'<text x="{L + 22}" y="{y}" fill="{color}">{names[kind]}</text>')
+    for j, text in enumerate(("dots: runs (seeds apart);", "lines: frontier of the",
+                              "means of each recipe")):
+        svg.append(f'<text x="{L + 10}" y="{legend_y + 14 * (len(colors) + j)}" '
+                   f'fill="#444444">{text}</text>')
+    svg.append("</svg>")
+    with open(os.path.join(out, f"frontier-{fx}.svg"), "w") as f:
+        f.write("\n".join(svg) + "\n")
