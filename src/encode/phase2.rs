@@ -330,7 +330,8 @@ pub fn distill<B: TrainBackend>(
     debug_assert!(!maps || teacher.net.blocks.len() == net.blocks.len());
     // The teacher's logits of an un-augmented image never change: each is computed once (not
     // with the attention-map term, whose maps are recomputed every step). A cache the caller
-    // kept from an earlier cycle is reused when it is for the same images.
+    // kept from an earlier cycle of the same encode (same teacher, images and normalisation:
+    // the caller's duty) is reused; one sized for another dataset is replaced.
     match &s.input {
         DistillInput::Real { data, .. } if s.augment.is_none() && !maps => {
             if teacher_cache
