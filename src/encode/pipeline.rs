@@ -227,7 +227,7 @@ impl<B: TrainBackend> Context<'_, B> {
             let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
             let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
-            let mut start = match (on_grid, s.storage.max_code()) {
+            let first = match (on_grid, s.storage.max_code()) {
                 // Already rounded (the compensation would find no error): only moved off the
                 // grid, with its own seed, so the encode's sequence stays what it was.
                 (true, Some(max)) => {
@@ -245,24 +245,25 @@ impl<B: TrainBackend> Context<'_, B> {
                 } else {
                     "distillation".into()
                 });
-                if let Some(kept) = &out {
-                    // The previous cycle's kept state, on its code grid: restarted as `--resume`
-                    // restarts a finished file.
-                    start = match s.storage.max_code() {
-                        Some(max) => {
-                            super::gptq::off_grid_copy(&kept.predictor, max, seeds.next_u64())
-                        }
-                        None => kept.predictor.clone(),
-                    };
-                }
-                // Each cycle's step 0 is the state it starts from, already measured.
-                let start_held_out = match &out {
-                    Some(_) => cycles.kept_held_out,
-                    None => phase1.held_out,
+                // A later cycle starts from the previous one's kept state, on its code grid,
+                // restarted as `--resume` restarts a finished file. Each cycle's step 0 is the
+                // state it starts from, already measured.
+                let restarted;
+                let (start, start_held_out) = match &out {
+                    Some(kept) => {
+                        restarted = match s.storage.max_code() {
+                            Some(max) => {
+                                super::gptq::off_grid_copy(&kept.predictor, max, seeds.next_u64())
+                            }
+                            None => kept.predictor.clone(),
+                        };
+                        (&restarted, cycles.kept_held_out)
+                    }
+                    None => (&first, phase1.held_out),
                 };
                 let o = distill::<B>(
                     device,
-                    &start,
+                    start,
                     &set,
                     &self.layers,
                     &self.permutations,
