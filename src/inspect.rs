@@ -275,9 +275,18 @@ pub fn render(r: &InspectReport) -> String {
                 v.as_f64()
                     .map_or_else(|| "-".to_string(), |x| format!("{x:.2} %"))
             };
+            // Files since session 26 say where the held-out images came from (`train` unless
+            // `--held-out-from test`) and how many test images the test figure covers.
+            let held_from = match a["held_out_split"].as_str() {
+                Some("test") => " of the test split",
+                _ => "",
+            };
+            let test_images = a["test_images"]
+                .as_u64()
+                .map_or_else(String::new, |n| format!(" ({n} images)"));
             let _ = writeln!(
                 s,
-                "accuracy: held-out {} ({} images), test {}; stored conv RMSE {:.4e} ({})",
+                "accuracy: held-out {} ({} images{held_from}), test {}{test_images}; stored conv RMSE {:.4e} ({})",
                 pct(&a["held_out"]),
                 a["held_out_images"],
                 pct(&a["test"]),

@@ -108,6 +108,16 @@ enum SplitArg {
     Train,
 }
 
+#[cfg(feature = "train")]
+impl From<SplitArg> for nernc::data::Split {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Test => nernc::data::Split::Test,
+            SplitArg::Train => nernc::data::Split::Train,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a predictor on a checkpoint's convolution weights and write a .nern file.
@@ -282,9 +292,18 @@ struct EncodeSettings {
     /// Phase 2 on real data: mirror images left-right with probability 1/2.
     #[arg(long)]
     augment_flip: bool,
-    /// Training images held out for selection (never the test split).
+    /// Images held out for selection: every choice (phase-2 step, budget candidate, round) is
+    /// made on them.
     #[arg(long, default_value_t = 5000)]
     held_out: usize,
+    /// Where the held-out images come from. `train`: a seeded draw from the training split,
+    /// which phase 2 then does not train on. `test`: the test split's first --held-out images
+    /// (phase 2 trains on every training image); --test-eval then measures the remaining test
+    /// images only (`nernc eval --skip N` repeats that figure). For improve mode, where the
+    /// original has learned its training images and selection on them favours it; the file
+    /// records the choice.
+    #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+    held_out_from: SplitArg,
     /// Storage dtype of the predictor's weights [default: int6 when phase 2 trains on real data
     /// (through its rounding), int8 otherwise; with --resume: the file's own]. Without --hidden
     /// the default width gives narrower codes more parameters (the same code bits per weight).
@@ -379,9 +398,13 @@ struct EvalArgs {
     dataset: String,
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     split: SplitArg,
-    /// Evaluate only the first N images.
+    /// Evaluate only the first N images (after --skip).
     #[arg(long)]
     limit: Option<usize>,
+    /// Leave out the split's first N images: `--skip 5000` measures the test images that an
+    /// encode with `--held-out-from test --held-out 5000` did not select on.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
     /// The original checkpoint: also report its accuracy, the difference and the agreement.
     #[arg(long)]
     reference: Option<PathBuf>,
@@ -491,6 +514,7 @@ impl EncodeSettings {
             layers: self.layers,
             dataset: nernc::data::DatasetKind::parse(&self.dataset)?,
             held_out: self.held_out,
+            held_out_from: self.held_out_from.into(),
             test_eval: self.test_eval,
             resume: self.resume.clone(),
             predictor_dtype: self
@@ -615,11 +639,16 @@ fn eval(args: EvalArgs) -> Result<()> {
             args.dataset
         ))
     })?;
-    let (split, split_name) = match args.split {
-        SplitArg::Test => (Split::Test, "test"),
-        SplitArg::Train => (Split::Train, "train"),
-    };
-    let data = load(&dir, kind, split, args.limit)?;
+    let split: Split = args.split.into();
+    let split_name = split.name();
+    let limit = args.limit.map(|l| l.saturating_add(args.skip));
+    let data = load(&dir, kind, split, limit)?.skip_first(args.skip);
+    if data.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "--skip {} leaves no {split_name} images to evaluate",
+            args.skip
+        )));
+    }
     let opts = nernc::eval::EvalOptions {
         norm: kind.normalization().with_overrides(args.mean, args.std),
         fgsm: args.fgsm,

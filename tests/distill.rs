@@ -382,3 +382,87 @@ fn phase_two_cycles_share_the_teacher_logits() {
         d.teacher_images
     );
 }
+
+/// `--held-out-from test`: every choice on the test split's first images, the recorded test
+/// figure on the rest, phase 2 on every training image. The file records where the held-out
+/// images came from, `inspect` shows it, and `eval` on the same images repeats both figures.
+#[test]
+fn held_out_from_the_test_split_selects_there_and_reports_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_subset(&data, nernc::data::Split::Train, "train", 128);
+    write_subset(&data, nernc::data::Split::Test, "t10k", 100);
+    let opts = EncodeOptions {
+        hidden: Some(16),
+        steps: Some(40),
+        batch: 1024,
+        data_dir: Some(data.clone()),
+        held_out: 30,
+        held_out_from: nernc::data::Split::Test,
+        test_eval: true,
+        distill: Some(DistillOptions {
+            steps: 4,
+            source: DistillSource::Data,
+            batch: 32,
+            eval_every: Some(2),
+            ..DistillOptions::default()
+        }),
+        ..EncodeOptions::default()
+    };
+    let src = fixture("fmnist-resnet20.safetensors");
+    let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
+    let a = &r.accuracy;
+    assert_eq!(a.held_out_split, Some("test"));
+    assert_eq!((a.held_out_images, a.test_images), (Some(30), Some(70)));
+    // Phase 2 drew from all 128 training images, not from the 64 a training hold-out leaves.
+    let d = r.distill.as_ref().unwrap();
+    assert!(d.teacher_images > 64, "teacher ran on {}", d.teacher_images);
+
+    // The figures are those of the decoded file on the test split's first 30 images and on
+    // the other 70.
+    let path = dir.path().join("f.nern");
+    std::fs::write(&path, &bytes).unwrap();
+    let kind = DatasetKind::FashionMnist;
+    let eval_opts = nernc::eval::EvalOptions {
+        norm: kind.normalization(),
+        fgsm: None,
+        device: nernc::device::DeviceKind::Cpu,
+        quantize: None,
+    };
+    let test = |limit: Option<usize>, skip: usize| {
+        let d = nernc::data::load(&data, kind, nernc::data::Split::Test, limit)
+            .unwrap()
+            .skip_first(skip);
+        nernc::eval::evaluate(&path, None, &d, "test", &eval_opts).unwrap()
+    };
+    let (held, rest) = (test(Some(30), 0), test(None, 30));
+    assert_eq!((held.images, rest.images), (30, 70));
+    assert_eq!(a.held_out, Some(held.model.accuracy));
+    assert_eq!(a.test, Some(rest.model.accuracy));
+    // The kept step is chosen on those 30 images: the first best of the history.
+    assert_eq!(d.kept_step, first_best(&d.held_out_history).0);
+
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["accuracy"]["held_out_split"], "test");
+    assert_eq!(meta["accuracy"]["test_images"], 70);
+    let shown = nernc::inspect::render(&nernc::inspect::inspect(&c, &Limits::default()).unwrap());
+    assert!(
+        shown.contains("(30 images of the test split), test") && shown.contains("(70 images)"),
+        "{shown}"
+    );
+}
+
+/// Without real data there is nothing to hold out from the test split: refused, not ignored.
+#[test]
+fn held_out_from_test_on_noise_is_refused() {
+    let mut opts = EncodeOptions {
+        held_out_from: nernc::data::Split::Test,
+        ..EncodeOptions::default()
+    };
+    let e = opts
+        .set_data(Some(&nernc::encode::DataArg::Noise))
+        .unwrap_err();
+    assert!(e.to_string().contains("--held-out-from test"), "{e}");
+}

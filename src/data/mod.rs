@@ -118,6 +118,16 @@ pub enum Split {
     Test,
 }
 
+impl Split {
+    /// `train` or `test`, as the CLI and the metadata name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
 /// Per-channel mean and standard deviation on the `[0, 1]` pixel scale. Each vector holds one
 /// entry per channel, or a single entry applied to every channel.
 #[derive(Clone, Debug, PartialEq)]
@@ -208,6 +218,16 @@ impl Dataset {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Drops the first `n` images (all of them when `n >= len()`): what `eval --skip` measures,
+    /// e.g. the test images an encode with `--held-out-from test` did not select on.
+    pub fn skip_first(mut self, n: usize) -> Self {
+        let n = n.min(self.len());
+        let [c, h, w] = self.shape;
+        self.images.drain(..n * c * h * w);
+        self.labels.drain(..n);
+        self
     }
 
     /// Normalised f32 batch of the given images, `(x/255 - mean[c]) / std[c]`, NCHW, plus their

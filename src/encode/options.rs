@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::data::{Augment, DatasetKind, Normalization};
+use crate::data::{Augment, DatasetKind, Normalization, Split};
 pub use crate::device::DeviceKind;
 use crate::error::{Error, Result};
 use crate::permute::PermutationKind;
@@ -36,8 +36,11 @@ pub struct EncodeOptions {
     pub dataset: DatasetKind,
     /// Normalisation override (default: the dataset's preset).
     pub norm: Option<Normalization>,
-    /// Training images held out for selection.
+    /// Images held out for selection.
     pub held_out: usize,
+    /// Where they come from: a seeded draw from the training split (the default), or the test
+    /// split's first images (`--held-out-from test`), the test figure then taken on the rest.
+    pub held_out_from: Split,
     /// Also measure test accuracy of the result (recorded, never used for selection).
     pub test_eval: bool,
     /// Phase 2.
@@ -353,6 +356,7 @@ impl Default for EncodeOptions {
             dataset: DatasetKind::FashionMnist,
             norm: None,
             held_out: 5000,
+            held_out_from: Split::Train,
             test_eval: false,
             distill: None,
             resume: None,
@@ -424,6 +428,13 @@ impl EncodeOptions {
         } else {
             DistillSource::Data
         };
+        if self.held_out_from == Split::Test && source == DistillSource::Noise {
+            return Err(Error::InvalidArgument(
+                "--held-out-from test selects on real test images: it needs --data DIR (not \
+                 noise), or the dataset at its default location"
+                    .into(),
+            ));
+        }
         if self.test_eval && self.data_dir.is_none() {
             return Err(Error::InvalidArgument(
                 "--test-eval needs --data DIR (or the dataset at its default location)".into(),

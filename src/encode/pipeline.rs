@@ -849,8 +849,8 @@ fn encode_on<B: TrainBackend>(
             test_images: ctx
                 .plan
                 .as_ref()
-                .and_then(|p| p.test.as_ref())
-                .map_or(0, |t| t.len()),
+                .and_then(DataPlan::test_report)
+                .map_or(0, |t| t.indices.len()),
             probes: list
                 .as_ref()
                 .map_or(0, |l| if l.len() > 1 { l.len() } else { 0 }),
@@ -974,38 +974,35 @@ fn encode_on<B: TrainBackend>(
         }),
         _ => None,
     };
-    let test_accuracy = match (tuned_student.as_ref().or(ctx.student.as_ref()), &ctx.plan) {
-        (
-            Some(st),
-            Some(DataPlan {
-                test: Some(test),
-                norm,
-                ..
-            }),
-        ) => {
-            let all: Vec<usize> = (0..test.len()).collect();
-            let h = HeldOut {
-                data: test,
-                indices: &all,
-            };
-            Some(held_out_accuracy(
-                &predictor,
-                &ctx.layers,
-                &ctx.permutations,
-                st,
-                &h,
-                norm,
-                device,
-            )?)
-        }
+    let test_accuracy = match (
+        tuned_student.as_ref().or(ctx.student.as_ref()),
+        ctx.plan
+            .as_ref()
+            .and_then(|p| p.test_report().map(|t| (t, &p.norm))),
+    ) {
+        (Some(st), Some((t, norm))) => Some(held_out_accuracy(
+            &predictor,
+            &ctx.layers,
+            &ctx.permutations,
+            st,
+            &t,
+            norm,
+            device,
+        )?),
         _ => None,
     };
     let accuracy = AccuracyReport {
         predictor_dtype: schedule.storage.name(),
         rmse_vs_original: stored_rmse,
         held_out_images: ctx.plan.as_ref().map(|p| p.held_idx.len()),
+        held_out_split: ctx.plan.as_ref().map(|p| p.held_split.name()),
         held_out: trained.held_out,
         test: test_accuracy,
+        test_images: ctx
+            .plan
+            .as_ref()
+            .and_then(DataPlan::test_report)
+            .map(|t| t.indices.len()),
         kept_round: trained.kept_round,
     };
     let goal = GoalReport::new(opts, budget, original_held_out, trained.held_out);

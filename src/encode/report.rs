@@ -197,10 +197,16 @@ pub struct AccuracyReport {
     /// Conv RMSE of the stored predictor against the source.
     pub rmse_vs_original: f64,
     pub held_out_images: Option<usize>,
+    /// The split the held-out images come from: `train` (the default) or `test`
+    /// (`--held-out-from test`: the test split's first images).
+    pub held_out_split: Option<&'static str>,
     /// Held-out accuracy (%) of the stored predictor.
     pub held_out: Option<f64>,
-    /// Test accuracy (%) of the stored predictor (only with `test_eval`).
+    /// Test accuracy (%) of the stored predictor (only with `test_eval`), on the test images not
+    /// held out.
     pub test: Option<f64>,
+    /// Test images the test figure is measured on.
+    pub test_images: Option<usize>,
     /// Round whose predictor was kept (phase 1).
     pub kept_round: usize,
 }
@@ -262,11 +268,22 @@ impl EncodeReport {
             b.percent,
             acc(b.held_out, b.test)
         );
+        if self.accuracy.held_out_split == Some("test") {
+            s += &format!(
+                "  held-out: the test split's first {} images (--held-out-from test){}\n",
+                self.accuracy.held_out_images.unwrap_or(0),
+                self.accuracy
+                    .test_images
+                    .map_or_else(String::new, |n| format!(
+                        "; test: the other {n} (`nernc eval --skip` repeats it)"
+                    ))
+            );
+        }
         for n in &self.notes {
             s += &format!("  note: {n}\n");
         }
         s += &self.goal.line();
-        if self.goal.met == Some(false) {
+        if self.goal.met == Some(false) && self.accuracy.held_out_split != Some("test") {
             // Measured: ResNet-20's default loses 0.60 held-out and 0.03 test points, plain int4
             // 0.56 and 0.15: the original has learned the training images it is held against.
             s += "  (held-out images come from the training split, which the original learned: \

@@ -23,44 +23,85 @@ use crate::predictor::Predictor;
 /// Data for selection and phase 2, loaded once.
 pub struct DataPlan {
     pub train: Dataset,
+    /// Training images phase 2 may draw from.
     pub train_idx: Vec<usize>,
+    /// The split the held-out selection images come from (`--held-out-from`).
+    pub held_split: Split,
     pub held_idx: Vec<usize>,
+    /// The test split: loaded for `--test-eval`, or as the held-out images' source.
     pub test: Option<Dataset>,
+    /// Test images the recorded test figure is measured on: with `--test-eval`, every test image
+    /// not held out for selection (all of them unless `--held-out-from test`); else none.
+    pub test_idx: Vec<usize>,
     pub norm: Normalization,
 }
 
 impl DataPlan {
     /// The held-out images as a selection set (none when no images are held out).
     pub fn held_out(&self) -> Option<HeldOut<'_>> {
+        let data = match self.held_split {
+            Split::Train => &self.train,
+            Split::Test => self.test.as_ref()?,
+        };
         (!self.held_idx.is_empty()).then(|| HeldOut {
-            data: &self.train,
+            data,
             indices: &self.held_idx,
+        })
+    }
+
+    /// The test images the recorded test figure is measured on (none without `--test-eval`).
+    pub fn test_report(&self) -> Option<HeldOut<'_>> {
+        let data = self.test.as_ref()?;
+        (!self.test_idx.is_empty()).then(|| HeldOut {
+            data,
+            indices: &self.test_idx,
         })
     }
 }
 
-/// Loads the training split (and the test split with `--test-eval`) when a data directory is
-/// given, and splits off the held-out images.
+/// Loads the training split (and the test split with `--test-eval` or `--held-out-from test`)
+/// when a data directory is given, and splits off the held-out images: a seeded draw from the
+/// training split, or the test split's first images (the rest then make the test figure).
 pub fn load_data(opts: &EncodeOptions) -> Result<Option<DataPlan>> {
     let Some(dir) = &opts.data_dir else {
         return Ok(None);
     };
     let kind = opts.dataset;
     let train = load(dir, kind, Split::Train, None)?;
-    let held = opts.held_out.min(train.len() / 2);
-    let (train_idx, held_idx) = train.holdout_split(held, opts.seed ^ 0x5e1ec7);
-    let test = if opts.test_eval {
+    let test = if opts.test_eval || opts.held_out_from == Split::Test {
         Some(load(dir, kind, Split::Test, None)?)
     } else {
         None
+    };
+    let (train_idx, held_idx, test_idx) = match (opts.held_out_from, &test) {
+        (Split::Test, Some(t)) => {
+            let held = opts.held_out.min(t.len() / 2);
+            let report = if opts.test_eval { held..t.len() } else { 0..0 };
+            (
+                (0..train.len()).collect(),
+                (0..held).collect(),
+                report.collect(),
+            )
+        }
+        _ => {
+            let held = opts.held_out.min(train.len() / 2);
+            let (train_idx, held_idx) = train.holdout_split(held, opts.seed ^ 0x5e1ec7);
+            let report = test
+                .as_ref()
+                .filter(|_| opts.test_eval)
+                .map_or(0, Dataset::len);
+            (train_idx, held_idx, (0..report).collect())
+        }
     };
     let norm = opts.norm.clone().unwrap_or_else(|| kind.normalization());
     norm.validate(train.shape[0])?;
     Ok(Some(DataPlan {
         train,
         train_idx,
+        held_split: opts.held_out_from,
         held_idx,
         test,
+        test_idx,
         norm,
     }))
 }
@@ -139,13 +180,8 @@ pub fn int4_baseline<B: ConvBackend>(
         if let Some(h) = plan.held_out() {
             held_out = Some(network_accuracy(&net, &h, &plan.norm, device)?);
         }
-        if let Some(t) = &plan.test {
-            let all: Vec<usize> = (0..t.len()).collect();
-            let h = HeldOut {
-                data: t,
-                indices: &all,
-            };
-            test = Some(network_accuracy(&net, &h, &plan.norm, device)?);
+        if let Some(t) = plan.test_report() {
+            test = Some(network_accuracy(&net, &t, &plan.norm, device)?);
         }
     }
     Ok(BaselineReport {
