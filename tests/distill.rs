@@ -344,6 +344,15 @@ fn write_subset(dir: &std::path::Path, split: nernc::data::Split, prefix: &str, 
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
+/// A Fashion-MNIST directory in `dir` with the first 128 training and 100 test images.
+fn small_dataset(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_subset(&data, nernc::data::Split::Train, "train", 128);
+    write_subset(&data, nernc::data::Split::Test, "t10k", 100);
+    data
+}
+
 /// The teacher's logits are computed once per image for the whole encode: a later phase-2
 /// cycle reuses the first cycle's cache. On a training pool of 64 images, two cycles of
 /// 4 x 32 draws (256 in all) run the teacher on at most the 64 distinct images; a cache per
@@ -351,11 +360,8 @@ fn write_subset(dir: &std::path::Path, split: nernc::data::Split, prefix: &str, 
 #[test]
 fn phase_two_cycles_share_the_teacher_logits() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
     // At most half of the training images are held out: 64 of 128, leaving 64 to draw from.
-    write_subset(&data, nernc::data::Split::Train, "train", 128);
-    write_subset(&data, nernc::data::Split::Test, "t10k", 100);
+    let data = small_dataset(dir.path());
     let opts = EncodeOptions {
         hidden: Some(16),
         steps: Some(40),
@@ -389,10 +395,7 @@ fn phase_two_cycles_share_the_teacher_logits() {
 #[test]
 fn held_out_from_the_test_split_selects_there_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_subset(&data, nernc::data::Split::Train, "train", 128);
-    write_subset(&data, nernc::data::Split::Test, "t10k", 100);
+    let data = small_dataset(dir.path());
     let opts = EncodeOptions {
         hidden: Some(16),
         steps: Some(40),
