@@ -173,6 +173,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
     if o.raw_passthrough {
         v["raw_passthrough"] = json!(true);
     }
+    if o.held_out_from != crate::data::Split::Train {
+        v["held_out_from"] = json!(o.held_out_from.name());
+    }
     if let Some(lr) = o.tune_passthrough {
         v["tune_passthrough_lr"] = json!(lr);
     }
@@ -439,6 +442,10 @@ mod tests {
             "the default order is no setting"
         );
         c.channel_order = Some(ChannelOrder::Similar);
+        assert_ne!(settings_hash(&a), settings_hash(&c));
+        // Where the held-out images come from changes what phase 2 trains on and keeps.
+        c = a.clone();
+        c.held_out_from = crate::data::Split::Test;
         assert_ne!(settings_hash(&a), settings_hash(&c));
         let name = output_name(&"ab".repeat(32), &settings_hash(&a));
         assert!(name.starts_with(&"ab".repeat(16)));

@@ -450,6 +450,7 @@ fn held_out_from_the_test_split_selects_there_and_reports_the_rest() {
     let meta = c.metadata(&Limits::default()).unwrap().unwrap();
     assert_eq!(meta["accuracy"]["held_out_split"], "test");
     assert_eq!(meta["accuracy"]["test_images"], 70);
+    assert_eq!(meta["recipe"]["held_out_from"], "test");
     let shown = nernc::inspect::render(&nernc::inspect::inspect(&c, &Limits::default()).unwrap());
     assert!(
         shown.contains("(30 images of the test split), test") && shown.contains("(70 images)"),

@@ -13,6 +13,7 @@ use super::report::{
 };
 use super::source::Source;
 use super::tune::TunedPassthrough;
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
 use crate::io::sha256_hex;
@@ -133,6 +134,9 @@ pub fn assemble(
     let mut recipe = recipe;
     if let Some(t) = opts.time_limit {
         recipe["time_limit_seconds"] = json!(t);
+    }
+    if opts.held_out_from != Split::Train {
+        recipe["held_out_from"] = json!(opts.held_out_from.name());
     }
     if let Some(groups) = source.reordered_groups {
         recipe["channel_order"] = json!(ChannelOrder::Similar.name());
