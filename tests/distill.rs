@@ -353,6 +353,24 @@ fn small_dataset(dir: &std::path::Path) -> std::path::PathBuf {
     data
 }
 
+/// A short encode of ResNet-20 on `data` (hidden 16, 40 phase-1 steps, then 4 phase-2 steps of
+/// 32 images), for the tests to adjust.
+fn short_encode(data: &std::path::Path) -> EncodeOptions {
+    EncodeOptions {
+        hidden: Some(16),
+        steps: Some(40),
+        batch: 1024,
+        data_dir: Some(data.to_path_buf()),
+        distill: Some(DistillOptions {
+            steps: 4,
+            source: DistillSource::Data,
+            batch: 32,
+            ..DistillOptions::default()
+        }),
+        ..EncodeOptions::default()
+    }
+}
+
 /// The teacher's logits are computed once per image for the whole encode: a later phase-2
 /// cycle reuses the first cycle's cache. On a training pool of 64 images, two cycles of
 /// 4 x 32 draws (256 in all) run the teacher on at most the 64 distinct images; a cache per
@@ -362,21 +380,9 @@ fn phase_two_cycles_share_the_teacher_logits() {
     let dir = tempfile::tempdir().unwrap();
     // At most half of the training images are held out: 64 of 128, leaving 64 to draw from.
     let data = small_dataset(dir.path());
-    let opts = EncodeOptions {
-        hidden: Some(16),
-        steps: Some(40),
-        batch: 1024,
-        data_dir: Some(data),
-        held_out: 64,
-        distill: Some(DistillOptions {
-            steps: 4,
-            source: DistillSource::Data,
-            batch: 32,
-            cycles: 2,
-            ..DistillOptions::default()
-        }),
-        ..EncodeOptions::default()
-    };
+    let mut opts = short_encode(&data);
+    opts.held_out = 64;
+    opts.distill.as_mut().unwrap().cycles = 2;
     let src = fixture("fmnist-resnet20.safetensors");
     let (_, r) = encode(&src, &opts, &NoProgress).unwrap();
     let d = r.distill.as_ref().unwrap();
@@ -396,23 +402,11 @@ fn phase_two_cycles_share_the_teacher_logits() {
 fn held_out_from_the_test_split_selects_there_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_dataset(dir.path());
-    let opts = EncodeOptions {
-        hidden: Some(16),
-        steps: Some(40),
-        batch: 1024,
-        data_dir: Some(data.clone()),
-        held_out: 30,
-        held_out_from: nernc::data::Split::Test,
-        test_eval: true,
-        distill: Some(DistillOptions {
-            steps: 4,
-            source: DistillSource::Data,
-            batch: 32,
-            eval_every: Some(2),
-            ..DistillOptions::default()
-        }),
-        ..EncodeOptions::default()
-    };
+    let mut opts = short_encode(&data);
+    opts.held_out = 30;
+    opts.held_out_from = nernc::data::Split::Test;
+    opts.test_eval = true;
+    opts.distill.as_mut().unwrap().eval_every = Some(2);
     let src = fixture("fmnist-resnet20.safetensors");
     let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
     let a = &r.accuracy;
