@@ -974,18 +974,17 @@ fn encode_on<B: TrainBackend>(
         }),
         _ => None,
     };
-    let test_accuracy = match (
-        tuned_student.as_ref().or(ctx.student.as_ref()),
-        ctx.plan
-            .as_ref()
-            .and_then(|p| p.test_report().map(|t| (t, &p.norm))),
-    ) {
+    let test_set = ctx
+        .plan
+        .as_ref()
+        .and_then(|p| p.test_report().map(|t| (t, &p.norm)));
+    let test_accuracy = match (tuned_student.as_ref().or(ctx.student.as_ref()), &test_set) {
         (Some(st), Some((t, norm))) => Some(held_out_accuracy(
             &predictor,
             &ctx.layers,
             &ctx.permutations,
             st,
-            &t,
+            t,
             norm,
             device,
         )?),
@@ -998,11 +997,7 @@ fn encode_on<B: TrainBackend>(
         held_out_split: ctx.plan.as_ref().map(|p| p.held_split.name()),
         held_out: trained.held_out,
         test: test_accuracy,
-        test_images: ctx
-            .plan
-            .as_ref()
-            .and_then(DataPlan::test_report)
-            .map(|t| t.indices.len()),
+        test_images: test_set.as_ref().map(|(t, _)| t.indices.len()),
         kept_round: trained.kept_round,
     };
     let goal = GoalReport::new(opts, budget, original_held_out, trained.held_out);
