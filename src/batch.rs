@@ -173,6 +173,9 @@ pub fn settings_hash(o: &EncodeOptions) -> String {
     if o.raw_passthrough {
         v["raw_passthrough"] = json!(true);
     }
+    if o.embedding_width != 0 {
+        v["embedding_width"] = json!(o.embedding_width);
+    }
     if o.held_out_from != crate::data::Split::Train {
         v["held_out_from"] = json!(o.held_out_from.name());
     }

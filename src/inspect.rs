@@ -41,6 +41,16 @@ pub struct PredictorRow {
     pub dtype: &'static str,
     /// `PRED`'s code layout: 0 packed per layer, 1 byte codes (spec §5.1).
     pub code_layout: u8,
+    /// Learned embedding tables (format 1.7): values per row, filter rows, channel rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingRow>,
+}
+
+#[derive(Serialize)]
+pub struct EmbeddingRow {
+    pub width: u32,
+    pub filter_rows: u32,
+    pub channel_rows: u32,
 }
 
 #[derive(Serialize)]
@@ -117,7 +127,16 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
         predictor: PredictorRow {
             pe_levels: cfg.pe_levels,
             pe_base: cfg.pe_base,
-            coordinates: "raw integers (layer, filter position, channel position)",
+            coordinates: if cfg.embedding.is_some() {
+                "raw integers (layer, filter position, channel position) and embedding rows"
+            } else {
+                "raw integers (layer, filter position, channel position)"
+            },
+            embedding: cfg.embedding.map(|e| EmbeddingRow {
+                width: e.width,
+                filter_rows: e.rows[0],
+                channel_rows: e.rows[1],
+            }),
             activation: "relu",
             kernel_size: cfg.kernel_size,
             widths: cfg.widths.clone(),
@@ -190,6 +209,17 @@ pub fn render(r: &InspectReport) -> String {
             ""
         }
     );
+    if let Some(e) = &p.embedding {
+        let _ = writeln!(
+            s,
+            "embeddings: {} values per row, {} filter rows, {} channel rows ({} parameters, \
+             inside the predictor's)",
+            e.width,
+            e.filter_rows,
+            e.channel_rows,
+            (u64::from(e.filter_rows) + u64::from(e.channel_rows) + 2) * u64::from(e.width)
+        );
+    }
     let _ = writeln!(
         s,
         "bytes: predictor {}  permutations {}  passthrough {} ({} tensors)",

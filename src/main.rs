@@ -228,6 +228,12 @@ struct EncodeSettings {
     /// Positional-encoding base b (level l uses frequency pi * b^l).
     #[arg(long, default_value_t = 0.76)]
     pe_base: f64,
+    /// Learned embedding values per filter and per input channel of every predicted layer,
+    /// beside the positional encoding (0: none). The predictor's first layer then sees what is
+    /// specific to each filter and channel; the tables are stored like its weights. Files with
+    /// tables are format 1.7 (older readers refuse them). With --resume: the file's.
+    #[arg(long, default_value_t = 0)]
+    embedding_width: u32,
     /// Linear layers of the predictor (hidden layers + 1; NeRN's reference has 5). With
     /// --target-size the width is chosen for this depth.
     #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS)]
@@ -511,6 +517,7 @@ impl EncodeSettings {
             beta1: self.beta1,
             pe_levels: self.pe_levels.unwrap_or(defaults.pe_levels),
             pe_base: self.pe_base,
+            embedding_width: self.embedding_width,
             layers: self.layers,
             dataset: nernc::data::DatasetKind::parse(&self.dataset)?,
             held_out: self.held_out,

@@ -17,7 +17,25 @@ pub struct PredictorConfig {
     pub widths: Vec<u32>,
     /// How the weights are stored in the file (the decoder always computes in f32).
     pub weight_dtype: WeightDtype,
+    /// Learned embedding tables beside the positional encoding (format 1.7), `None` for the
+    /// plain coordinate encoding.
+    pub embedding: Option<Embedding>,
 }
+
+/// The learned embeddings of format 1.7 (spec §5.1, §6.1): one row of `width` values per
+/// (layer, filter position) and one per (layer, channel position), numbered across the layers
+/// in `LAYR` order. The first layer's input is `[PE(l), PE(a), PE(b), F[f], C[c]]`, so its
+/// width is `6 L + 2 width`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Embedding {
+    pub width: u32,
+    /// Rows of the filter table (the sum of the predicted layers' `cout`) and of the channel
+    /// table (the sum of their `cin`).
+    pub rows: [u32; 2],
+}
+
+/// The number of embedding tables (filter, channel).
+pub const TABLES: usize = 2;
 
 /// Storage dtype of the predictor's weights (`PRED` dtype code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -199,7 +217,39 @@ impl PredictorConfig {
             kernel_size,
             widths,
             weight_dtype: WeightDtype::F32,
+            embedding: None,
         }
+    }
+
+    /// This configuration with learned embedding tables of `width` values per row (`width`
+    /// 0: none); the first layer's input widens by `2 width`.
+    pub fn with_embedding(mut self, width: u32, rows: [u32; 2]) -> Self {
+        self.widths[0] = 2 * COORDS as u32 * self.pe_levels;
+        self.embedding = None;
+        if width > 0 {
+            self.widths[0] += TABLES as u32 * width;
+            self.embedding = Some(Embedding { width, rows });
+        }
+        self
+    }
+
+    /// Embedding width (0 without tables).
+    pub fn embedding_width(&self) -> usize {
+        self.embedding.map_or(0, |e| e.width as usize)
+    }
+
+    /// `(inputs, outputs)` of every stored matrix in `PRED` order: the MLP's layers, then the
+    /// filter and channel tables (each a linear layer on a one-hot row index, spec §6.1).
+    pub fn stored_shapes(&self) -> Vec<(usize, usize)> {
+        let mut shapes: Vec<(usize, usize)> = self
+            .widths
+            .windows(2)
+            .map(|w| (w[0] as usize, w[1] as usize))
+            .collect();
+        if let Some(e) = self.embedding {
+            shapes.extend(e.rows.map(|r| (r as usize, e.width as usize)));
+        }
+        shapes
     }
 
     /// Width of the hidden layers (all equal in the shapes the encoder builds).
@@ -230,11 +280,11 @@ impl PredictorConfig {
         self.widths.iter().copied().max().unwrap_or(0) as usize
     }
 
-    /// Weights plus biases of all layers.
+    /// Weights plus biases of all layers and tables.
     pub fn parameter_count(&self) -> u64 {
-        self.widths
-            .windows(2)
-            .map(|w| u64::from(w[0]) * u64::from(w[1]) + u64::from(w[1]))
+        self.stored_shapes()
+            .iter()
+            .map(|&(i, o)| (i as u64) * (o as u64) + o as u64)
             .sum()
     }
 
@@ -286,6 +336,9 @@ pub struct LinearWeights {
 pub struct Predictor {
     pub config: PredictorConfig,
     pub layers: Vec<LinearWeights>,
+    /// The filter and channel embedding tables (`[rows][width]`, bias `[width]`), empty
+    /// without [`PredictorConfig::embedding`].
+    pub embeddings: Vec<LinearWeights>,
 }
 
 impl Predictor {
@@ -315,16 +368,48 @@ impl Predictor {
                 }
             })
             .collect();
+        // Embedding rows U(-1, 1) (the encoding's range), biases zero.
+        let embeddings = cfg
+            .stored_shapes()
+            .into_iter()
+            .skip(cfg.depth())
+            .map(|(rows, width)| LinearWeights {
+                inputs: rows,
+                outputs: width,
+                weight: (0..rows * width)
+                    .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                    .collect(),
+                bias: vec![0.0; width],
+                scales: Vec::new(),
+            })
+            .collect();
         Predictor {
             config: cfg.clone(),
             layers,
+            embeddings,
         }
+    }
+
+    /// Every stored matrix in `PRED` order: the layers, then the embedding tables.
+    pub fn stored(&self) -> impl Iterator<Item = &LinearWeights> {
+        self.layers.iter().chain(&self.embeddings)
+    }
+
+    /// The embedding row `row` of table `t` (0 filter, 1 channel) as the decoder uses it: the
+    /// table's linear layer on a one-hot input, `W[row][j] + b[j]` in binary32 (spec §6.1).
+    pub fn embedding_row(&self, t: usize, row: usize) -> Vec<f32> {
+        let e = &self.embeddings[t];
+        e.weight[row * e.outputs..(row + 1) * e.outputs]
+            .iter()
+            .zip(&e.bias)
+            .map(|(&w, &b)| b + w)
+            .collect()
     }
 
     /// Rounds every weight to the storage dtype, so that what is measured is what is stored.
     /// Fails when a value does not fit (f16 overflows beyond 65504).
     pub fn store_as(&mut self, dtype: WeightDtype) -> crate::Result<()> {
-        for l in &mut self.layers {
+        for l in self.layers.iter_mut().chain(self.embeddings.iter_mut()) {
             if !l.weight.iter().chain(&l.bias).all(|v| v.is_finite()) {
                 return Err(crate::Error::NonFinite {
                     tensor: "predictor".into(),
@@ -371,7 +456,8 @@ impl Predictor {
 
     /// Runs the predictor on one coordinate the plain way, in f64. Not the normative arithmetic:
     /// the independent reference a conforming f32 decoder is compared against (spec §6.4).
-    pub fn forward_f64(&self, coord: [u32; COORDS]) -> Vec<f64> {
+    /// `rows` are the kernel's embedding rows (filter, channel), ignored without tables.
+    pub fn forward_f64(&self, coord: [u32; COORDS], rows: [u32; TABLES]) -> Vec<f64> {
         let freqs = self.config.frequencies();
         let mut x = Vec::with_capacity(self.config.input_width());
         for n in coord {
@@ -380,6 +466,15 @@ impl Predictor {
                 x.push(libm::sin(theta) as f32 as f64);
                 x.push(libm::cos(theta) as f32 as f64);
             }
+        }
+        for (t, e) in self.embeddings.iter().enumerate() {
+            let r = rows[t] as usize * e.outputs;
+            let w = &e.weight[r..r + e.outputs];
+            x.extend(
+                w.iter()
+                    .zip(&e.bias)
+                    .map(|(&w, &b)| f64::from(w) + f64::from(b)),
+            );
         }
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -475,6 +570,7 @@ mod tests {
                 bias: vec![0.5; outputs],
                 scales: Vec::new(),
             }],
+            embeddings: Vec::new(),
         };
         p.store_as(WeightDtype::Int8).unwrap();
         // The same codes, with the scales rounded to binary16 values.
@@ -519,6 +615,7 @@ mod tests {
         let mut p = Predictor {
             config: PredictorConfig::reference(outputs as u32, 1, 1, 0.5),
             layers: vec![layer(weight.clone())],
+            embeddings: Vec::new(),
         };
         p.store_as(WeightDtype::Int6).unwrap();
         let l = &p.layers[0];
@@ -537,6 +634,7 @@ mod tests {
         let mut p = Predictor {
             config: PredictorConfig::reference(outputs as u32, 1, 1, 0.5),
             layers: vec![layer(tiny.clone())],
+            embeddings: Vec::new(),
         };
         p.store_as(WeightDtype::Int6).unwrap();
         assert_eq!(p.layers[0].scales, quantize_codes(&tiny, outputs, 31.0).1);
@@ -559,6 +657,7 @@ mod tests {
                 bias: vec![0.25; outputs],
                 scales: Vec::new(),
             }],
+            embeddings: Vec::new(),
         };
         p.store_as(WeightDtype::Int8).unwrap();
         p.store_as(WeightDtype::Int4).unwrap();

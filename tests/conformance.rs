@@ -8,7 +8,7 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 11] = [
+const GOLDEN: [&str; 12] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
@@ -27,6 +27,8 @@ const GOLDEN: [&str; 11] = [
     "resnet20-h195-int6-bytecodes",
     // Format 1.6: DATA (the F32 passthrough, byte-exact) stored byte-shuffled by 4 under zstd.
     "resnet20-h16-int6-shuffled",
+    // Format 1.7: learned embedding tables (4 values per filter and per channel row).
+    "resnet20-h16-int6-embed",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {
@@ -63,12 +65,17 @@ fn decoded_weights_are_within_tolerance_of_the_f64_reference() {
         let decoded = nernc::decode::decode_layers(&c.predictor, &c.layers, &c.permutations, 2);
         let big = c.predictor.config.kernel_size as usize;
         let mut worst = 0.0f64;
+        // Each layer's first embedding rows: the filters and channels of the layers before it.
+        let mut first = [0u32; 2];
         for (li, (layer, w)) in c.layers.iter().zip(&decoded).enumerate() {
             let (cin, k) = (layer.cin(), layer.kernel());
             let off = (big - k) / 2;
             for p in 0..layer.kernels() {
                 let (a, b) = (p / cin, p % cin);
-                let reference = c.predictor.forward_f64([li as u32, a as u32, b as u32]);
+                let rows = [first[0] + a as u32, first[1] + b as u32];
+                let reference = c
+                    .predictor
+                    .forward_f64([li as u32, a as u32, b as u32], rows);
                 let orig = c.permutations[li].original_kernel(cin, a, b);
                 for y in 0..k {
                     for x in 0..k {
@@ -79,6 +86,7 @@ fn decoded_weights_are_within_tolerance_of_the_f64_reference() {
                     }
                 }
             }
+            first = [first[0] + layer.shape[0], first[1] + layer.shape[1]];
         }
         println!("{name}: worst |v - v_ref| / (1 + |v_ref|) = {worst:.3e}");
         assert!(worst <= 1e-4, "{name}: {worst}");

@@ -462,6 +462,15 @@ fn every_single_byte_flip_is_detected() {
     assert!(missed.is_empty(), "undetected flips at {missed:?}");
 }
 
+/// The same over a file with embedding tables (format 1.7), whose `PRED` carries the new fields.
+#[test]
+fn every_single_byte_flip_of_a_file_with_embedding_tables_is_detected() {
+    let b = std::fs::read(fixture("golden").join("resnet20-h16-int6-embed.nern")).unwrap();
+    read_container(&b, &Limits::default()).unwrap();
+    let missed = undetected_flips(&b);
+    assert!(missed.is_empty(), "undetected flips at {missed:?}");
+}
+
 /// Writes a crafted file whose header declares a 360 GB output to `$NERN_CRAFT_OUT`, for
 /// measuring the decoder's peak memory on it (`/usr/bin/time -v nernc decode ...`).
 #[test]

@@ -504,3 +504,78 @@ fn reordered_channels_are_recorded_shown_and_kept_on_resume() {
     let shown = nernc::inspect::render(&nernc::inspect::inspect(&c3, &limits).unwrap());
     assert!(!shown.contains("REORDERED"), "{shown}");
 }
+
+/// `--embedding-width`: the file holds the tables (format 1.7), decodes to the recorded RMSE,
+/// records the width in its recipe, `inspect` shows it, and a resume continues the tables (an
+/// int6 resume keeps the same predictor) or refuses another width.
+#[test]
+fn embedding_tables_round_trip_are_recorded_and_kept_on_resume() {
+    use nernc::predictor::WeightDtype;
+    let opts = EncodeOptions {
+        embedding_width: 3,
+        predictor_dtype: WeightDtype::Int6,
+        ..small_options(PermutationKind::None, 1)
+    };
+    round_trip("fmnist-resnet20.safetensors", &opts);
+    let path = fixture("fmnist-resnet20.safetensors");
+    let (bytes, _) = encode(&path, &opts, &NoProgress).unwrap();
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    assert_eq!(c.minor, 7);
+    let e = c.predictor.config.embedding.expect("tables written");
+    assert_eq!(e.width, 3);
+    let filters: u32 = c.layers.iter().map(|l| l.shape[0]).sum();
+    let channels: u32 = c.layers.iter().map(|l| l.shape[1]).sum();
+    assert_eq!(e.rows, [filters, channels]);
+    assert_eq!(c.predictor.config.widths[0], 6 * 20 + 2 * 3);
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["recipe"]["embedding_width"], 3, "{meta}");
+    let text = nernc::inspect::render(&nernc::inspect::inspect(&c, &Limits::default()).unwrap());
+    assert!(
+        text.contains(&format!(
+            "embeddings: 3 values per row, {filters} filter rows, {channels} channel rows"
+        )),
+        "{text}"
+    );
+    // Without the option: no tables, format below 1.7, no recipe entry.
+    let (plain, _) = encode(
+        &path,
+        &EncodeOptions {
+            predictor_dtype: WeightDtype::Int6,
+            ..small_options(PermutationKind::None, 1)
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    let p = read_container(&plain, &Limits::default()).unwrap();
+    assert!(p.predictor.config.embedding.is_none() && p.minor < 7);
+    assert!(
+        p.metadata(&Limits::default()).unwrap().unwrap()["recipe"]
+            .get("embedding_width")
+            .is_none()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("e.nern");
+    std::fs::write(&first, &bytes).unwrap();
+    let resumed = EncodeOptions {
+        resume: Some(first.clone()),
+        embedding_width: 0,
+        ..opts.clone()
+    };
+    let (again, _) = encode(&path, &resumed, &NoProgress).unwrap();
+    let again = read_container(&again, &Limits::default()).unwrap();
+    assert_eq!(
+        again.predictor, c.predictor,
+        "a resume without phase 2 changed the tables"
+    );
+    let other = EncodeOptions {
+        resume: Some(first),
+        embedding_width: 5,
+        ..opts
+    };
+    let e = encode(&path, &other, &NoProgress).unwrap_err().to_string();
+    assert!(
+        e.contains("--embedding-width 5") && e.contains("embedding width 3"),
+        "{e}"
+    );
+}

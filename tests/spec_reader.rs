@@ -474,6 +474,7 @@ fn odd_predictor(dtype: nernc::predictor::WeightDtype, seed: u64) -> nernc::pred
     let mut p = nernc::predictor::Predictor {
         config: cfg,
         layers,
+        embeddings: Vec::new(),
     };
     p.store_as(dtype).unwrap();
     p
@@ -993,4 +994,224 @@ fn s7_tensor_limit_counts_layr_and_pass_together() {
         );
     }
     assert_eq!(Limits::default().max_tensors, 1 << 20);
+}
+
+// ---- format 1.7: learned embedding tables --------------------------------------------------
+
+/// The embedding golden rewritten with a raw `PRED` in code layout 0 (the byte positions below
+/// are those of the packed layout).
+fn embed_golden() -> (nernc::predictor::Predictor, Vec<u8>) {
+    let b = golden("resnet20-h16-int6-embed");
+    let c = ok(&b);
+    (c.predictor.clone(), rewrite_packed(&c))
+}
+
+/// §5.1 (format 1.7): coordinate convention 1. After the widths come the embedding width `d`
+/// and the two tables' row counts (the predicted layers' filters and input channels, summed in
+/// `LAYR` order); the first width is `6 L + 2 d`; after the `D` layers the two tables are stored
+/// in the layers' form (`[rows][d]` codes, `d` scales and biases). Older conventions and
+/// impossible fields are refused.
+#[test]
+fn s5_1_embedding_tables_follow_the_layers() {
+    let original = golden("resnet20-h16-int6-embed");
+    let c = ok(&original);
+    assert_eq!(c.minor, 7, "tables need format 1.7");
+    let (p, b) = embed_golden();
+    let c = ok(&b);
+    assert_eq!(c.predictor, p, "rewriting changed the predictor");
+    let e = p.config.embedding.expect("the golden has tables");
+    let filters: u32 = c.layers.iter().map(|l| l.shape[0]).sum();
+    let channels: u32 = c.layers.iter().map(|l| l.shape[1]).sum();
+    assert_eq!(e.rows, [filters, channels]);
+    assert_eq!(p.config.widths[0], 6 * p.config.pe_levels + 2 * e.width);
+    let mut s = split(&b);
+    let pred = find(&mut s, b"PRED").payload.clone();
+    assert_eq!(pred[4], 1, "coordinate convention");
+    let u32_at = |at: usize| u32::from_le_bytes(pred[at..at + 4].try_into().unwrap());
+    let after_widths = 24 + 4 * p.config.widths.len();
+    assert_eq!(
+        [
+            u32_at(after_widths),
+            u32_at(after_widths + 4),
+            u32_at(after_widths + 8)
+        ],
+        [e.width, filters, channels]
+    );
+    // The tables come last, each as a layer of `rows` inputs and `d` outputs: scales, packed
+    // 6-bit codes, biases. Check the channel table's (the last) scales, codes and biases.
+    let d = e.width as usize;
+    let rows = channels as usize;
+    let table_bytes = 4 * d + (rows * d * 6).div_ceil(8) + 4 * d;
+    let at = pred.len() - table_bytes;
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let table = &p.embeddings[1];
+    assert_eq!((table.inputs, table.outputs), (rows, d));
+    let scales = f32s(&pred[at..at + 4 * d]);
+    assert_eq!(scales, table.scales);
+    assert_eq!(f32s(&pred[pred.len() - 4 * d..]), table.bias);
+    // Code 0 of the table: the low 6 bits of its first byte, two's complement.
+    let raw = pred[at + 4 * d] & 0x3f;
+    let code = if raw & 0x20 != 0 {
+        raw as i8 - 64
+    } else {
+        raw as i8
+    };
+    assert_eq!(table.weight[0], f32::from(code) * scales[0]);
+
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut s = split(&b);
+        f(&mut find(&mut s, b"PRED").payload);
+        assemble(&s)
+    };
+    malformed(err(&with(&|p| p[4] = 2)), "PRED", "coordinate convention");
+    let put = |p: &mut Vec<u8>, at: usize, v: u32| p[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    malformed(
+        err(&with(&|p| put(p, after_widths, 0))),
+        "PRED",
+        "embedding width",
+    );
+    malformed(
+        err(&with(&|p| put(p, after_widths + 4, 0))),
+        "PRED",
+        "embedding rows",
+    );
+    // One row more than the layers need: the section no longer matches its declared shape.
+    malformed(
+        err(&with(&|p| put(p, after_widths + 8, channels + 1))),
+        "PRED",
+        "do not match",
+    );
+    // Convention 0 with the wider first layer: the widths disagree with the encoding.
+    malformed(
+        err(&with(&|p| p[4] = 0)),
+        "PRED",
+        "input width is not 6 * pe_levels",
+    );
+}
+
+/// §5.1: tables whose rows are consistent within `PRED` but not with `LAYR` are refused.
+#[test]
+fn s5_1_embedding_rows_must_match_the_layer_table() {
+    let (mut p, _) = embed_golden();
+    let c0 = golden("resnet20-h16-int6-embed");
+    let c = ok(&c0);
+    // One more filter row, in the config and in the table.
+    let e = p.config.embedding.as_mut().unwrap();
+    e.rows[0] += 1;
+    let t = &mut p.embeddings[0];
+    t.inputs += 1;
+    t.weight.extend(vec![0.0; t.outputs]);
+    let passthrough = c
+        .passthrough
+        .iter()
+        .map(|x| RawTensor {
+            name: x.name.clone(),
+            dtype: x.dtype,
+            shape: x.shape.clone(),
+            bytes: c.tensor_bytes(x),
+            storage: x.storage,
+        })
+        .collect();
+    let bytes = write_container(&ContainerParts {
+        predictor: &p,
+        layers: &c.layers,
+        permutations: &c.permutations,
+        passthrough,
+        source_metadata: c.source_metadata.clone(),
+        metadata: None,
+        raw_predictor: true,
+        raw_data: true,
+    })
+    .unwrap();
+    malformed(err(&bytes), "PRED", "the layers need");
+}
+
+/// §6.1-6.2 with tables, computed here from the spec's text alone: the kernel at position
+/// `(a, b)` of layer `l` reads row `F_l + a` of the filter table and `C_l + b` of the channel
+/// table (`F_l`, `C_l`: the filters and input channels of the layers before `l`), each row
+/// `W[r][i] + b[i]` in binary32; each table's partial sum runs over its `d` values like an
+/// encoding's, and the sums are added after the three encodings'. Bit-exact with the decoder.
+#[test]
+fn s6_2_embedding_rows_are_added_after_the_encodings() {
+    let b = golden("resnet20-h16-int6-embed");
+    let c = ok(&b);
+    let p = &c.predictor;
+    let cfg = &p.config;
+    let d = cfg.embedding.unwrap().width as usize;
+    let cw = 2 * cfg.pe_levels as usize;
+    let pe = |n: u32| -> Vec<f32> {
+        (0..cfg.pe_levels)
+            .flat_map(|k| {
+                let f = std::f64::consts::PI * libm::pow(cfg.pe_base, f64::from(k));
+                let t = f * f64::from(n);
+                [libm::sin(t) as f32, libm::cos(t) as f32]
+            })
+            .collect()
+    };
+    let first = &p.layers[0];
+    let h = first.outputs;
+    let partial = |x: &[f32], from: usize| -> Vec<f32> {
+        (0..h)
+            .map(|j| {
+                x.iter().enumerate().fold(0.0f32, |u, (i, &v)| {
+                    v.mul_add(first.weight[(from + i) * h + j], u)
+                })
+            })
+            .collect()
+    };
+    let row = |t: usize, r: usize| -> Vec<f32> {
+        let e = &p.embeddings[t];
+        (0..d).map(|i| e.bias[i] + e.weight[r * d + i]).collect()
+    };
+    let decoded = nernc::decode::decode_layers(p, &c.layers, &c.permutations, 2);
+    let big = cfg.kernel_size as usize;
+    let (mut f0, mut c0) = (0usize, 0usize);
+    let mut checked = 0;
+    for (li, (layer, w)) in c.layers.iter().zip(&decoded).enumerate() {
+        let (cin, k) = (layer.cin(), layer.kernel());
+        for pos in (0..layer.kernels()).step_by(29) {
+            let (a, bb) = (pos / cin, pos % cin);
+            let u = [
+                partial(&pe(li as u32), 0),
+                partial(&pe(a as u32), cw),
+                partial(&pe(bb as u32), 2 * cw),
+                partial(&row(0, f0 + a), 3 * cw),
+                partial(&row(1, c0 + bb), 3 * cw + d),
+            ];
+            let mut y: Vec<f32> = (0..h)
+                .map(|j| {
+                    let z = ((((first.bias[j] + u[0][j]) + u[1][j]) + u[2][j]) + u[3][j]) + u[4][j];
+                    if z > 0.0 { z } else { 0.0 }
+                })
+                .collect();
+            let last = p.layers.len() - 1;
+            for (i, l) in p.layers.iter().enumerate().skip(1) {
+                y = (0..l.outputs)
+                    .map(|j| {
+                        let acc = y.iter().enumerate().fold(l.bias[j], |acc, (kk, &v)| {
+                            v.mul_add(l.weight[kk * l.outputs + j], acc)
+                        });
+                        if i == last || acc > 0.0 { acc } else { 0.0 }
+                    })
+                    .collect();
+            }
+            let off = (big - k) / 2;
+            let orig = c.permutations[li].original_kernel(cin, a, bb);
+            for yy in 0..k {
+                for xx in 0..k {
+                    let want = y[(yy + off) * big + xx + off];
+                    let got = w[orig * k * k + yy * k + xx];
+                    assert_eq!(got.to_bits(), want.to_bits(), "layer {li} kernel {pos}");
+                }
+            }
+            checked += 1;
+        }
+        f0 += layer.cout();
+        c0 += cin;
+    }
+    assert!(checked > 900, "{checked} kernels checked");
 }

@@ -11,7 +11,7 @@ use crate::checkpoint::{OutBytes, OutTensor, write_safetensors};
 use crate::error::Result;
 use crate::format::{Container, LayerEntry};
 use crate::permute::Permutation;
-use crate::predictor::{COORDS, Predictor};
+use crate::predictor::{COORDS, Predictor, TABLES};
 use gemm::PackedMatrix;
 
 /// Rows (kernels) per work item: small enough to stay in L2 with the weights, large enough to
@@ -25,6 +25,9 @@ pub struct PreparedPredictor {
     first_bias: Vec<f32>,
     /// `tables[c][n * h + j]`: partial pre-activation of hidden unit `j` from coordinate `c = n`.
     tables: [Vec<f32>; COORDS],
+    /// `embedded[t][r * h + j]`: the same from row `r` of embedding table `t` (format 1.7; empty
+    /// without tables).
+    embedded: Vec<Vec<f32>>,
     hidden: Vec<(PackedMatrix, Vec<f32>)>,
     width: usize,
 }
@@ -36,16 +39,22 @@ impl PreparedPredictor {
         let cw = cfg.coord_width();
         let first = &p.layers[0];
         let h = first.outputs;
-        let tables = std::array::from_fn(|c| {
-            let n = extents[c];
-            let pe = cfg.pe_table(n);
-            let block = &first.weight[c * cw * h..(c + 1) * cw * h];
-            let packed = PackedMatrix::new(block, cw, h);
+        // `n` input rows of width `w` times the first layer's block of rows `from..from + w`.
+        let partial = |input: &[f32], n: usize, w: usize, from: usize| {
+            let packed = PackedMatrix::new(&first.weight[from * h..(from + w) * h], w, h);
             let mut out = vec![0f32; n * h];
-            let zeros = vec![0f32; h];
-            gemm::gemm_bias(&pe, cw, n, &packed, &zeros, &mut out, h, false);
+            gemm::gemm_bias(input, w, n, &packed, &vec![0f32; h], &mut out, h, false);
             out
-        });
+        };
+        let tables =
+            std::array::from_fn(|c| partial(&cfg.pe_table(extents[c]), extents[c], cw, c * cw));
+        let embedded = (0..p.embeddings.len())
+            .map(|t| {
+                let e = &p.embeddings[t];
+                let rows: Vec<f32> = (0..e.inputs).flat_map(|r| p.embedding_row(t, r)).collect();
+                partial(&rows, e.inputs, e.outputs, COORDS * cw + t * e.outputs)
+            })
+            .collect();
         let hidden = p.layers[1..]
             .iter()
             .map(|l| {
@@ -59,17 +68,20 @@ impl PreparedPredictor {
             kernel_size: cfg.kernel_size as usize,
             first_bias: first.bias.clone(),
             tables,
+            embedded,
             hidden,
             width: cfg.max_width(),
         }
     }
 
     /// Predicts `rows` consecutive kernel positions of layer `layer` starting at `start`, writes
-    /// each kernel's centre `k x k` crop into `out` (row-major, `rows * k * k`).
+    /// each kernel's centre `k x k` crop into `out` (row-major, `rows * k * k`). `first_rows`:
+    /// the layer's first row of each embedding table.
     #[allow(clippy::too_many_arguments)]
     fn predict_rows(
         &self,
         layer: usize,
+        first_rows: [usize; TABLES],
         cin: usize,
         k: usize,
         start: usize,
@@ -89,9 +101,19 @@ impl PreparedPredictor {
             let tf = &self.tables[1][fa * h..(fa + 1) * h];
             let tc = &self.tables[2][cb * h..(cb + 1) * h];
             let dst = &mut a_buf[r * w..r * w + h];
-            for j in 0..h {
-                let z = ((self.first_bias[j] + tl[j]) + tf[j]) + tc[j];
-                dst[j] = if z > 0.0 { z } else { 0.0 };
+            if self.embedded.is_empty() {
+                for j in 0..h {
+                    let z = ((self.first_bias[j] + tl[j]) + tf[j]) + tc[j];
+                    dst[j] = if z > 0.0 { z } else { 0.0 };
+                }
+            } else {
+                let (rf, rc) = (first_rows[0] + fa, first_rows[1] + cb);
+                let ef = &self.embedded[0][rf * h..(rf + 1) * h];
+                let ec = &self.embedded[1][rc * h..(rc + 1) * h];
+                for j in 0..h {
+                    let z = ((((self.first_bias[j] + tl[j]) + tf[j]) + tc[j]) + ef[j]) + ec[j];
+                    dst[j] = if z > 0.0 { z } else { 0.0 };
+                }
             }
         }
         let last = self.hidden.len() - 1;
@@ -135,6 +157,16 @@ pub fn decode_layers(
     threads: usize,
 ) -> Vec<Vec<f32>> {
     let prepared = PreparedPredictor::new(predictor, coordinate_extents(layers));
+    // Each layer's first row of the embedding tables: the filters and channels of the layers
+    // before it (spec §5.1).
+    let first_rows: Vec<[usize; TABLES]> = layers
+        .iter()
+        .scan([0usize; TABLES], |next, l| {
+            let first = *next;
+            *next = [next[0] + l.cout(), next[1] + l.cin()];
+            Some(first)
+        })
+        .collect();
     // Position-ordered predictions, computed in independent tasks.
     let mut by_position: Vec<Vec<f32>> = layers.iter().map(|l| vec![0f32; l.elements()]).collect();
     {
@@ -156,7 +188,17 @@ pub fn decode_layers(
                 let l = &layers[li];
                 let kk = l.kernel() * l.kernel();
                 let rows = chunk.len() / kk;
-                prepared.predict_rows(li, l.cin(), l.kernel(), start, rows, chunk, &mut scratch);
+                let first = first_rows[li];
+                prepared.predict_rows(
+                    li,
+                    first,
+                    l.cin(),
+                    l.kernel(),
+                    start,
+                    rows,
+                    chunk,
+                    &mut scratch,
+                );
             }
         };
         std::thread::scope(|s| {

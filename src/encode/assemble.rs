@@ -138,6 +138,9 @@ pub fn assemble(
     if opts.held_out_from != Split::Train {
         recipe["held_out_from"] = json!(opts.held_out_from.name());
     }
+    if opts.embedding_width != 0 {
+        recipe["embedding_width"] = json!(opts.embedding_width);
+    }
     if let Some(groups) = source.reordered_groups {
         recipe["channel_order"] = json!(ChannelOrder::Similar.name());
         recipe["channel_groups"] = json!(groups);

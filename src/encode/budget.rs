@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 
-use super::options::EncodeOptions;
+use super::options::{EncodeOptions, with_embedding};
 use super::source::Source;
 use crate::error::{Error, Result};
 use crate::format::{ContainerParts, LayerEntry, predictor_bytes, write_container};
 use crate::permute::Permutation;
-use crate::predictor::{LinearWeights, Predictor, PredictorConfig, WeightDtype};
+use crate::predictor::{Embedding, LinearWeights, Predictor, PredictorConfig, WeightDtype};
 
 /// Bytes kept free for `META` (the provenance; about 1.5 KB compressed on the fixtures). Should
 /// the provenance not fit, its histories are dropped first (see `assemble`).
@@ -135,6 +135,7 @@ impl<'a> Sizer<'a> {
             kernel_size: c.kernel_size,
             layers: c.depth(),
             pe_base: c.pe_base,
+            embedding: c.embedding,
         };
         let (h0, levels) = (c.hidden(), c.pe_levels);
         let fits = |h: u32| -> Result<bool> {
@@ -189,20 +190,22 @@ impl<'a> Sizer<'a> {
 
 /// A predictor of `cfg` with zero weights stored as `dtype`: what sizes are computed on.
 fn blank(cfg: &PredictorConfig, dtype: WeightDtype) -> Result<Predictor> {
-    let layers = cfg
-        .widths
-        .windows(2)
-        .map(|w| LinearWeights {
-            inputs: w[0] as usize,
-            outputs: w[1] as usize,
-            weight: vec![0.0; w[0] as usize * w[1] as usize],
-            bias: vec![0.0; w[1] as usize],
+    let mut layers: Vec<LinearWeights> = cfg
+        .stored_shapes()
+        .into_iter()
+        .map(|(i, o)| LinearWeights {
+            inputs: i,
+            outputs: o,
+            weight: vec![0.0; i * o],
+            bias: vec![0.0; o],
             scales: Vec::new(),
         })
         .collect();
+    let embeddings = layers.split_off(cfg.depth());
     let mut p = Predictor {
         config: cfg.clone(),
         layers,
+        embeddings,
     };
     p.store_as(dtype)?;
     Ok(p)
@@ -213,11 +216,16 @@ pub struct Cfg {
     pub kernel_size: u32,
     pub layers: usize,
     pub pe_base: f64,
+    pub embedding: Option<Embedding>,
 }
 
 impl Cfg {
     fn config(&self, hidden: u32, levels: u32) -> PredictorConfig {
-        PredictorConfig::mlp(hidden, self.layers, self.kernel_size, levels, self.pe_base)
+        let cfg = PredictorConfig::mlp(hidden, self.layers, self.kernel_size, levels, self.pe_base);
+        match self.embedding {
+            Some(e) => cfg.with_embedding(e.width, e.rows),
+            None => cfg,
+        }
     }
 }
 
@@ -238,6 +246,12 @@ pub fn candidates(
         kernel_size,
         layers: opts.layers,
         pe_base: opts.pe_base,
+        embedding: with_embedding(
+            PredictorConfig::mlp(1, 2, kernel_size, 1, 1.0),
+            opts.embedding_width,
+            sizer.layers,
+        )
+        .embedding,
     };
     let levels: Vec<u32> = if opts.pinned.pe_levels {
         vec![opts.pe_levels]
@@ -349,6 +363,7 @@ mod tests {
             kernel_size: 3,
             layers: 5,
             pe_base: 0.76,
+            embedding: None,
         };
         let budget = 60_000;
         let h0 = sizer

@@ -25,7 +25,7 @@ use crate::decode::gemm::{PackedMatrix, gemm_bias};
 use crate::dense::transpose_into;
 use crate::error::{Error, Result};
 use crate::predictor::WeightDtype;
-use crate::predictor::{COORDS, LinearWeights, Predictor, dequantize_codes, int_codes};
+use crate::predictor::{COORDS, LinearWeights, Predictor, TABLES, dequantize_codes, int_codes};
 use crate::rng::SplitMix64;
 
 /// Rows per partial second-moment product (the sum of the partials runs in a fixed order, so the
@@ -39,23 +39,40 @@ const DAMPING: f64 = 0.01;
 /// `p` with every layer's weights moved so that nearest rounding to `dtype`'s integer codes
 /// (`store_as`) gives the error-compensated codes, on the inputs the predictor sees at `coords`
 /// (every kernel); the biases carry their compensation. Float dtypes: `p` unchanged.
-pub fn quantize(p: &Predictor, coords: &[[u32; COORDS]], dtype: WeightDtype) -> Result<Predictor> {
+///
+/// Embedding tables (format 1.7) are rounded to nearest first: they are the first layer's inputs,
+/// whose rounded values the first layer's compensation then sees (`rows`: each kernel's row of
+/// each table, beside `coords`).
+pub fn quantize(
+    p: &Predictor,
+    coords: &[[u32; COORDS]],
+    rows: &[[u32; TABLES]],
+    dtype: WeightDtype,
+) -> Result<Predictor> {
     let mut out = p.clone();
     let Some(max) = dtype.max_code() else {
         return Ok(out);
     };
     let check = |v: &f32| v.is_finite();
     if !p
-        .layers
-        .iter()
+        .stored()
         .all(|l| l.weight.iter().chain(&l.bias).all(check))
     {
         return Err(Error::NonFinite {
             tensor: "predictor".into(),
         });
     }
+    if !out.embeddings.is_empty() {
+        let mut tables = Predictor {
+            config: p.config.clone(),
+            layers: Vec::new(),
+            embeddings: std::mem::take(&mut out.embeddings),
+        };
+        tables.store_as(dtype)?;
+        out.embeddings = tables.embeddings;
+    }
     let n = coords.len();
-    let mut x = first_inputs(p, coords);
+    let mut x = first_inputs(&out, coords, rows);
     let last = p.layers.len().saturating_sub(1);
     for (i, layer) in out.layers.iter_mut().enumerate() {
         let d = layer.inputs;
@@ -94,7 +111,7 @@ pub fn quantize(p: &Predictor, coords: &[[u32; COORDS]], dtype: WeightDtype) -> 
 /// phase 2 ended 0.7 points under one encode's, where the compensated rounding leaves weights
 /// anywhere in their cells). Layers without scales (float storage) are left alone.
 pub fn off_grid(p: &mut Predictor, max: f32, rng: &mut SplitMix64) {
-    for l in &mut p.layers {
+    for l in p.layers.iter_mut().chain(p.embeddings.iter_mut()) {
         if l.scales.len() != l.outputs || l.outputs == 0 {
             continue;
         }
@@ -125,7 +142,8 @@ pub fn off_grid_copy(p: &Predictor, max: f32, seed: u64) -> Predictor {
 }
 
 /// The first layer's inputs: each kernel's coordinate encodings side by side (`n x 6 L`).
-fn first_inputs(p: &Predictor, coords: &[[u32; COORDS]]) -> Vec<f32> {
+/// With embedding tables, each kernel's rows of them follow (`W[row] + b`, as decoded).
+fn first_inputs(p: &Predictor, coords: &[[u32; COORDS]], rows: &[[u32; TABLES]]) -> Vec<f32> {
     let cw = p.config.coord_width();
     let tables: Vec<Vec<f32>> = (0..COORDS)
         .map(|c| {
@@ -133,11 +151,22 @@ fn first_inputs(p: &Predictor, coords: &[[u32; COORDS]]) -> Vec<f32> {
             p.config.pe_table(values)
         })
         .collect();
-    let mut x = Vec::with_capacity(coords.len() * COORDS * cw);
-    for k in coords {
+    let embedded: Vec<Vec<f32>> = (0..p.embeddings.len())
+        .map(|t| {
+            let e = &p.embeddings[t];
+            (0..e.inputs).flat_map(|r| p.embedding_row(t, r)).collect()
+        })
+        .collect();
+    let width = p.config.input_width();
+    let mut x = Vec::with_capacity(coords.len() * width);
+    for (i, k) in coords.iter().enumerate() {
         for (c, t) in tables.iter().enumerate() {
             let v = k[c] as usize;
             x.extend_from_slice(&t[v * cw..(v + 1) * cw]);
+        }
+        for (t, e) in embedded.iter().enumerate() {
+            let (r, d) = (rows[i][t] as usize, p.embeddings[t].outputs);
+            x.extend_from_slice(&e[r * d..(r + 1) * d]);
         }
     }
     x
@@ -338,7 +367,7 @@ mod tests {
         coords
             .iter()
             .map(|&c| {
-                let (a, b) = (p.forward_f64(c), reference.forward_f64(c));
+                let (a, b) = (p.forward_f64(c, [0, 0]), reference.forward_f64(c, [0, 0]));
                 a.iter()
                     .zip(&b)
                     .map(|(x, y)| (x - y) * (x - y))
@@ -362,7 +391,7 @@ mod tests {
             let f32p = random_predictor(24, seed);
             let mut nearest = f32p.clone();
             nearest.store_as(dtype).unwrap();
-            let mut compensated = quantize(&f32p, &c, dtype).unwrap();
+            let mut compensated = quantize(&f32p, &c, &[], dtype).unwrap();
             compensated.store_as(dtype).unwrap();
             let (en, ec) = (
                 output_error(&nearest, &f32p, &c),
@@ -400,8 +429,8 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        let a = one.install(|| quantize(&p, &c, WeightDtype::Int6).unwrap());
-        let b = three.install(|| quantize(&p, &c, WeightDtype::Int6).unwrap());
+        let a = one.install(|| quantize(&p, &c, &[], WeightDtype::Int6).unwrap());
+        let b = three.install(|| quantize(&p, &c, &[], WeightDtype::Int6).unwrap());
         assert_eq!(a, b);
     }
 
@@ -437,7 +466,7 @@ mod tests {
         let mut p = random_predictor(8, 5);
         p.layers[1].weight[3] = f32::NAN;
         assert!(matches!(
-            quantize(&p, &coords(), WeightDtype::Int6),
+            quantize(&p, &coords(), &[], WeightDtype::Int6),
             Err(Error::NonFinite { .. })
         ));
     }

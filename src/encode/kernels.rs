@@ -16,6 +16,9 @@ pub struct KernelSet {
     pub norms: Vec<f32>,
     pub extents: [usize; COORDS],
     pub out_width: usize,
+    /// Each kernel's row of the filter and of the channel embedding table (spec §5.1).
+    pub table_rows: Vec<[u32; 2]>,
+    pub table_extents: [usize; 2],
 }
 
 impl KernelSet {
@@ -38,6 +41,8 @@ impl KernelSet {
             norms: Vec::with_capacity(total),
             extents: coordinate_extents(layers),
             out_width: kk_big,
+            table_rows: Vec::with_capacity(total),
+            table_extents: [0, 0],
         };
         let mut row = 0;
         for (li, ((l, perm), (w, orig))) in layers
@@ -48,7 +53,11 @@ impl KernelSet {
         {
             let (cin, k) = (l.cin(), l.kernel());
             let off = (big - k) / 2;
+            let [gf, gc] = set.table_extents;
+            set.table_extents = [gf + l.cout(), gc + cin];
             for (p, o) in perm.originals(l.cout(), cin).enumerate() {
+                set.table_rows
+                    .push([(gf + p / cin) as u32, (gc + p % cin) as u32]);
                 set.coords
                     .push([li as u32, (p / cin) as u32, (p % cin) as u32]);
                 let src = &w[o * k * k..(o + 1) * k * k];

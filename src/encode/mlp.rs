@@ -7,31 +7,39 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use super::kernels::KernelSet;
 use crate::device::{ConvBackend, GatherIndex};
 use crate::error::{Error, Result};
-use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig};
+use crate::predictor::{COORDS, LinearWeights, Predictor, PredictorConfig, TABLES};
 use crate::rng::SplitMix64;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     weights: Vec<Param<Tensor<B, 2>>>,
     biases: Vec<Param<Tensor<B, 1>>>,
+    /// The embedding tables (filter, channel; `[rows, width]`) and their biases, empty without.
+    tables: Vec<Param<Tensor<B, 2>>>,
+    table_biases: Vec<Param<Tensor<B, 1>>>,
 }
 
 impl<B: Backend> Mlp<B> {
     /// A module holding a trained predictor's weights (phase 2 continues from phase 1).
     pub fn from_predictor(p: &Predictor, device: &B::Device) -> Self {
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
-        for l in &p.layers {
-            weights.push(Param::from_tensor(Tensor::from_data(
+        let weight = |l: &LinearWeights| {
+            Param::from_tensor(Tensor::from_data(
                 TensorData::new(l.weight.clone(), [l.inputs, l.outputs]),
                 device,
-            )));
-            biases.push(Param::from_tensor(Tensor::from_data(
+            ))
+        };
+        let bias = |l: &LinearWeights| {
+            Param::from_tensor(Tensor::from_data(
                 TensorData::new(l.bias.clone(), [l.outputs]),
                 device,
-            )));
+            ))
+        };
+        Mlp {
+            weights: p.layers.iter().map(weight).collect(),
+            biases: p.layers.iter().map(bias).collect(),
+            tables: p.embeddings.iter().map(weight).collect(),
+            table_biases: p.embeddings.iter().map(bias).collect(),
         }
-        Mlp { weights, biases }
     }
 
     /// PyTorch's default `Linear` initialisation, U(-1/sqrt(in), 1/sqrt(in)), from our RNG
@@ -50,6 +58,8 @@ impl<B: Backend> Mlp<B> {
         Mlp {
             weights: self.weights.iter().map(leaf).collect(),
             biases: self.biases.iter().map(leaf).collect(),
+            tables: self.tables.iter().map(leaf).collect(),
+            table_biases: self.table_biases.iter().map(leaf).collect(),
         }
     }
 
@@ -104,13 +114,34 @@ impl<B: ConvBackend> Mlp<B> {
         weight: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let last = self.weights.len() - 1;
-        let mut x = first_layer(
-            weight(self.weights[0].val()),
-            self.biases[0].val(),
-            last > 0,
-            kernels,
-            rows,
-        );
+        let w1 = weight(self.weights[0].val());
+        let relu = last > 0;
+        let mut x = if self.tables.is_empty() {
+            first_layer(w1, self.biases[0].val(), relu, kernels, rows)
+        } else {
+            // The tables' rows enter the first layer like the encodings do: each table times its
+            // block of W1 (`[rows, h]`), gathered by the kernels' rows, added after the encodings.
+            let [e, h] = w1.dims();
+            let pe = kernels.pe_tables[0].dims()[1] * COORDS;
+            let d = (e - pe) / TABLES;
+            let mut z = first_layer(
+                w1.clone().slice([0..pe, 0..h]),
+                self.biases[0].val(),
+                false,
+                kernels,
+                rows,
+            );
+            for (t, (table, bias)) in self.tables.iter().zip(&self.table_biases).enumerate() {
+                let rows_t = weight(table.val()) + bias.val().unsqueeze::<2>();
+                let block = w1.clone().slice([pe + t * d..pe + (t + 1) * d, 0..h]);
+                z = z + rows_t.matmul(block).select(0, rows.1[t].device.clone());
+            }
+            if relu {
+                burn::tensor::activation::relu(z)
+            } else {
+                z
+            }
+        };
         for (i, (w, b)) in self.weights.iter().zip(&self.biases).enumerate().skip(1) {
             x = B::dense(x, weight(w.val()), b.val(), i != last);
         }
@@ -122,7 +153,12 @@ impl<B: Backend> Mlp<B> {
     /// Copies the parameters to the host in the container's layout.
     pub fn to_predictor(&self, cfg: &PredictorConfig) -> Result<Predictor> {
         let mut layers = Vec::new();
-        for (w, b) in self.weights.iter().zip(&self.biases) {
+        for (w, b) in self
+            .weights
+            .iter()
+            .zip(&self.biases)
+            .chain(self.tables.iter().zip(&self.table_biases))
+        {
             let [i, o] = w.val().dims();
             let to_vec = |d: TensorData| {
                 d.into_vec::<f32>()
@@ -136,9 +172,11 @@ impl<B: Backend> Mlp<B> {
                 scales: Vec::new(),
             });
         }
+        let embeddings = layers.split_off(self.weights.len());
         Ok(Predictor {
             config: cfg.clone(),
             layers,
+            embeddings,
         })
     }
 }
@@ -154,7 +192,7 @@ fn first_layer<B: ConvBackend>(
     rows: &KernelRows<B>,
 ) -> Tensor<B, 2> {
     let [e, h] = w1.dims();
-    let cw = e / COORDS;
+    let cw = e / COORDS; // the encodings' rows only (the caller slices off the tables' rows)
     let parts: [Tensor<B, 2>; COORDS] = std::array::from_fn(|c| {
         let block = w1.clone().slice([c * cw..(c + 1) * cw, 0..h]);
         kernels.pe_tables[c].clone().matmul(block)
@@ -190,7 +228,8 @@ impl<B: Backend> DeviceKernels<B> {
 
 /// For a batch of kernels, the row of each coordinate's encoding table (one index list per
 /// coordinate, on the host and the device), gathered from `KernelSet::coords`.
-pub struct KernelRows<B: Backend>([GatherIndex<B>; COORDS]);
+/// With embedding tables, also each kernel's row of each table.
+pub struct KernelRows<B: Backend>([GatherIndex<B>; COORDS], [GatherIndex<B>; TABLES]);
 
 impl<B: Backend> KernelRows<B> {
     /// The rows of the kernels at positions `idx` of `set`.
@@ -208,12 +247,20 @@ impl<B: Backend> KernelRows<B> {
         positions: impl Iterator<Item = usize> + Clone,
         device: &B::Device,
     ) -> Self {
-        KernelRows(std::array::from_fn(|c| {
-            GatherIndex::new(
-                positions.clone().map(|p| set.coords[p][c]).collect(),
-                device,
-            )
-        }))
+        KernelRows(
+            std::array::from_fn(|c| {
+                GatherIndex::new(
+                    positions.clone().map(|p| set.coords[p][c]).collect(),
+                    device,
+                )
+            }),
+            std::array::from_fn(|c| {
+                GatherIndex::new(
+                    positions.clone().map(|p| set.table_rows[p][c]).collect(),
+                    device,
+                )
+            }),
+        )
     }
 }
 
@@ -254,64 +301,55 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
 
-    /// The separable first layer (per-coordinate table products, gathered) computes the same
-    /// function as the dense `concat(pe) @ W1` of the container's definition.
+    /// The separable first layer (per-coordinate table products, gathered; with embedding
+    /// tables, their rows times their blocks of W1) computes the same function as the dense
+    /// `concat(pe, rows) @ W1` of the container's definition ([`Predictor::forward_f64`]).
     #[test]
     fn separable_first_layer_equals_the_dense_forward() {
-        type B = Flex;
-        let device = Default::default();
-        let cfg = PredictorConfig::reference(12, 3, 5, 0.76);
-        let cw = cfg.coord_width();
-        let extents = [3usize, 7, 5];
-        let mut rng = SplitMix64::new(7);
-        let n = 40;
-        let set = KernelSet {
-            coords: (0..n)
-                .map(|_| extents.map(|e| rng.below(e as u64) as u32))
-                .collect(),
-            targets: vec![0.0; n * 9],
-            masks: vec![1.0; n * 9],
-            norms: vec![1.0; n],
-            extents,
-            out_width: 9,
-        };
-        let device_kernels = DeviceKernels::<B>::new(&cfg, &set, &device);
-        let rows = KernelRows::<B>::all(&set, &device);
-        let mlp = Mlp::<B>::init(&cfg, &mut rng, &device);
-        let got = mlp
-            .forward(&device_kernels, &rows)
-            .into_data()
-            .into_vec::<f32>()
-            .unwrap();
-
-        // Dense reference in f64 from the host copy of the weights.
-        let p = mlp.to_predictor(&cfg).unwrap();
-        let mut max_diff = 0f64;
-        let tables = extents.map(|e| cfg.pe_table(e));
-        for (i, k) in set.coords.iter().enumerate() {
-            let mut x: Vec<f64> = (0..COORDS)
-                .flat_map(|c| {
-                    let v = k[c] as usize;
-                    tables[c][v * cw..(v + 1) * cw].to_vec()
-                })
-                .map(f64::from)
-                .collect();
-            for (li, l) in p.layers.iter().enumerate() {
-                let mut y: Vec<f64> = l.bias.iter().map(|&b| f64::from(b)).collect();
-                for (a, xa) in x.iter().enumerate() {
-                    for (o, yo) in y.iter_mut().enumerate() {
-                        *yo += xa * f64::from(l.weight[a * l.outputs + o]);
-                    }
+        for width in [0, 3] {
+            type B = Flex;
+            let device = Default::default();
+            let extents = [3usize, 7, 5];
+            let table_extents = [11usize, 9];
+            let cfg = PredictorConfig::reference(12, 3, 5, 0.76)
+                .with_embedding(width, table_extents.map(|e| e as u32));
+            let mut rng = SplitMix64::new(7);
+            let n = 40;
+            let set = KernelSet {
+                coords: (0..n)
+                    .map(|_| extents.map(|e| rng.below(e as u64) as u32))
+                    .collect(),
+                targets: vec![0.0; n * 9],
+                masks: vec![1.0; n * 9],
+                norms: vec![1.0; n],
+                extents,
+                out_width: 9,
+                table_rows: (0..n)
+                    .map(|_| table_extents.map(|e| rng.below(e as u64) as u32))
+                    .collect(),
+                table_extents,
+            };
+            let device_kernels = DeviceKernels::<B>::new(&cfg, &set, &device);
+            let rows = KernelRows::<B>::all(&set, &device);
+            let mlp = Mlp::<B>::init(&cfg, &mut rng, &device);
+            let got = mlp
+                .forward(&device_kernels, &rows)
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
+            let p = mlp.to_predictor(&cfg).unwrap();
+            assert_eq!(p.embeddings.len(), if width > 0 { 2 } else { 0 });
+            let mut max_diff = 0f64;
+            for (i, (k, r)) in set.coords.iter().zip(&set.table_rows).enumerate() {
+                let want = p.forward_f64(*k, *r);
+                for (o, want) in want.iter().enumerate() {
+                    max_diff = max_diff.max((f64::from(got[i * 9 + o]) - want).abs());
                 }
-                if li + 1 != p.layers.len() {
-                    y.iter_mut().for_each(|v| *v = v.max(0.0));
-                }
-                x = y;
             }
-            for (o, want) in x.iter().enumerate() {
-                max_diff = max_diff.max((f64::from(got[i * 9 + o]) - want).abs());
-            }
+            assert!(
+                max_diff < 1e-5,
+                "separable forward differs by {max_diff} (width {width})"
+            );
         }
-        assert!(max_diff < 1e-5, "separable forward differs by {max_diff}");
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::data::{Augment, DatasetKind, Normalization, Split};
 pub use crate::device::DeviceKind;
 use crate::error::{Error, Result};
+use crate::format::LayerEntry;
 use crate::permute::PermutationKind;
 use crate::predictor::{PredictorConfig, REFERENCE_LAYERS, WeightDtype};
 
@@ -27,6 +28,9 @@ pub struct EncodeOptions {
     pub beta1: f32,
     pub pe_levels: u32,
     pub pe_base: f64,
+    /// Learned embedding values per filter and per channel row (`--embedding-width`; 0: none,
+    /// the plain coordinate encoding; format 1.7).
+    pub embedding_width: u32,
     /// Linear layers of the predictor (`--layers`; [`REFERENCE_LAYERS`] by default).
     pub layers: usize,
     /// Decoder threads used to measure each round.
@@ -350,6 +354,7 @@ impl Default for EncodeOptions {
             beta1: 0.5,
             pe_levels: 20,
             pe_base: 0.76,
+            embedding_width: 0,
             layers: REFERENCE_LAYERS,
             threads: crate::decode::default_threads(),
             data_dir: None,
@@ -534,11 +539,27 @@ impl EncodeOptions {
         if o.pe_levels == 0 || o.pe_levels > 256 || !(o.pe_base.is_finite() && o.pe_base > 0.0) {
             return bad("positional encoding: levels in 1..=256, base positive");
         }
+        if o.embedding_width > MAX_EMBEDDING_WIDTH {
+            return bad(&format!(
+                "--embedding-width must be in 0..={MAX_EMBEDDING_WIDTH}"
+            ));
+        }
         if !(2..=MAX_LAYERS).contains(&o.layers) {
             return bad(&format!("--layers must be in 2..={MAX_LAYERS}"));
         }
         Ok(())
     }
+}
+
+/// Widest embedding row `--embedding-width` accepts (the format allows 256).
+pub const MAX_EMBEDDING_WIDTH: u32 = 64;
+
+/// `cfg` with embedding tables of `width` values per row for these layers (spec §5.1: a row
+/// per filter and per input channel of every predicted layer); `width` 0 leaves it plain.
+pub fn with_embedding(cfg: PredictorConfig, width: u32, layers: &[LayerEntry]) -> PredictorConfig {
+    let [f, c] = crate::format::embedding_rows(layers);
+    let rows = [f, c].map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    cfg.with_embedding(width, rows)
 }
 
 #[cfg(test)]

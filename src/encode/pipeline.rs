@@ -12,6 +12,7 @@ use super::kernels::KernelSet;
 use super::options::{
     ChannelOrder, DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding,
     default_hidden, default_params_per_weight, default_phase1_steps, default_predictor_dtype,
+    with_embedding,
 };
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillOutcome, DistillSettings, TuneSettings, distill};
@@ -366,8 +367,11 @@ impl<B: TrainBackend> Context<'_, B> {
             return Ok(p.clone());
         }
         match set {
-            Some(set) => super::gptq::quantize(p, &set.coords, storage),
-            None => super::gptq::quantize(p, &self.kernel_set(cfg).coords, storage),
+            Some(set) => super::gptq::quantize(p, &set.coords, &set.table_rows, storage),
+            None => {
+                let set = self.kernel_set(cfg);
+                super::gptq::quantize(p, &set.coords, &set.table_rows, storage)
+            }
         }
     }
 
@@ -680,12 +684,16 @@ fn encode_on<B: TrainBackend>(
         Err(e) => return Err(e),
     };
     let hidden = hidden_for(opts, storage, &source);
-    let mut cfg = PredictorConfig::mlp(
-        hidden,
-        opts.layers,
-        source.kernel_size,
-        opts.pe_levels,
-        opts.pe_base,
+    let mut cfg = with_embedding(
+        PredictorConfig::mlp(
+            hidden,
+            opts.layers,
+            source.kernel_size,
+            opts.pe_levels,
+            opts.pe_base,
+        ),
+        opts.embedding_width,
+        &source.layers,
     );
     if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
         notes.push(format!(
@@ -1109,6 +1117,15 @@ fn load_resume(
             file.hidden()
         )));
     }
+    if opts.embedding_width != 0 && opts.embedding_width as usize != file.embedding_width() {
+        return Err(Error::Incompatible(format!(
+            "--embedding-width {}: {} holds a predictor with embedding width {}, which --resume \
+             continues; leave --embedding-width out (or encode without --resume)",
+            opts.embedding_width,
+            path.display(),
+            file.embedding_width()
+        )));
+    }
     if opts.pinned.pe_levels && opts.pe_levels != file.pe_levels {
         return Err(Error::Incompatible(format!(
             "--pe-levels {}: {} holds a predictor with {} levels, which --resume continues; \
@@ -1154,12 +1171,16 @@ impl BackendJob for ThroughputJob<'_> {
         let file = MappedFile::open(self.input)?;
         let source = Source::parse(self.input, file.bytes(), PermutationKind::None)?;
         let k = source.kernel_size;
-        let cfg = PredictorConfig::mlp(
-            hidden_for(opts, opts.predictor_dtype, &source),
-            opts.layers,
-            k,
-            opts.pe_levels,
-            opts.pe_base,
+        let cfg = with_embedding(
+            PredictorConfig::mlp(
+                hidden_for(opts, opts.predictor_dtype, &source),
+                opts.layers,
+                k,
+                opts.pe_levels,
+                opts.pe_base,
+            ),
+            opts.embedding_width,
+            &source.layers,
         );
         let perms = vec![Permutation::Identity; source.layers.len()];
         let w = &source.weights;

@@ -14,7 +14,8 @@ pub use bitpack::{bit_width, permutation_bytes};
 pub use bytes::le_f32s;
 pub use dtype::TensorDtype;
 pub use read::{
-    Container, Limits, PROVENANCE_FIRST_READ, Provenance, read_container, read_provenance,
+    Container, Limits, PROVENANCE_FIRST_READ, Provenance, embedding_rows, read_container,
+    read_provenance,
 };
 pub use write::{ContainerParts, RawTensor, predictor_bytes, write_container};
 
@@ -24,8 +25,8 @@ use crate::permute::PermutationKind;
 pub const MAGIC: [u8; 8] = *b"\x89NERN\r\n\x1a";
 pub const MAJOR_VERSION: u16 = 1;
 /// Newest minor version this implementation reads and writes (1.5 added PRED code layout 1,
-/// 1.6 a byte-shuffled zstd `DATA`).
-pub const MINOR_VERSION: u16 = 6;
+/// 1.6 a byte-shuffled zstd `DATA`, 1.7 learned embedding tables in `PRED`).
+pub const MINOR_VERSION: u16 = 7;
 /// Fixed header: magic, version, section count, file length, reserved.
 pub const HEADER_LEN: usize = 32;
 pub const SECTION_ENTRY_LEN: usize = 64;

@@ -10,13 +10,18 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::{
-    COORDS, LinearWeights, Predictor, PredictorConfig, WeightDtype, dequantize_codes,
+    COORDS, Embedding, LinearWeights, Predictor, PredictorConfig, TABLES, WeightDtype,
+    dequantize_codes,
 };
 
 pub(crate) const MAX_NAME_LEN: usize = 4096;
 const MAX_META_STRING: usize = 1 << 24;
 const MAX_PE_LEVELS: u32 = 256;
 const MAX_WIDTH: u32 = 1 << 16;
+/// Values per embedding row (format 1.7).
+const MAX_EMBEDDING_WIDTH: u32 = 256;
+/// Rows per embedding table: one per filter (or channel) of every predicted layer.
+const MAX_EMBEDDING_ROWS: u32 = 1 << 24;
 const MAX_DEPTH: u32 = 64;
 const MAX_KERNEL: u32 = 31;
 const MAX_NDIM: u8 = 8;
@@ -464,6 +469,18 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     };
     let layr = table(TAG_LAYERS, ("LAYR", "LAYR decoded bytes"))?;
     let layers = parse_layers(&layr, &predictor.config, limits)?;
+    if let Some(e) = predictor.config.embedding {
+        let want = embedding_rows(&layers);
+        if [u64::from(e.rows[0]), u64::from(e.rows[1])] != want {
+            return Err(Error::malformed(
+                "PRED",
+                format!(
+                    "embedding tables of {:?} rows, the layers need {want:?} (filters, channels)",
+                    e.rows
+                ),
+            ));
+        }
+    }
     let pass = table(TAG_PASSTHROUGH, ("PASS", "PASS decoded bytes"))?;
     let (passthrough, source_metadata) = parse_passthrough(&pass, limits, layers.len())?;
     // Names unique across both tables.
@@ -557,7 +574,8 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
     let pe_base = r.f64()?;
     let kernel_size = r.u32()?;
     let depth = r.u32()?;
-    if coords != 0 {
+    // Coordinate convention 1 (format 1.7): learned embedding tables beside the encoding.
+    if coords > 1 {
         return Err(r.err(format!("unknown coordinate convention {coords}")));
     }
     if activation != 0 {
@@ -594,8 +612,31 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
         }
         widths.push(w);
     }
-    if widths[0] as usize != 2 * COORDS * pe_levels as usize {
-        return Err(r.err("input width is not 6 * pe_levels"));
+    let embedding = if coords == 1 {
+        let width = r.u32()?;
+        let rows = [r.u32()?, r.u32()?];
+        if width == 0 || width > MAX_EMBEDDING_WIDTH {
+            return Err(r.err(format!(
+                "embedding width {width} outside 1..={MAX_EMBEDDING_WIDTH}"
+            )));
+        }
+        if rows.iter().any(|&n| n == 0 || n > MAX_EMBEDDING_ROWS) {
+            return Err(r.err(format!(
+                "embedding rows {rows:?} outside 1..={MAX_EMBEDDING_ROWS}"
+            )));
+        }
+        Some(Embedding { width, rows })
+    } else {
+        None
+    };
+    let inputs = 2 * COORDS as u64 * u64::from(pe_levels)
+        + embedding.map_or(0, |e| TABLES as u64 * u64::from(e.width));
+    if u64::from(widths[0]) != inputs {
+        return Err(r.err(if embedding.is_some() {
+            "input width is not 6 * pe_levels + 2 * embedding width"
+        } else {
+            "input width is not 6 * pe_levels"
+        }));
     }
     if widths[depth as usize] != kernel_size * kernel_size {
         return Err(r.err("output width is not kernel_size^2"));
@@ -606,10 +647,12 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
         kernel_size,
         widths,
         weight_dtype,
+        embedding,
     };
+    let shapes = config.stored_shapes();
     // Declared parameters must fill the section exactly (bounds the allocation by its size).
-    let declared = config.widths.windows(2).try_fold(0u64, |acc, d| {
-        let (i, o) = (u64::from(d[0]), u64::from(d[1]));
+    let declared = shapes.iter().try_fold(0u64, |acc, &(i, o)| {
+        let (i, o) = (i as u64, o as u64);
         let layer = if byte_codes {
             i.checked_mul(o)?.checked_add(o.checked_mul(8)?)?
         } else {
@@ -625,12 +668,8 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
     if byte_codes {
         let bits = weight_dtype.code_bits().unwrap_or(8);
         let (lo, hi) = (-(1i16 << (bits - 1)), (1i16 << (bits - 1)) - 1);
-        for dims in config.widths.windows(2) {
-            let codes: Vec<i8> = r
-                .bytes(dims[0] as usize * dims[1] as usize)?
-                .iter()
-                .map(|&b| b as i8)
-                .collect();
+        for &(i, o) in &shapes {
+            let codes: Vec<i8> = r.bytes(i * o)?.iter().map(|&b| b as i8).collect();
             if codes.iter().any(|&c| !(lo..=hi).contains(&i16::from(c))) {
                 return Err(r.err(format!(
                     "a code is outside {lo}..={hi}, the range of {}",
@@ -641,9 +680,8 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
         }
     }
     let mut byte_code_layers = byte_code_layers.into_iter();
-    let mut layers = Vec::with_capacity(config.depth());
-    for dims in config.widths.windows(2) {
-        let (inputs, outputs) = (dims[0] as usize, dims[1] as usize);
+    let mut layers = Vec::with_capacity(shapes.len());
+    for &(inputs, outputs) in &shapes {
         let (weight, bias, scales) = if weight_dtype.max_code().is_some() {
             let scales = r.f32s(outputs)?;
             if !scales.iter().all(|s| s.is_finite() && *s >= 0.0) {
@@ -690,7 +728,15 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
         });
     }
     r.finish()?;
-    Ok((Predictor { config, layers }, layout))
+    let embeddings = layers.split_off(config.depth());
+    Ok((
+        Predictor {
+            config,
+            layers,
+            embeddings,
+        },
+        layout,
+    ))
 }
 
 fn read_weights(r: &mut Reader<'_>, n: usize, dtype: WeightDtype) -> Result<Vec<f32>> {
@@ -711,6 +757,14 @@ fn read_weights(r: &mut Reader<'_>, n: usize, dtype: WeightDtype) -> Result<Vec<
             }
         })
         .collect())
+}
+
+/// The embedding table rows a layer table needs: its filters and its input channels, summed
+/// over the predicted layers (spec §5.1).
+pub fn embedding_rows(layers: &[LayerEntry]) -> [u64; 2] {
+    layers.iter().fold([0, 0], |[f, c], l| {
+        [f + u64::from(l.shape[0]), c + u64::from(l.shape[1])]
+    })
 }
 
 fn parse_layers(bytes: &[u8], cfg: &PredictorConfig, limits: &Limits) -> Result<Vec<LayerEntry>> {

@@ -141,7 +141,8 @@ fn predictor_section(p: &Predictor, byte_codes: bool) -> Result<Vec<u8>> {
     let c = &p.config;
     let byte_codes = byte_codes && c.weight_dtype.max_code().is_some();
     w.u32(c.pe_levels);
-    w.u8(0); // coordinate convention: raw integers
+    // coordinate convention: 0 raw integers, 1 with embedding tables (format 1.7)
+    w.u8(u8::from(c.embedding.is_some()));
     w.u8(0); // activation: ReLU
     w.u8(c.weight_dtype.code());
     w.u8(u8::from(byte_codes)); // code layout
@@ -151,13 +152,19 @@ fn predictor_section(p: &Predictor, byte_codes: bool) -> Result<Vec<u8>> {
     for &width in &c.widths {
         w.u32(width);
     }
-    if p.layers.len() != c.depth() {
+    if let Some(e) = c.embedding {
+        w.u32(e.width);
+        w.u32(e.rows[0]);
+        w.u32(e.rows[1]);
+    }
+    let shapes = c.stored_shapes();
+    if p.layers.len() != c.depth() || p.layers.len() + p.embeddings.len() != shapes.len() {
         return Err(Error::InvalidArgument("predictor depth mismatch".into()));
     }
     let mut tails = Vec::new();
-    for (layer, dims) in p.layers.iter().zip(c.widths.windows(2)) {
-        if layer.inputs != dims[0] as usize
-            || layer.outputs != dims[1] as usize
+    for (layer, &(inputs, outputs)) in p.stored().zip(&shapes) {
+        if layer.inputs != inputs
+            || layer.outputs != outputs
             || layer.weight.len() != layer.inputs * layer.outputs
             || layer.bias.len() != layer.outputs
         {
@@ -354,10 +361,11 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 6 for a shuffled zstd DATA, 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
+    // they can: 7 for embedding tables, 6 for a shuffled zstd DATA, 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
     // for a zstd PRED, 1 for an int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
-        _ if data_shuffled => MINOR_VERSION,
+        _ if parts.predictor.config.embedding.is_some() => MINOR_VERSION,
+        _ if data_shuffled => 6,
         _ if byte_codes => 5,
         _ if tables_zstd => 4,
         (WeightDtype::Int6 | WeightDtype::Int5, _) => 4,
