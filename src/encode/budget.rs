@@ -161,6 +161,23 @@ impl<'a> Sizer<'a> {
         }))
     }
 
+    /// After a widened predictor of hidden `over` came out over `budget` with its codes at
+    /// `measured` of their packed bytes: the shape to train instead, the widest under `over`
+    /// whose estimate at that measured share fits, else `sure` (the shape that fits by its raw
+    /// bound).
+    pub fn retry(
+        &self,
+        budget: u64,
+        sure: &Candidate,
+        over: u32,
+        measured: f64,
+    ) -> Result<PredictorConfig> {
+        Ok(self
+            .widen(budget, sure, measured)?
+            .filter(|w| w.config.hidden() < over)
+            .map_or_else(|| sure.config.clone(), |w| w.config))
+    }
+
     /// The widest hidden width in `MIN_HIDDEN..=MAX_HIDDEN` whose file fits `budget` (sizes grow
     /// with the width, so a binary search).
     fn widest(
@@ -410,5 +427,18 @@ mod tests {
         assert!(actual <= budget, "{actual} > {budget}");
         // The packed bound of the wider shape is over: only the measurement lets it in.
         assert!(sizer.bound(&wide.config, WeightDtype::Int6).unwrap() > budget);
+
+        // A widened run that came out over: the retry is sized by the share its codes took,
+        // between the sure fit and the width that was over, and fits by that estimate.
+        let measured = (ratio * 1.03).min(1.0);
+        let retry = sizer.retry(budget, &chosen, h1, measured).unwrap();
+        let hr = retry.hidden();
+        assert!(h0 < hr && hr < h1, "{h0} < {hr} < {h1}");
+        assert!(sizer.estimate(&retry, WeightDtype::Int6, measured).unwrap() <= budget);
+        // Nothing between them fits: the sure fit.
+        assert_eq!(
+            sizer.retry(budget, &chosen, h0 + 1, measured).unwrap(),
+            chosen.config
+        );
     }
 }

@@ -945,7 +945,7 @@ fn encode_on<B: TrainBackend>(
                     w.config.widths[1],
                     w.bound
                 ));
-                narrower = Some(pick.config.clone());
+                narrower = Some(pick.clone());
                 cfg = w.config;
             }
         }
@@ -955,20 +955,48 @@ fn encode_on<B: TrainBackend>(
     let mut seeds = SplitMix64::new(opts.seed);
     let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
     if let (Some(narrow), Some(budget)) = (narrower, budget) {
-        let tuned = trained
-            .passthrough
-            .as_ref()
-            .map(|t| source.tuned_bytes(t))
-            .transpose()?;
-        let size = sizer.actual(&trained.predictor, tuned.as_ref())?;
+        let size_of = |t: &Trained| -> Result<u64> {
+            let tuned = t
+                .passthrough
+                .as_ref()
+                .map(|p| source.tuned_bytes(p))
+                .transpose()?;
+            sizer.actual(&t.predictor, tuned.as_ref())
+        };
+        let size = size_of(&trained)?;
         if size > budget {
+            // The full run's codes compressed less than estimated. Their measured ratio sizes
+            // the retry (a width between the sure fit and this one), so that one overshoot does
+            // not cost the whole widening; should the retry not fit either, the sure fit.
+            let (raw, stored) = predictor_bytes(&trained.predictor)?;
+            let measured = stored as f64 / raw as f64;
+            let over = cfg.widths[1];
+            cfg = sizer.retry(budget, &narrow, over, measured)?;
             notes.push(format!(
-                "--target-size: the widened predictor (hidden {}) came out at {size} bytes, over \
-                 the budget of {budget}; hidden {} (which fits surely) was trained instead",
-                cfg.widths[1], narrow.widths[1]
+                "--target-size: the widened predictor (hidden {over}) came out at {size} bytes, \
+                 over the budget of {budget} (its codes at {:.1} % of packed); hidden {} was \
+                 trained instead{}",
+                100.0 * measured,
+                cfg.widths[1],
+                if cfg == narrow.config {
+                    " (which fits surely)"
+                } else {
+                    ", sized by that measured share"
+                }
             ));
-            cfg = narrow;
             trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
+            if cfg != narrow.config {
+                let size = size_of(&trained)?;
+                if size > budget {
+                    notes.push(format!(
+                        "--target-size: hidden {} came out at {size} bytes, over the budget too; \
+                         hidden {} (which fits surely) was trained instead",
+                        cfg.widths[1], narrow.config.widths[1]
+                    ));
+                    cfg = narrow.config;
+                    trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
+                }
+            }
         }
     }
     let predictor = trained.predictor;
