@@ -40,9 +40,10 @@ const DAMPING: f64 = 0.01;
 /// (`store_as`) gives the error-compensated codes, on the inputs the predictor sees at `coords`
 /// (every kernel); the biases carry their compensation. Float dtypes: `p` unchanged.
 ///
-/// Embedding tables (format 1.7) are rounded to nearest first: they are the first layer's inputs,
-/// whose rounded values the first layer's compensation then sees (`rows`: each kernel's row of
-/// each table, beside `coords`).
+/// Embedding tables (format 1.7) are the first layer's inputs: the first layer's compensation
+/// sees their nearest-rounded rows, and they stay latent (off the grid, as the layers do), so
+/// that phase 2 can move their codes; `store_as` rounds them to those same codes (`rows`: each
+/// kernel's row of each table, beside `coords`).
 pub fn quantize(
     p: &Predictor,
     coords: &[[u32; COORDS]],
@@ -62,17 +63,14 @@ pub fn quantize(
             tensor: "predictor".into(),
         });
     }
-    if !out.embeddings.is_empty() {
-        let mut tables = Predictor {
-            config: p.config.clone(),
-            layers: Vec::new(),
-            embeddings: std::mem::take(&mut out.embeddings),
-        };
-        tables.store_as(dtype)?;
-        out.embeddings = tables.embeddings;
-    }
+    let mut seen = Predictor {
+        config: p.config.clone(),
+        layers: Vec::new(),
+        embeddings: p.embeddings.clone(),
+    };
+    seen.store_as(dtype)?;
     let n = coords.len();
-    let mut x = first_inputs(&out, coords, rows);
+    let mut x = first_inputs(&seen, coords, rows);
     let last = p.layers.len().saturating_sub(1);
     for (i, layer) in out.layers.iter_mut().enumerate() {
         let d = layer.inputs;
@@ -142,7 +140,8 @@ pub fn off_grid_copy(p: &Predictor, max: f32, seed: u64) -> Predictor {
 }
 
 /// The first layer's inputs: each kernel's coordinate encodings side by side (`n x 6 L`).
-/// With embedding tables, each kernel's rows of them follow (`W[row] + b`, as decoded).
+/// With embedding tables (`p`'s, as stored), each kernel's rows of them follow (`W[row] + b`, as
+/// decoded).
 fn first_inputs(p: &Predictor, coords: &[[u32; COORDS]], rows: &[[u32; TABLES]]) -> Vec<f32> {
     let cw = p.config.coord_width();
     let tables: Vec<Vec<f32>> = (0..COORDS)
@@ -469,5 +468,40 @@ mod tests {
             quantize(&p, &coords(), &[], WeightDtype::Int6),
             Err(Error::NonFinite { .. })
         ));
+    }
+
+    /// With embedding tables: compensation beats nearest rounding on the predictor's outputs,
+    /// the tables stay latent (phase 2 can still move their codes), and storing rounds them to
+    /// the nearest codes the first layer's compensation saw.
+    #[test]
+    fn embedding_tables_stay_latent_and_compensation_still_pays() {
+        let config = PredictorConfig::reference(24, 3, 4, 0.76).with_embedding(3, [80, 60]);
+        let p = Predictor::init(&config, &mut SplitMix64::new(5));
+        let c = coords();
+        let rows: Vec<[u32; TABLES]> = c
+            .iter()
+            .map(|k| [k[0] * 16 + k[1], k[0] * 12 + k[2]])
+            .collect();
+        let q = quantize(&p, &c, &rows, WeightDtype::Int6).unwrap();
+        assert_eq!(q.embeddings, p.embeddings, "the tables were moved");
+        let mut stored = q.clone();
+        stored.store_as(WeightDtype::Int6).unwrap();
+        let mut nearest = p.clone();
+        nearest.store_as(WeightDtype::Int6).unwrap();
+        assert_eq!(stored.embeddings, nearest.embeddings);
+        let err = |x: &Predictor| -> f64 {
+            c.iter()
+                .zip(&rows)
+                .map(|(&k, &r)| {
+                    let (a, b) = (x.forward_f64(k, r), p.forward_f64(k, r));
+                    a.iter()
+                        .zip(&b)
+                        .map(|(u, v)| (u - v) * (u - v))
+                        .sum::<f64>()
+                })
+                .sum()
+        };
+        let (e_comp, e_near) = (err(&stored), err(&nearest));
+        assert!(e_comp < e_near, "compensated {e_comp} vs nearest {e_near}");
     }
 }
