@@ -1203,3 +1203,26 @@ fn s6_2_embedding_rows_are_added_after_the_encodings() {
     }
     assert!(checked > 900, "{checked} kernels checked");
 }
+
+/// §5.1: a table row is `b + W[r]` in binary32; a sum that overflows (each term finite) is a
+/// non-finite input and the file is refused.
+#[test]
+fn s5_1_embedding_row_overflowing_is_refused() {
+    let (mut p, _) = embed_golden();
+    let c0 = golden("resnet20-h16-int6-embed");
+    let c = ok(&c0);
+    let t = &mut p.embeddings[1];
+    t.bias[0] = 3.0e38;
+    t.weight[0] = 3.0e38;
+    t.scales.clear();
+    p.store_as(nernc::predictor::WeightDtype::Int6).unwrap();
+    assert!(
+        p.embeddings[1].weight[0] > 2.9e38,
+        "the large weight was not stored"
+    );
+    let bytes = write_with_predictor(&c, &p, true);
+    assert!(
+        matches!(err(&bytes), Error::NonFinite { .. }),
+        "an overflowing row was accepted"
+    );
+}

@@ -729,6 +729,18 @@ fn parse_predictor(bytes: &[u8]) -> Result<(Predictor, u8)> {
     }
     r.finish()?;
     let embeddings = layers.split_off(config.depth());
+    // A table row is `b + W[r]` (spec §6.1): a sum that overflows is a non-finite input.
+    for e in &embeddings {
+        let finite = e
+            .weight
+            .chunks_exact(e.outputs)
+            .all(|row| row.iter().zip(&e.bias).all(|(&w, &b)| (b + w).is_finite()));
+        if !finite {
+            return Err(Error::NonFinite {
+                tensor: "predictor embedding table".into(),
+            });
+        }
+    }
     Ok((
         Predictor {
             config,
