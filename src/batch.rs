@@ -450,6 +450,10 @@ mod tests {
         c = a.clone();
         c.held_out_from = crate::data::Split::Test;
         assert_ne!(settings_hash(&a), settings_hash(&c));
+        // Embedding tables are another predictor (format 1.7).
+        c = a.clone();
+        c.embedding_width = 4;
+        assert_ne!(settings_hash(&a), settings_hash(&c));
         let name = output_name(&"ab".repeat(32), &settings_hash(&a));
         assert!(name.starts_with(&"ab".repeat(16)));
         assert!(name.ends_with(&format!("-nernc{}.nern", env!("CARGO_PKG_VERSION"))));
