@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::options::{EncodeOptions, with_embedding};
+use super::options::{EncodeOptions, embedding_for};
 use super::source::Source;
 use crate::error::{Error, Result};
 use crate::format::{ContainerParts, LayerEntry, predictor_bytes, write_container};
@@ -263,12 +263,7 @@ pub fn candidates(
         kernel_size,
         layers: opts.layers,
         pe_base: opts.pe_base,
-        embedding: with_embedding(
-            PredictorConfig::mlp(1, 2, kernel_size, 1, 1.0),
-            opts.embedding_width,
-            sizer.layers,
-        )
-        .embedding,
+        embedding: embedding_for(opts.embedding_width, sizer.layers),
     };
     let levels: Vec<u32> = if opts.pinned.pe_levels {
         vec![opts.pe_levels]

@@ -205,6 +205,8 @@ pub struct DeviceKernels<B: Backend> {
     pub pe_tables: Vec<Tensor<B, 2>>,
     pub targets: Tensor<B, 2>,
     pub masks: Tensor<B, 2>,
+    /// Whether the predictor reads embedding tables: only then do batches gather table rows.
+    pub tables: bool,
 }
 
 impl<B: Backend> DeviceKernels<B> {
@@ -222,31 +224,39 @@ impl<B: Backend> DeviceKernels<B> {
             pe_tables,
             targets: Tensor::from_data(TensorData::new(set.targets.clone(), [n, kk]), device),
             masks: Tensor::from_data(TensorData::new(set.masks.clone(), [n, kk]), device),
+            tables: cfg.embedding.is_some(),
         }
     }
 }
 
 /// For a batch of kernels, the row of each coordinate's encoding table (one index list per
 /// coordinate, on the host and the device), gathered from `KernelSet::coords`.
-/// With embedding tables, also each kernel's row of each table.
-pub struct KernelRows<B: Backend>([GatherIndex<B>; COORDS], [GatherIndex<B>; TABLES]);
+/// With embedding tables (`kernels.tables`), also each kernel's row of each table; without, none.
+pub struct KernelRows<B: Backend>([GatherIndex<B>; COORDS], Vec<GatherIndex<B>>);
 
 impl<B: Backend> KernelRows<B> {
     /// The rows of the kernels at positions `idx` of `set`.
-    pub fn of(set: &KernelSet, idx: &[i32], device: &B::Device) -> Self {
-        Self::gather(set, idx.iter().map(|&i| i as usize), device)
+    pub fn of(
+        set: &KernelSet,
+        idx: &[i32],
+        kernels: &DeviceKernels<B>,
+        device: &B::Device,
+    ) -> Self {
+        Self::gather(set, idx.iter().map(|&i| i as usize), kernels.tables, device)
     }
 
     /// The rows of every kernel of `set`, in position order.
-    pub fn all(set: &KernelSet, device: &B::Device) -> Self {
-        Self::gather(set, 0..set.len(), device)
+    pub fn all(set: &KernelSet, kernels: &DeviceKernels<B>, device: &B::Device) -> Self {
+        Self::gather(set, 0..set.len(), kernels.tables, device)
     }
 
     fn gather(
         set: &KernelSet,
         positions: impl Iterator<Item = usize> + Clone,
+        tables: bool,
         device: &B::Device,
     ) -> Self {
+        let table_count = if tables { TABLES } else { 0 };
         KernelRows(
             std::array::from_fn(|c| {
                 GatherIndex::new(
@@ -254,12 +264,14 @@ impl<B: Backend> KernelRows<B> {
                     device,
                 )
             }),
-            std::array::from_fn(|c| {
-                GatherIndex::new(
-                    positions.clone().map(|p| set.table_rows[p][c]).collect(),
-                    device,
-                )
-            }),
+            (0..table_count)
+                .map(|t| {
+                    GatherIndex::new(
+                        positions.clone().map(|p| set.table_rows[p][t]).collect(),
+                        device,
+                    )
+                })
+                .collect(),
         )
     }
 }
@@ -330,7 +342,7 @@ mod tests {
                 table_extents,
             };
             let device_kernels = DeviceKernels::<B>::new(&cfg, &set, &device);
-            let rows = KernelRows::<B>::all(&set, &device);
+            let rows = KernelRows::<B>::all(&set, &device_kernels, &device);
             let mlp = Mlp::<B>::init(&cfg, &mut rng, &device);
             let got = mlp
                 .forward(&device_kernels, &rows)

@@ -9,7 +9,7 @@ pub use crate::device::DeviceKind;
 use crate::error::{Error, Result};
 use crate::format::LayerEntry;
 use crate::permute::PermutationKind;
-use crate::predictor::{PredictorConfig, REFERENCE_LAYERS, WeightDtype};
+use crate::predictor::{Embedding, PredictorConfig, REFERENCE_LAYERS, WeightDtype};
 
 /// Everything `nernc encode` can be told.
 #[derive(Clone, Debug)]
@@ -557,9 +557,16 @@ pub const MAX_EMBEDDING_WIDTH: u32 = 64;
 /// `cfg` with embedding tables of `width` values per row for these layers (spec §5.1: a row
 /// per filter and per input channel of every predicted layer); `width` 0 leaves it plain.
 pub fn with_embedding(cfg: PredictorConfig, width: u32, layers: &[LayerEntry]) -> PredictorConfig {
-    let [f, c] = crate::format::embedding_rows(layers);
-    let rows = [f, c].map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-    cfg.with_embedding(width, rows)
+    match embedding_for(width, layers) {
+        Some(e) => cfg.with_embedding(e.width, e.rows),
+        None => cfg,
+    }
+}
+
+/// The embedding tables of `width` values per row for these layers (`None` for width 0).
+pub fn embedding_for(width: u32, layers: &[LayerEntry]) -> Option<Embedding> {
+    let rows = crate::format::embedding_rows(layers).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    (width > 0).then_some(Embedding { width, rows })
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ impl Halves {
         }
         let (ma, mb) = (model.fresh_leaves(), model.fresh_leaves());
         let forward = |model: &Mlp<B>, part: &[i32]| {
-            let rows = KernelRows::of(set, part, device);
+            let rows = KernelRows::of(set, part, kernels, device);
             let n = part.len();
             let part: Tensor<B, 1, Int> =
                 Tensor::from_data(TensorData::new(part.to_vec(), [n]), device);
@@ -371,7 +371,7 @@ mod tests {
             let n = idx.len();
             let t: Tensor<B, 1, Int> =
                 Tensor::from_data(TensorData::new(idx.clone(), [n]), &device);
-            let rows = KernelRows::of(&set, &idx, &device);
+            let rows = KernelRows::of(&set, &idx, &kernels, &device);
             let y = kernels.targets.clone().select(0, t.clone());
             let m = kernels.masks.clone().select(0, t);
             let whole = masked_rmse(model.forward(&kernels, &rows), y, m);

@@ -268,7 +268,7 @@ pub fn distill<B: TrainBackend>(
     let cfg = &start.config;
     let mut rng = SplitMix64::new(seed);
     let kernels = DeviceKernels::<B>::new(cfg, set, device);
-    let all_rows = KernelRows::all(set, device);
+    let all_rows = KernelRows::all(set, &kernels, device);
     let layout = KernelLayout::<B>::new(layers, perms, cfg.kernel_size as usize, device);
     let net = &student.net;
     // The autodiff copy of the fixed parameters; held-out checks use the caller's `student`.
