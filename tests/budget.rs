@@ -7,7 +7,7 @@ mod common;
 use common::*;
 
 use nernc::Error;
-use nernc::encode::{EncodeOptions, MaxDrop, NoProgress, Pinned, SizeTarget, encode};
+use nernc::encode::{EncodeOptions, MaxDrop, NoProgress, Pinned, Progress, SizeTarget, encode};
 use nernc::format::{Limits, read_container};
 use nernc::predictor::WeightDtype;
 
@@ -80,6 +80,37 @@ fn the_file_fits_the_budget_and_the_best_measured_candidate_is_kept() {
         encode(&src, &wider, &NoProgress),
         Err(Error::Budget(_))
     ));
+}
+
+/// Every decision an encode records in its notes (here the default width) is also shown when
+/// it is made, before the training it decides on: an hour-long encode does not keep its choices
+/// to the end.
+#[test]
+fn decisions_are_shown_when_made_and_kept_in_the_notes() {
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+    impl Progress for Recorder {
+        fn start(&self, total: u64) {
+            self.0.lock().unwrap().push(format!("start {total}"));
+        }
+        fn note(&self, message: &str) {
+            self.0.lock().unwrap().push(format!("note {message}"));
+        }
+    }
+    let recorder = Recorder::default();
+    let (_, report) = encode(&fixture(RESNET20), &quick(), &recorder).unwrap();
+    let events = recorder.0.into_inner().unwrap();
+    let shown: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.strip_prefix("note "))
+        .collect();
+    assert!(!report.notes.is_empty());
+    assert_eq!(shown, report.notes, "{events:?}");
+    let at = |prefix: &str| events.iter().position(|e| e.starts_with(prefix));
+    assert!(
+        at("note hidden width").unwrap() < at("start").unwrap(),
+        "{events:?}"
+    );
 }
 
 #[test]

@@ -670,10 +670,14 @@ fn encode_on<B: TrainBackend>(
         Err(Error::UnsupportedArchitecture(why))
             if opts.phase2_by_default && opts.tune_passthrough.is_none() =>
         {
-            notes.push(format!(
-                "phase 2 and accuracy figures skipped: {why} (phase 2 runs the network; \
+            note(
+                progress,
+                &mut notes,
+                format!(
+                    "phase 2 and accuracy figures skipped: {why} (phase 2 runs the network; \
                  reconstruction does not need to understand it)"
-            ));
+                ),
+            );
             host = None;
             // Without phase 2 nothing recovers what narrower codes round away.
             if !opts.pinned.predictor_dtype {
@@ -696,14 +700,18 @@ fn encode_on<B: TrainBackend>(
         &source.layers,
     );
     if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
-        notes.push(format!(
-            "hidden width {hidden}: the default for {} conv weights (about \
+        note(
+            progress,
+            &mut notes,
+            format!(
+                "hidden width {hidden}: the default for {} conv weights (about \
              {:.2} predictor parameters per weight at {}, at most \
              {DEFAULT_MAX_HIDDEN}; --hidden sets it)",
-            source.conv_weights(),
-            default_params_per_weight(storage),
-            storage.name()
-        ));
+                source.conv_weights(),
+                default_params_per_weight(storage),
+                storage.name()
+            ),
+        );
     }
     let plan = match net {
         Some(_) => load_data(opts)?,
@@ -875,12 +883,16 @@ fn encode_on<B: TrainBackend>(
             } else {
                 String::new()
             };
-            notes.push(format!(
-                "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} \
+            note(
+                progress,
+                &mut notes,
+                format!(
+                    "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} \
                  steps{per_cycle} (measured here; `--steps {s1} --distill-steps {s2}` without \
                  the limit gives the same file)",
-                asked.0, asked.1
-            ));
+                    asked.0, asked.1
+                ),
+            );
         }
         time_limit = Some(TimeLimitReport {
             limit_seconds: limit,
@@ -928,23 +940,21 @@ fn encode_on<B: TrainBackend>(
                 probe_ratio
             };
             if let Some(w) = sizer.widen(budget, pick, ratio)? {
-                progress.stage(&format!(
-                    "size probe: codes at {:.1} % of packed; hidden {} -> {}",
-                    100.0 * probe_ratio,
-                    pick.config.widths[1],
-                    w.config.widths[1]
-                ));
-                notes.push(format!(
-                    "--target-size: {}'s codes took {:.1} % of their packed bytes after the short \
+                note(
+                    progress,
+                    &mut notes,
+                    format!(
+                        "--target-size: {}'s codes took {:.1} % of their packed bytes after the short \
                      run (code layout 1; {:.1} % expected after the full run), so hidden {} was \
                      widened to {} (estimated {} bytes)",
-                    pick.dtype.name(),
-                    100.0 * probe_ratio,
-                    100.0 * ratio,
-                    pick.config.widths[1],
-                    w.config.widths[1],
-                    w.bound
-                ));
+                        pick.dtype.name(),
+                        100.0 * probe_ratio,
+                        100.0 * ratio,
+                        pick.config.widths[1],
+                        w.config.widths[1],
+                        w.bound
+                    ),
+                );
                 narrower = Some(pick.clone());
                 cfg = w.config;
             }
@@ -972,27 +982,35 @@ fn encode_on<B: TrainBackend>(
             let measured = stored as f64 / raw as f64;
             let over = cfg.widths[1];
             cfg = sizer.retry(budget, &narrow, over, measured)?;
-            notes.push(format!(
-                "--target-size: the widened predictor (hidden {over}) came out at {size} bytes, \
+            note(
+                progress,
+                &mut notes,
+                format!(
+                    "--target-size: the widened predictor (hidden {over}) came out at {size} bytes, \
                  over the budget of {budget} (its codes at {:.1} % of packed); hidden {} was \
                  trained instead{}",
-                100.0 * measured,
-                cfg.widths[1],
-                if cfg == narrow.config {
-                    " (which fits surely)"
-                } else {
-                    ", sized by that measured share"
-                }
-            ));
+                    100.0 * measured,
+                    cfg.widths[1],
+                    if cfg == narrow.config {
+                        " (which fits surely)"
+                    } else {
+                        ", sized by that measured share"
+                    }
+                ),
+            );
             trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
             if cfg != narrow.config {
                 let size = size_of(&trained)?;
                 if size > budget {
-                    notes.push(format!(
-                        "--target-size: hidden {} came out at {size} bytes, over the budget too; \
+                    note(
+                        progress,
+                        &mut notes,
+                        format!(
+                            "--target-size: hidden {} came out at {size} bytes, over the budget too; \
                          hidden {} (which fits surely) was trained instead",
-                        cfg.widths[1], narrow.config.widths[1]
-                    ));
+                            cfg.widths[1], narrow.config.widths[1]
+                        ),
+                    );
                     cfg = narrow.config;
                     trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
                 }
@@ -1074,6 +1092,12 @@ fn encode_on<B: TrainBackend>(
 /// probes) and 0.957 (3,227 after 537). 0.97 stays above all four, so the widened file should
 /// still fit; when it does not, the narrower shape is trained instead (the check below).
 const PROBE_TO_FULL_RUN: f64 = 0.97;
+
+/// Records a decision in the report's notes and shows it now ([`Progress::note`]).
+fn note(progress: &dyn Progress, notes: &mut Vec<String>, text: String) {
+    progress.note(&text);
+    notes.push(text);
+}
 
 /// The hidden width asked for, else the default for this model ([`default_hidden`]).
 fn hidden_for(opts: &EncodeOptions, storage: WeightDtype, source: &Source<'_>) -> u32 {

@@ -6,6 +6,10 @@ pub trait Progress {
     fn start(&self, _total: u64) {}
     fn update(&self, _position: u64, _loss: f32) {}
     fn finish(&self) {}
+    /// A decision the encode made (a width chosen or widened, a schedule shortened, phase 2
+    /// skipped): shown when it is made, since the training after it may run for an hour. The
+    /// report's `notes` hold the same lines.
+    fn note(&self, _message: &str) {}
     /// Asked before every training step: `true` stops the encode there with
     /// [`crate::Error::Cancelled`] (a batch worker told to stop by its scheduler).
     fn cancelled(&self) -> bool {
@@ -105,5 +109,12 @@ impl Progress for BarProgress {
     }
     fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+    fn note(&self, message: &str) {
+        if self.log.is_some() {
+            eprintln!("note: {message}");
+        } else {
+            self.bar.println(format!("note: {message}"));
+        }
     }
 }
