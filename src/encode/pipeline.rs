@@ -661,7 +661,10 @@ fn encode_on<B: TrainBackend>(
         .map(|t| t.bytes(source_bytes))
         .transpose()?;
     // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
-    let mut notes = Vec::new();
+    let mut notes = Notes {
+        progress,
+        lines: Vec::new(),
+    };
     let mut storage = opts.predictor_dtype;
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
     let mut host = needs_net.then(|| source.host_model());
@@ -670,14 +673,10 @@ fn encode_on<B: TrainBackend>(
         Err(Error::UnsupportedArchitecture(why))
             if opts.phase2_by_default && opts.tune_passthrough.is_none() =>
         {
-            note(
-                progress,
-                &mut notes,
-                format!(
-                    "phase 2 and accuracy figures skipped: {why} (phase 2 runs the network; \
+            notes.add(format!(
+                "phase 2 and accuracy figures skipped: {why} (phase 2 runs the network; \
                  reconstruction does not need to understand it)"
-                ),
-            );
+            ));
             host = None;
             // Without phase 2 nothing recovers what narrower codes round away.
             if !opts.pinned.predictor_dtype {
@@ -700,18 +699,14 @@ fn encode_on<B: TrainBackend>(
         &source.layers,
     );
     if opts.hidden.is_none() && budget.is_none() && opts.resume.is_none() {
-        note(
-            progress,
-            &mut notes,
-            format!(
-                "hidden width {hidden}: the default for {} conv weights (about \
+        notes.add(format!(
+            "hidden width {hidden}: the default for {} conv weights (about \
              {:.2} predictor parameters per weight at {}, at most \
              {DEFAULT_MAX_HIDDEN}; --hidden sets it)",
-                source.conv_weights(),
-                default_params_per_weight(storage),
-                storage.name()
-            ),
-        );
+            source.conv_weights(),
+            default_params_per_weight(storage),
+            storage.name()
+        ));
     }
     let plan = match net {
         Some(_) => load_data(opts)?,
@@ -883,16 +878,12 @@ fn encode_on<B: TrainBackend>(
             } else {
                 String::new()
             };
-            note(
-                progress,
-                &mut notes,
-                format!(
-                    "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} \
+            notes.add(format!(
+                "--time-limit {limit:.0} s: phase 1 {} -> {s1} steps, phase 2 {} -> {s2} \
                  steps{per_cycle} (measured here; `--steps {s1} --distill-steps {s2}` without \
                  the limit gives the same file)",
-                    asked.0, asked.1
-                ),
-            );
+                asked.0, asked.1
+            ));
         }
         time_limit = Some(TimeLimitReport {
             limit_seconds: limit,
@@ -940,21 +931,17 @@ fn encode_on<B: TrainBackend>(
                 probe_ratio
             };
             if let Some(w) = sizer.widen(budget, pick, ratio)? {
-                note(
-                    progress,
-                    &mut notes,
-                    format!(
-                        "--target-size: {}'s codes took {:.1} % of their packed bytes after the short \
+                notes.add(format!(
+                    "--target-size: {}'s codes took {:.1} % of their packed bytes after the short \
                      run (code layout 1; {:.1} % expected after the full run), so hidden {} was \
                      widened to {} (estimated {} bytes)",
-                        pick.dtype.name(),
-                        100.0 * probe_ratio,
-                        100.0 * ratio,
-                        pick.config.widths[1],
-                        w.config.widths[1],
-                        w.bound
-                    ),
-                );
+                    pick.dtype.name(),
+                    100.0 * probe_ratio,
+                    100.0 * ratio,
+                    pick.config.widths[1],
+                    w.config.widths[1],
+                    w.bound
+                ));
                 narrower = Some(pick.clone());
                 cfg = w.config;
             }
@@ -982,35 +969,27 @@ fn encode_on<B: TrainBackend>(
             let measured = stored as f64 / raw as f64;
             let over = cfg.widths[1];
             cfg = sizer.retry(budget, &narrow, over, measured)?;
-            note(
-                progress,
-                &mut notes,
-                format!(
-                    "--target-size: the widened predictor (hidden {over}) came out at {size} bytes, \
+            notes.add(format!(
+                "--target-size: the widened predictor (hidden {over}) came out at {size} bytes, \
                  over the budget of {budget} (its codes at {:.1} % of packed); hidden {} was \
                  trained instead{}",
-                    100.0 * measured,
-                    cfg.widths[1],
-                    if cfg == narrow.config {
-                        " (which fits surely)"
-                    } else {
-                        ", sized by that measured share"
-                    }
-                ),
-            );
+                100.0 * measured,
+                cfg.widths[1],
+                if cfg == narrow.config {
+                    " (which fits surely)"
+                } else {
+                    ", sized by that measured share"
+                }
+            ));
             trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
             if cfg != narrow.config {
                 let size = size_of(&trained)?;
                 if size > budget {
-                    note(
-                        progress,
-                        &mut notes,
-                        format!(
-                            "--target-size: hidden {} came out at {size} bytes, over the budget too; \
+                    notes.add(format!(
+                        "--target-size: hidden {} came out at {size} bytes, over the budget too; \
                          hidden {} (which fits surely) was trained instead",
-                            cfg.widths[1], narrow.config.widths[1]
-                        ),
-                    );
+                        cfg.widths[1], narrow.config.widths[1]
+                    ));
                     cfg = narrow.config;
                     trained = ctx.train(&cfg, None, &schedule, &mut SplitMix64::new(opts.seed))?;
                 }
@@ -1081,7 +1060,7 @@ fn encode_on<B: TrainBackend>(
         phase1_steps: schedule.phase1_steps,
         candidates,
         goal,
-        notes,
+        notes: notes.lines,
         time_limit,
     };
     assemble(&source, opts, encoded, started)
@@ -1093,10 +1072,18 @@ fn encode_on<B: TrainBackend>(
 /// still fit; when it does not, the narrower shape is trained instead (the check below).
 const PROBE_TO_FULL_RUN: f64 = 0.97;
 
-/// Records a decision in the report's notes and shows it now ([`Progress::note`]).
-fn note(progress: &dyn Progress, notes: &mut Vec<String>, text: String) {
-    progress.note(&text);
-    notes.push(text);
+/// The decisions an encode records in its report, each also shown when it is made
+/// ([`Progress::note`]): the training after a decision may run for an hour.
+struct Notes<'p> {
+    progress: &'p dyn Progress,
+    lines: Vec<String>,
+}
+
+impl Notes<'_> {
+    fn add(&mut self, text: String) {
+        self.progress.note(&text);
+        self.lines.push(text);
+    }
 }
 
 /// The hidden width asked for, else the default for this model ([`default_hidden`]).
