@@ -565,8 +565,10 @@ pub fn with_embedding(cfg: PredictorConfig, width: u32, layers: &[LayerEntry]) -
 
 /// The embedding tables of `width` values per row for these layers (`None` for width 0).
 pub fn embedding_for(width: u32, layers: &[LayerEntry]) -> Option<Embedding> {
-    let rows = crate::format::embedding_rows(layers).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-    (width > 0).then_some(Embedding { width, rows })
+    (width > 0).then(|| Embedding {
+        width,
+        rows: crate::format::embedding_rows(layers).map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
 }
 
 #[cfg(test)]

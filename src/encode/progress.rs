@@ -111,10 +111,8 @@ impl Progress for BarProgress {
         self.bar.finish_and_clear();
     }
     fn note(&self, message: &str) {
-        if self.log.is_some() {
-            eprintln!("note: {message}");
-        } else {
-            self.bar.println(format!("note: {message}"));
-        }
+        // Above the bar on a terminal (`println` would drop the line once a bar has finished,
+        // as before the retry note), a plain line in a log.
+        self.bar.suspend(|| eprintln!("note: {message}"));
     }
 }
