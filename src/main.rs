@@ -171,181 +171,202 @@ struct EncodeArgs {
 #[derive(Args)]
 struct EncodeSettings {
     /// Size budget of the written file: a percent of the source (`10%`) or bytes (`120000`).
+    ///
     /// nernc measures a few predictor shapes that fit (hidden width, PE levels; in the default
-    /// storage) on a short schedule, trains the best one fully, and never writes a larger
-    /// file. Settings given explicitly (--hidden, --pe-levels, --predictor-dtype) are kept and
-    /// must fit.
-    #[arg(long, allow_hyphen_values = true)]
+    /// storage) on a short schedule, trains the best one fully, and never writes a larger file.
+    /// Settings given explicitly (--hidden, --pe-levels, --predictor-dtype) are kept and must fit.
+    #[arg(long, allow_hyphen_values = true, help_heading = "Size and goals")]
     target_size: Option<String>,
-    /// Held-out accuracy the result may lose against the original, in points. Default: the
-    /// encode aims at 0.3 and reports a miss. Given: a result that misses it is not written
-    /// (exit status 3).
-    #[arg(long, allow_negative_numbers = true)]
+    /// Held-out accuracy the result may lose against the original, in points.
+    ///
+    /// Default: the encode aims at 0.3 and reports a miss. Given: a result that misses it is not
+    /// written (exit status 3).
+    #[arg(long, allow_negative_numbers = true, help_heading = "Size and goals")]
     max_drop: Option<f64>,
-    /// Wall-clock limit of the whole encode: `600`, `600s`, `9m`, `2h`. A few real steps of
-    /// each phase are timed first; if the schedule would not fit, it is shortened (never
-    /// lengthened): phase 2 first, to a fifth of its steps, then phase 1, then phase 2 again. The counts run are printed and recorded: a rerun
-    /// with them (`--steps N --distill-steps M`) gives the same file; the limit itself makes the
-    /// schedule depend on this machine's speed.
-    #[arg(long, allow_hyphen_values = true)]
+    /// Wall-clock limit of the whole encode: `600`, `600s`, `9m`, `2h`.
+    ///
+    /// A few real steps of each phase are timed first; if the schedule would not fit, it is
+    /// shortened (never lengthened): phase 2 first, to a fifth of its steps, then phase 1, then
+    /// phase 2 again. The counts run are printed and recorded: a rerun with them (`--steps N
+    /// --distill-steps M`) gives the same file; the limit itself makes the schedule depend on this
+    /// machine's speed.
+    #[arg(long, allow_hyphen_values = true, help_heading = "Size and goals")]
     time_limit: Option<String>,
     /// Hidden width of the predictor MLP [default: scaled with the model at 3.6 code bits per
     /// conv weight (0.6 predictor parameters per weight in the default int6 storage, 0.45 in
     /// int8), at most 384 (int6: 211 on ResNet-20, 384 on ResNet-56); or chosen by
     /// --target-size].
-    #[arg(long)]
+    #[arg(long, help_heading = "Predictor")]
     hidden: Option<u32>,
+    /// Linear layers of the predictor (hidden layers + 1; NeRN's reference has 5).
+    ///
+    /// With --target-size the width is chosen for this depth.
+    #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS, help_heading = "Predictor")]
+    layers: usize,
+    /// Positional-encoding levels L per coordinate (predictor input width 6 L; the first
+    /// layer holds 6 L x hidden weights) [default: 20, or chosen by --target-size].
+    #[arg(long, help_heading = "Predictor")]
+    pe_levels: Option<u32>,
+    /// Positional-encoding base b (level l uses frequency pi * b^l).
+    #[arg(long, default_value_t = 0.76, help_heading = "Predictor")]
+    pe_base: f64,
+    /// Learned embedding values per filter and per input channel of every predicted layer, beside
+    /// the positional encoding (0: none).
+    ///
+    /// The predictor's first layer then sees what is specific to each filter and channel; the
+    /// tables are stored like its weights. Files with tables are format 1.7 (older readers refuse
+    /// them). With --resume: the file's.
+    #[arg(long, default_value_t = 0, help_heading = "Predictor")]
+    embedding_width: u32,
+    /// Storage dtype of the predictor's weights [default: int6 when phase 2 trains on real data
+    /// (through its rounding), int8 otherwise; with --resume: the file's own].
+    ///
+    /// Without --hidden the default width gives narrower codes more parameters (the same code bits
+    /// per weight). f16 halves f32 at no measured accuracy cost.
+    #[arg(long, value_enum, help_heading = "Predictor")]
+    predictor_dtype: Option<DtypeArg>,
+    /// How the f32 phase-1 predictor is rounded to integer codes (the start of phase 2, or the
+    /// stored weights without it).
+    #[arg(long, value_enum, default_value_t = RoundingArg::Compensated, help_heading = "Predictor")]
+    rounding: RoundingArg,
     /// Phase-1 steps per round [default: a tenth of the model's kernel count, 2000..=20000;
     /// 3,227 on ResNet-20, 9,678 on ResNet-56].
-    #[arg(long)]
+    #[arg(long, help_heading = "Phase 1: reconstruction")]
     steps: Option<usize>,
     /// Progressive reconstruction rounds (round r+1 reconstructs round r's decoded weights).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Phase 1: reconstruction")]
     rounds: usize,
     /// Kernels per training step.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, help_heading = "Phase 1: reconstruction")]
     batch: usize,
-    /// Kernel ordering before training. The tables cost more bytes than they save at the
-    /// default size (measured on ResNet-20: 23 KB), so none by default.
-    #[arg(long, value_enum, default_value_t = PermutationArg::None)]
+    /// Peak learning rate (Adam, cosine decay to 1e-6).
+    #[arg(long, default_value_t = 2e-3, help_heading = "Phase 1: reconstruction")]
+    lr: f64,
+    /// Adam's first-moment decay (0.5 as the reference's Ranger; measured better than 0.9).
+    #[arg(long, default_value_t = 0.5, help_heading = "Phase 1: reconstruction")]
+    beta1: f32,
+    /// Kernel ordering before training.
+    ///
+    /// The tables cost more bytes than they save at the default size (measured on ResNet-20: 23
+    /// KB), so none by default.
+    #[arg(long, value_enum, default_value_t = PermutationArg::None, help_heading = "Phase 1: reconstruction")]
     permutation: PermutationArg,
+    /// Reorder channels before encoding [default: source; with --resume: the file's own].
+    ///
+    /// Each block's inner channels and each stretch of the residual stream move as a whole (filter,
+    /// BN entries, the next layer's input slice), so the network computes the same function;
+    /// ordered by similarity, phase 1 fits them 4-5 % better (ResNet-20), with no test-accuracy
+    /// gain measured over two seeds. Recorded in the file, shown by inspect.
+    #[arg(long, value_enum, help_heading = "Phase 1: reconstruction")]
+    channel_order: Option<ChannelOrderArg>,
+    /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 400
+    /// on data, 150 on noise].
+    #[arg(long, help_heading = "Phase 2: distillation")]
+    distill_steps: Option<usize>,
+    /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
+    ///
+    /// Small: Adam moves every weight by about this much per step, and the phase-1 fit is fragile
+    /// (measured: 3e-4 destroyed it; on noise 5e-5 lost 8 points, 1e-5 gained 2.5).
+    #[arg(long, help_heading = "Phase 2: distillation")]
+    distill_lr: Option<f64>,
+    /// Phase-2 images per step.
+    #[arg(long, default_value_t = 128, help_heading = "Phase 2: distillation")]
+    distill_batch: usize,
+    /// Phase-2 learning-rate warm-up: linear ramp over this many steps [default: 0, none; it did
+    /// not help in the measurements so far].
+    #[arg(long, help_heading = "Phase 2: distillation")]
+    distill_warmup: Option<usize>,
+    /// Phase 2 in this many cycles of --distill-steps each.
+    ///
+    /// Each cycle after the first restarts from the previous one's kept state: learning rate back
+    /// at its peak, a fresh Adam, the weights moved off their code grid (as --resume does to a
+    /// finished file). Measured on ResNet-56 at 5 %: 2 x 400 steps end where 1 x 800 does, 3 x 400
+    /// where 1 x 1200 does; longer phase 2 pays there, restarts do not.
+    #[arg(long, default_value_t = 1, help_heading = "Phase 2: distillation")]
+    distill_cycles: usize,
+    /// Phase-2 teacher (default: the source checkpoint); any network with the same classes.
+    #[arg(long, help_heading = "Phase 2: distillation")]
+    teacher: Option<PathBuf>,
+    /// Distillation temperature.
+    #[arg(long, default_value_t = 1.0, help_heading = "Phase 2: distillation")]
+    temperature: f64,
+    /// Weight of the reconstruction RMSE added to the distillation loss.
+    #[arg(long, default_value_t = 0.0, help_heading = "Phase 2: distillation")]
+    recon_weight: f64,
+    /// Weight of the cross-entropy on the images' true labels added to the distillation loss
+    /// (phase 2 on real data only; 0: logits of the teacher only).
+    #[arg(long, default_value_t = 0.0, help_heading = "Phase 2: distillation")]
+    label_weight: f64,
+    /// Weight of an attention-map term added to the distillation loss (0: off).
+    ///
+    /// Each residual block's spatial attention map (channel mean of squared activations, unit
+    /// L2 norm per image) is matched to the teacher's by squared distance, summed over blocks,
+    /// batch mean.
+    #[arg(long, default_value_t = 0.0, help_heading = "Phase 2: distillation")]
+    feature_weight: f64,
+    /// Phase 2 on real data: translate each image by up to this many pixels per axis
+    /// (zero fill), as in training (the fixtures were trained with 2).
+    #[arg(long, default_value_t = 0, help_heading = "Phase 2: distillation")]
+    augment_shift: usize,
+    /// Phase 2 on real data: mirror images left-right with probability 1/2.
+    #[arg(long, help_heading = "Phase 2: distillation")]
+    augment_flip: bool,
+    /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.
+    #[arg(long, help_heading = "Phase 2: distillation")]
+    resume: Option<PathBuf>,
+    /// Dataset directory for held-out selection and phase 2, or `noise` for data-free phase 2
+    /// [default: the dataset's installed location (Fashion-MNIST:
+    /// /usr/share/datasets/fashion-mnist); without it phase 2 is data-free and the accuracy
+    /// unmeasured].
+    #[arg(long, help_heading = "Data and selection")]
+    data: Option<String>,
+    /// Dataset format of --data.
+    #[arg(
+        long,
+        default_value = "fashion-mnist",
+        help_heading = "Data and selection"
+    )]
+    dataset: String,
+    /// Images held out for selection: every choice (phase-2 step, budget candidate, round) is
+    /// made on them.
+    #[arg(long, default_value_t = 5000, help_heading = "Data and selection")]
+    held_out: usize,
+    /// Where the held-out images come from.
+    ///
+    /// `train`: a seeded draw from the training split, which phase 2 then does not train on.
+    /// `test`: the test split's first --held-out images (phase 2 trains on every training image);
+    /// --test-eval then measures the remaining test images only (`nernc eval --skip N` repeats that
+    /// figure). For improve mode, where the original has learned its training images and selection
+    /// on them favours it; the file records the choice.
+    #[arg(long, value_enum, default_value_t = SplitArg::Train, help_heading = "Data and selection")]
+    held_out_from: SplitArg,
+    /// Phase-2 steps between held-out evaluations (default: a tenth of the steps).
+    #[arg(long, help_heading = "Data and selection")]
+    eval_every: Option<usize>,
+    /// Also measure the result's test accuracy and record it (not used for any choice).
+    #[arg(long, help_heading = "Data and selection")]
+    test_eval: bool,
+    /// How the tensors the predictor does not cover are stored.
+    ///
+    /// `f16` halves the F32 ones (lossy; the decoded checkpoint then differs from the source there,
+    /// and every figure is measured with those values).
+    #[arg(long, value_enum, default_value_t = PassthroughArg::Exact, help_heading = "Stored tensors")]
+    passthrough: PassthroughArg,
+    /// Store the passthrough uncompressed, readable in place from a memory map.
+    ///
+    /// Format 1.5 and earlier did; by default it is byte-shuffled under zstd when that is
+    /// smaller (ResNet-20: 15,312 -> 12,413 bytes).
+    #[arg(long, help_heading = "Stored tensors")]
+    raw_passthrough: bool,
+    /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
+    #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR, help_heading = "Stored tensors")]
+    tune_lr: f64,
     /// Seed for initialisation and sampling (same seed and device: same file).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Training device; `cuda` needs a build with `--features cuda` and a GPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Peak learning rate (Adam, cosine decay to 1e-6).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
-    /// Adam's first-moment decay (0.5 as the reference's Ranger; measured better than 0.9).
-    #[arg(long, default_value_t = 0.5)]
-    beta1: f32,
-    /// Positional-encoding levels L per coordinate (predictor input width 6 L; the first
-    /// layer holds 6 L x hidden weights) [default: 20, or chosen by --target-size].
-    #[arg(long)]
-    pe_levels: Option<u32>,
-    /// Positional-encoding base b (level l uses frequency pi * b^l).
-    #[arg(long, default_value_t = 0.76)]
-    pe_base: f64,
-    /// Learned embedding values per filter and per input channel of every predicted layer,
-    /// beside the positional encoding (0: none). The predictor's first layer then sees what is
-    /// specific to each filter and channel; the tables are stored like its weights. Files with
-    /// tables are format 1.7 (older readers refuse them). With --resume: the file's.
-    #[arg(long, default_value_t = 0)]
-    embedding_width: u32,
-    /// Linear layers of the predictor (hidden layers + 1; NeRN's reference has 5). With
-    /// --target-size the width is chosen for this depth.
-    #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS)]
-    layers: usize,
-    /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 400
-    /// on data, 150 on noise].
-    #[arg(long)]
-    distill_steps: Option<usize>,
-    /// Dataset directory for held-out selection and phase 2, or `noise` for data-free phase 2
-    /// [default: the dataset's installed location (Fashion-MNIST:
-    /// /usr/share/datasets/fashion-mnist); without it phase 2 is data-free and the accuracy
-    /// unmeasured].
-    #[arg(long)]
-    data: Option<String>,
-    /// Dataset format of --data.
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: String,
-    /// Phase-2 teacher (default: the source checkpoint); any network with the same classes.
-    #[arg(long)]
-    teacher: Option<PathBuf>,
-    /// Distillation temperature.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
-    /// Weight of the reconstruction RMSE added to the distillation loss.
-    #[arg(long, default_value_t = 0.0)]
-    recon_weight: f64,
-    /// Weight of the cross-entropy on the images' true labels added to the distillation loss
-    /// (phase 2 on real data only; 0: logits of the teacher only).
-    #[arg(long, default_value_t = 0.0)]
-    label_weight: f64,
-    /// Weight of the attention-map term added to the distillation loss: each residual block's
-    /// spatial attention map (channel mean of squared activations, unit L2 norm per image)
-    /// matched to the teacher's by squared distance, summed over blocks, batch mean (0: off).
-    #[arg(long, default_value_t = 0.0)]
-    feature_weight: f64,
-    /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
-    /// Small: Adam moves every weight by about this much per step, and the phase-1 fit is
-    /// fragile (measured: 3e-4 destroyed it; on noise 5e-5 lost 8 points, 1e-5 gained 2.5).
-    #[arg(long)]
-    distill_lr: Option<f64>,
-    /// Phase-2 images per step.
-    #[arg(long, default_value_t = 128)]
-    distill_batch: usize,
-    /// Phase-2 steps between held-out evaluations (default: a tenth of the steps).
-    #[arg(long)]
-    eval_every: Option<usize>,
-    /// Phase-2 learning-rate warm-up: linear ramp over this many steps [default: 0, none; it did
-    /// not help in the measurements so far].
-    #[arg(long)]
-    distill_warmup: Option<usize>,
-    /// Phase 2 in this many cycles of --distill-steps each. Each cycle after the first restarts
-    /// from the previous one's kept state: learning rate back at its peak, a fresh Adam, the
-    /// weights moved off their code grid (as --resume does to a finished file). Measured on
-    /// ResNet-56 at 5 %: 2 x 400 steps end where 1 x 800 does, 3 x 400 where 1 x 1200 does;
-    /// longer phase 2 pays there, restarts do not.
-    #[arg(long, default_value_t = 1)]
-    distill_cycles: usize,
-    /// Phase 2 on real data: translate each image by up to this many pixels per axis
-    /// (zero fill), as in training (the fixtures were trained with 2).
-    #[arg(long, default_value_t = 0)]
-    augment_shift: usize,
-    /// Phase 2 on real data: mirror images left-right with probability 1/2.
-    #[arg(long)]
-    augment_flip: bool,
-    /// Images held out for selection: every choice (phase-2 step, budget candidate, round) is
-    /// made on them.
-    #[arg(long, default_value_t = 5000)]
-    held_out: usize,
-    /// Where the held-out images come from. `train`: a seeded draw from the training split,
-    /// which phase 2 then does not train on. `test`: the test split's first --held-out images
-    /// (phase 2 trains on every training image); --test-eval then measures the remaining test
-    /// images only (`nernc eval --skip N` repeats that figure). For improve mode, where the
-    /// original has learned its training images and selection on them favours it; the file
-    /// records the choice.
-    #[arg(long, value_enum, default_value_t = SplitArg::Train)]
-    held_out_from: SplitArg,
-    /// Storage dtype of the predictor's weights [default: int6 when phase 2 trains on real data
-    /// (through its rounding), int8 otherwise; with --resume: the file's own]. Without --hidden
-    /// the default width gives narrower codes more parameters (the same code bits per weight).
-    /// f16 halves f32 at no measured accuracy cost.
-    #[arg(long, value_enum)]
-    predictor_dtype: Option<DtypeArg>,
-    /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.
-    #[arg(long)]
-    resume: Option<PathBuf>,
-    /// Also measure the result's test accuracy and record it (not used for any choice).
-    #[arg(long)]
-    test_eval: bool,
-    /// How the tensors the predictor does not cover are stored. `f16` halves the F32 ones
-    /// (lossy; the decoded checkpoint then differs from the source there, and every figure is
-    /// measured with those values).
-    #[arg(long, value_enum, default_value_t = PassthroughArg::Exact)]
-    passthrough: PassthroughArg,
-    /// Store the passthrough uncompressed (format 1.5 and earlier did), so that a decoder reads
-    /// it in place from a memory map; by default it is byte-shuffled under zstd when that is
-    /// smaller (ResNet-20: 15,312 -> 12,413 bytes).
-    #[arg(long)]
-    raw_passthrough: bool,
-    /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
-    #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR)]
-    tune_lr: f64,
-    /// How the f32 phase-1 predictor is rounded to integer codes (the start of phase 2, or the
-    /// stored weights without it).
-    #[arg(long, value_enum, default_value_t = RoundingArg::Compensated)]
-    rounding: RoundingArg,
-    /// Reorder channels before encoding [default: source; with --resume: the file's own]. Each
-    /// block's inner channels and each stretch of the residual stream move as a whole (filter,
-    /// BN entries, the next layer's input slice), so the network computes the same function;
-    /// ordered by similarity, phase 1 fits them 4-5 % better (ResNet-20), with no test-accuracy
-    /// gain measured over two seeds. Recorded in the file, shown by inspect.
-    #[arg(long, value_enum)]
-    channel_order: Option<ChannelOrderArg>,
 }
 
 #[cfg(feature = "train")]
@@ -870,5 +891,50 @@ fn main() -> ExitCode {
                 _ => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "train"))]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn encode_help(long: bool) -> String {
+        let mut cli = Cli::command();
+        let encode = cli.find_subcommand_mut("encode").expect("encode subcommand");
+        let help = if long {
+            encode.render_long_help()
+        } else {
+            encode.render_help()
+        };
+        help.to_string()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `encode -h` is an overview: the options in groups, one line of help each; `--help`
+    /// keeps the details (measurements, defaults' reasons).
+    #[test]
+    fn encode_help_groups_its_options_and_keeps_details_for_long_help() {
+        let short = encode_help(false);
+        let long = encode_help(true);
+        for heading in [
+            "Size and goals:",
+            "Predictor:",
+            "Phase 1: reconstruction:",
+            "Phase 2: distillation:",
+            "Data and selection:",
+            "Stored tensors:",
+        ] {
+            assert!(short.contains(heading), "{heading} missing from -h");
+            assert!(long.contains(heading), "{heading} missing from --help");
+        }
+        let detail = "never writes a larger file";
+        assert!(long.contains(detail));
+        assert!(!short.contains(detail), "-h should give --target-size's first sentence only");
+        assert!(short.lines().count() * 2 < long.lines().count());
     }
 }
