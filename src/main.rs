@@ -901,7 +901,9 @@ mod tests {
 
     fn encode_help(long: bool) -> String {
         let mut cli = Cli::command();
-        let encode = cli.find_subcommand_mut("encode").expect("encode subcommand");
+        let encode = cli
+            .find_subcommand_mut("encode")
+            .expect("encode subcommand");
         let help = if long {
             encode.render_long_help()
         } else {
@@ -934,7 +936,10 @@ mod tests {
         }
         let detail = "never writes a larger file";
         assert!(long.contains(detail));
-        assert!(!short.contains(detail), "-h should give --target-size's first sentence only");
+        assert!(
+            !short.contains(detail),
+            "-h should give --target-size's first sentence only"
+        );
         assert!(short.lines().count() * 2 < long.lines().count());
     }
 }
