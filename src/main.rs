@@ -166,6 +166,18 @@ struct EncodeArgs {
     json: bool,
 }
 
+/// The groups `encode -h` and `batch -h` list the settings in, one name each so that a
+/// misspelt heading cannot open a group of its own.
+#[cfg(feature = "train")]
+mod heading {
+    pub const SIZE: &str = "Size and goals";
+    pub const PREDICTOR: &str = "Predictor";
+    pub const PHASE1: &str = "Phase 1: reconstruction";
+    pub const PHASE2: &str = "Phase 2: distillation";
+    pub const DATA: &str = "Data and selection";
+    pub const STORED: &str = "Stored tensors";
+}
+
 /// What `encode` and `batch` share: every setting of an encode.
 #[cfg(feature = "train")]
 #[derive(Args)]
@@ -175,13 +187,13 @@ struct EncodeSettings {
     /// nernc measures a few predictor shapes that fit (hidden width, PE levels; in the default
     /// storage) on a short schedule, trains the best one fully, and never writes a larger file.
     /// Settings given explicitly (--hidden, --pe-levels, --predictor-dtype) are kept and must fit.
-    #[arg(long, allow_hyphen_values = true, help_heading = "Size and goals")]
+    #[arg(long, allow_hyphen_values = true, help_heading = heading::SIZE)]
     target_size: Option<String>,
     /// Held-out accuracy the result may lose against the original, in points.
     ///
     /// Default: the encode aims at 0.3 and reports a miss. Given: a result that misses it is not
     /// written (exit status 3).
-    #[arg(long, allow_negative_numbers = true, help_heading = "Size and goals")]
+    #[arg(long, allow_negative_numbers = true, help_heading = heading::SIZE)]
     max_drop: Option<f64>,
     /// Wall-clock limit of the whole encode: `600`, `600s`, `9m`, `2h`.
     ///
@@ -190,25 +202,25 @@ struct EncodeSettings {
     /// phase 2 again. The counts run are printed and recorded: a rerun with them (`--steps N
     /// --distill-steps M`) gives the same file; the limit itself makes the schedule depend on this
     /// machine's speed.
-    #[arg(long, allow_hyphen_values = true, help_heading = "Size and goals")]
+    #[arg(long, allow_hyphen_values = true, help_heading = heading::SIZE)]
     time_limit: Option<String>,
     /// Hidden width of the predictor MLP [default: scaled with the model at 3.6 code bits per
     /// conv weight (0.6 predictor parameters per weight in the default int6 storage, 0.45 in
     /// int8), at most 384 (int6: 211 on ResNet-20, 384 on ResNet-56); or chosen by
     /// --target-size].
-    #[arg(long, help_heading = "Predictor")]
+    #[arg(long, help_heading = heading::PREDICTOR)]
     hidden: Option<u32>,
     /// Linear layers of the predictor (hidden layers + 1; NeRN's reference has 5).
     ///
     /// With --target-size the width is chosen for this depth.
-    #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS, help_heading = "Predictor")]
+    #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS, help_heading = heading::PREDICTOR)]
     layers: usize,
     /// Positional-encoding levels L per coordinate (predictor input width 6 L; the first
     /// layer holds 6 L x hidden weights) [default: 20, or chosen by --target-size].
-    #[arg(long, help_heading = "Predictor")]
+    #[arg(long, help_heading = heading::PREDICTOR)]
     pe_levels: Option<u32>,
     /// Positional-encoding base b (level l uses frequency pi * b^l).
-    #[arg(long, default_value_t = 0.76, help_heading = "Predictor")]
+    #[arg(long, default_value_t = 0.76, help_heading = heading::PREDICTOR)]
     pe_base: f64,
     /// Learned embedding values per filter and per input channel of every predicted layer, beside
     /// the positional encoding (0: none).
@@ -216,40 +228,40 @@ struct EncodeSettings {
     /// The predictor's first layer then sees what is specific to each filter and channel; the
     /// tables are stored like its weights. Files with tables are format 1.7 (older readers refuse
     /// them). With --resume: the file's.
-    #[arg(long, default_value_t = 0, help_heading = "Predictor")]
+    #[arg(long, default_value_t = 0, help_heading = heading::PREDICTOR)]
     embedding_width: u32,
     /// Storage dtype of the predictor's weights [default: int6 when phase 2 trains on real data
     /// (through its rounding), int8 otherwise; with --resume: the file's own].
     ///
     /// Without --hidden the default width gives narrower codes more parameters (the same code bits
     /// per weight). f16 halves f32 at no measured accuracy cost.
-    #[arg(long, value_enum, help_heading = "Predictor")]
+    #[arg(long, value_enum, help_heading = heading::PREDICTOR)]
     predictor_dtype: Option<DtypeArg>,
     /// How the f32 phase-1 predictor is rounded to integer codes (the start of phase 2, or the
     /// stored weights without it).
-    #[arg(long, value_enum, default_value_t = RoundingArg::Compensated, help_heading = "Predictor")]
+    #[arg(long, value_enum, default_value_t = RoundingArg::Compensated, help_heading = heading::PREDICTOR)]
     rounding: RoundingArg,
     /// Phase-1 steps per round [default: a tenth of the model's kernel count, 2000..=20000;
     /// 3,227 on ResNet-20, 9,678 on ResNet-56].
-    #[arg(long, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, help_heading = heading::PHASE1)]
     steps: Option<usize>,
     /// Progressive reconstruction rounds (round r+1 reconstructs round r's decoded weights).
-    #[arg(long, default_value_t = 1, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, default_value_t = 1, help_heading = heading::PHASE1)]
     rounds: usize,
     /// Kernels per training step.
-    #[arg(long, default_value_t = 4096, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, default_value_t = 4096, help_heading = heading::PHASE1)]
     batch: usize,
     /// Peak learning rate (Adam, cosine decay to 1e-6).
-    #[arg(long, default_value_t = 2e-3, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, default_value_t = 2e-3, help_heading = heading::PHASE1)]
     lr: f64,
     /// Adam's first-moment decay (0.5 as the reference's Ranger; measured better than 0.9).
-    #[arg(long, default_value_t = 0.5, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, default_value_t = 0.5, help_heading = heading::PHASE1)]
     beta1: f32,
     /// Kernel ordering before training.
     ///
     /// The tables cost more bytes than they save at the default size (measured on ResNet-20: 23
     /// KB), so none by default.
-    #[arg(long, value_enum, default_value_t = PermutationArg::None, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, value_enum, default_value_t = PermutationArg::None, help_heading = heading::PHASE1)]
     permutation: PermutationArg,
     /// Reorder channels before encoding [default: source; with --resume: the file's own].
     ///
@@ -257,24 +269,24 @@ struct EncodeSettings {
     /// BN entries, the next layer's input slice), so the network computes the same function;
     /// ordered by similarity, phase 1 fits them 4-5 % better (ResNet-20), with no test-accuracy
     /// gain measured over two seeds. Recorded in the file, shown by inspect.
-    #[arg(long, value_enum, help_heading = "Phase 1: reconstruction")]
+    #[arg(long, value_enum, help_heading = heading::PHASE1)]
     channel_order: Option<ChannelOrderArg>,
     /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 400
     /// on data, 150 on noise].
-    #[arg(long, help_heading = "Phase 2: distillation")]
+    #[arg(long, help_heading = heading::PHASE2)]
     distill_steps: Option<usize>,
     /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
     ///
     /// Small: Adam moves every weight by about this much per step, and the phase-1 fit is fragile
     /// (measured: 3e-4 destroyed it; on noise 5e-5 lost 8 points, 1e-5 gained 2.5).
-    #[arg(long, help_heading = "Phase 2: distillation")]
+    #[arg(long, help_heading = heading::PHASE2)]
     distill_lr: Option<f64>,
     /// Phase-2 images per step.
-    #[arg(long, default_value_t = 128, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 128, help_heading = heading::PHASE2)]
     distill_batch: usize,
     /// Phase-2 learning-rate warm-up: linear ramp over this many steps [default: 0, none; it did
     /// not help in the measurements so far].
-    #[arg(long, help_heading = "Phase 2: distillation")]
+    #[arg(long, help_heading = heading::PHASE2)]
     distill_warmup: Option<usize>,
     /// Phase 2 in this many cycles of --distill-steps each.
     ///
@@ -282,54 +294,54 @@ struct EncodeSettings {
     /// at its peak, a fresh Adam, the weights moved off their code grid (as --resume does to a
     /// finished file). Measured on ResNet-56 at 5 %: 2 x 400 steps end where 1 x 800 does, 3 x 400
     /// where 1 x 1200 does; longer phase 2 pays there, restarts do not.
-    #[arg(long, default_value_t = 1, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 1, help_heading = heading::PHASE2)]
     distill_cycles: usize,
     /// Phase-2 teacher (default: the source checkpoint); any network with the same classes.
-    #[arg(long, help_heading = "Phase 2: distillation")]
+    #[arg(long, help_heading = heading::PHASE2)]
     teacher: Option<PathBuf>,
     /// Distillation temperature.
-    #[arg(long, default_value_t = 1.0, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 1.0, help_heading = heading::PHASE2)]
     temperature: f64,
     /// Weight of the reconstruction RMSE added to the distillation loss.
-    #[arg(long, default_value_t = 0.0, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 0.0, help_heading = heading::PHASE2)]
     recon_weight: f64,
     /// Weight of the cross-entropy on the images' true labels added to the distillation loss
     /// (phase 2 on real data only; 0: logits of the teacher only).
-    #[arg(long, default_value_t = 0.0, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 0.0, help_heading = heading::PHASE2)]
     label_weight: f64,
     /// Weight of an attention-map term added to the distillation loss (0: off).
     ///
     /// Each residual block's spatial attention map (channel mean of squared activations, unit
     /// L2 norm per image) is matched to the teacher's by squared distance, summed over blocks,
     /// batch mean.
-    #[arg(long, default_value_t = 0.0, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 0.0, help_heading = heading::PHASE2)]
     feature_weight: f64,
     /// Phase 2 on real data: translate each image by up to this many pixels per axis
     /// (zero fill), as in training (the fixtures were trained with 2).
-    #[arg(long, default_value_t = 0, help_heading = "Phase 2: distillation")]
+    #[arg(long, default_value_t = 0, help_heading = heading::PHASE2)]
     augment_shift: usize,
     /// Phase 2 on real data: mirror images left-right with probability 1/2.
-    #[arg(long, help_heading = "Phase 2: distillation")]
+    #[arg(long, help_heading = heading::PHASE2)]
     augment_flip: bool,
     /// Skip phase 1: start phase 2 from this .nern of the same checkpoint.
-    #[arg(long, help_heading = "Phase 2: distillation")]
+    #[arg(long, help_heading = heading::PHASE2)]
     resume: Option<PathBuf>,
     /// Dataset directory for held-out selection and phase 2, or `noise` for data-free phase 2
     /// [default: the dataset's installed location (Fashion-MNIST:
     /// /usr/share/datasets/fashion-mnist); without it phase 2 is data-free and the accuracy
     /// unmeasured].
-    #[arg(long, help_heading = "Data and selection")]
+    #[arg(long, help_heading = heading::DATA)]
     data: Option<String>,
     /// Dataset format of --data.
     #[arg(
         long,
         default_value = "fashion-mnist",
-        help_heading = "Data and selection"
+        help_heading = heading::DATA
     )]
     dataset: String,
     /// Images held out for selection: every choice (phase-2 step, budget candidate, round) is
     /// made on them.
-    #[arg(long, default_value_t = 5000, help_heading = "Data and selection")]
+    #[arg(long, default_value_t = 5000, help_heading = heading::DATA)]
     held_out: usize,
     /// Where the held-out images come from.
     ///
@@ -338,28 +350,28 @@ struct EncodeSettings {
     /// --test-eval then measures the remaining test images only (`nernc eval --skip N` repeats that
     /// figure). For improve mode, where the original has learned its training images and selection
     /// on them favours it; the file records the choice.
-    #[arg(long, value_enum, default_value_t = SplitArg::Train, help_heading = "Data and selection")]
+    #[arg(long, value_enum, default_value_t = SplitArg::Train, help_heading = heading::DATA)]
     held_out_from: SplitArg,
     /// Phase-2 steps between held-out evaluations (default: a tenth of the steps).
-    #[arg(long, help_heading = "Data and selection")]
+    #[arg(long, help_heading = heading::DATA)]
     eval_every: Option<usize>,
     /// Also measure the result's test accuracy and record it (not used for any choice).
-    #[arg(long, help_heading = "Data and selection")]
+    #[arg(long, help_heading = heading::DATA)]
     test_eval: bool,
     /// How the tensors the predictor does not cover are stored.
     ///
     /// `f16` halves the F32 ones (lossy; the decoded checkpoint then differs from the source there,
     /// and every figure is measured with those values).
-    #[arg(long, value_enum, default_value_t = PassthroughArg::Exact, help_heading = "Stored tensors")]
+    #[arg(long, value_enum, default_value_t = PassthroughArg::Exact, help_heading = heading::STORED)]
     passthrough: PassthroughArg,
     /// Store the passthrough uncompressed, readable in place from a memory map.
     ///
     /// Format 1.5 and earlier did; by default it is byte-shuffled under zstd when that is
     /// smaller (ResNet-20: 15,312 -> 12,413 bytes).
-    #[arg(long, help_heading = "Stored tensors")]
+    #[arg(long, help_heading = heading::STORED)]
     raw_passthrough: bool,
     /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
-    #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR, help_heading = "Stored tensors")]
+    #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR, help_heading = heading::STORED)]
     tune_lr: f64,
     /// Seed for initialisation and sampling (same seed and device: same file).
     #[arg(long, default_value_t = 0)]
