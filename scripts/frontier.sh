@@ -11,7 +11,7 @@
 #   scripts/frontier.sh                      # all fixtures, budgets 6 8 9 10 11 %, seed 0
 #   FIXTURES="fmnist-resnet20" BUDGETS="9 11" SEEDS="0 1" scripts/frontier.sh
 #   DEVICE=cuda NERNC_BIN=./nernc scripts/frontier.sh
-#   TORCH_VENV=/tmp/torchenv scripts/frontier.sh    # adds the QAT rows (slow: minutes per bit width)
+#   TORCH_VENV=/tmp/torchenv scripts/frontier.sh    # adds the QAT rows, one per seed (minutes per bit width)
 #
 # Output: $OUT/frontier.md (the table) and $OUT/frontier-FIXTURE.svg (size % against test accuracy).
 # Points measured earlier whose JSON is gone can be listed in $OUT/points.csv (docs/frontier/ has
@@ -52,11 +52,14 @@ for f in $FIXTURES; do
     "$bin" eval "$src" --data "$DATA" --quantize "$bits" --json > "$j.tmp" && mv "$j.tmp" "$j"
   done
   if [ -n "${TORCH_VENV:-}" ]; then
-    j="$OUT/$f-qat.json"
-    if [ ! -s "$j" ]; then
-      echo "== $f: quantisation-aware training, 2/3/4 bits (PyTorch)" >&2
-      "$TORCH_VENV/bin/python" ../shared/bench/qat_baseline.py "$src" --bits 2,3,4 --steps 600 | tail -1 > "$j.tmp" && mv "$j.tmp" "$j"
-    fi
+    # One QAT run per seed, as for nernc: the baseline is a draw too. Seed 0 is the shared
+    # bench's own draw (scripts/qat_seed.py only replaces its torch.manual_seed(0)).
+    for s in $SEEDS; do
+      if [ "$s" = 0 ]; then j="$OUT/$f-qat.json"; else j="$OUT/$f-qat-s$s.json"; fi
+      [ -s "$j" ] && continue
+      echo "== $f: quantisation-aware training, 2/3/4 bits, seed $s (PyTorch)" >&2
+      "$TORCH_VENV/bin/python" scripts/qat_seed.py "$s" "$src" --bits 2,3,4 --steps 600 | tail -1 > "$j.tmp" && mv "$j.tmp" "$j"
+    done
   fi
   for b in $BUDGETS; do
     for s in $SEEDS; do

@@ -32,12 +32,15 @@ for fx in fixtures:
             original.setdefault(fx, r["reference"]["accuracy"])
             rows.append((fx, "plain", f"plain {bits} per-channel + zstd", r["quantized"]["percent"],
                          None, r["model"]["accuracy"], None, "cpu"))
-    p = os.path.join(out, f"{fx}-qat.json")
-    if os.path.exists(p):
+    # FX-qat.json is seed 0 (the shared bench's own draw), FX-qat-sS.json seed S.
+    for p in sorted(glob.glob(os.path.join(out, f"{fx}-qat*.json"))):
+        m = re.match(rf"{re.escape(fx)}-qat(?:-s(\d+))?\.json$", os.path.basename(p))
+        if not m:
+            continue
         r = load(p)
         for bits, v in sorted(r["by_bits"].items()):
-            rows.append((fx, "QAT", f"QAT {bits}-bit + KD, 600 steps (PyTorch)", v["pct"], None,
-                         v["acc"], v["seconds"], "cpu"))
+            rows.append((fx, "QAT", f"QAT {bits}-bit + KD, 600 steps (PyTorch), seed {m.group(1) or 0}",
+                         v["pct"], None, v["acc"], v["seconds"], "cpu"))
 
     def budget_and_seed(p):
         m = re.search(r"-([0-9.]+)-s(\d+)\.json$", p)
