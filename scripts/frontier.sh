@@ -15,7 +15,8 @@
 #
 # Output: $OUT/frontier.md (the table) and $OUT/frontier-FIXTURE.svg (size % against test accuracy).
 # Points measured earlier whose JSON is gone can be listed in $OUT/points.csv (docs/frontier/ has
-# the README's: `python3 scripts/frontier_table.py docs/frontier fmnist-resnet20 fmnist-resnet56`).
+# the README's: `python3 scripts/frontier_table.py docs/frontier fmnist-resnet20 fmnist-resnet56
+#   fmnist-resnet20w4`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIXTURES=${FIXTURES-"fmnist-resnet20 fmnist-resnet56 fmnist-resnet20w4"}
