@@ -39,7 +39,7 @@ for fx in fixtures:
             continue
         r = load(p)
         for bits, v in sorted(r["by_bits"].items()):
-            rows.append((fx, "QAT", f"QAT {bits}-bit + KD, 600 steps (PyTorch), seed {m.group(1) or 0}",
+            rows.append((fx, "QAT", f"QAT {bits}-bit + KD 600 steps (PyTorch), seed {m.group(1) or 0}",
                          v["pct"], None, v["acc"], v["seconds"], "cpu"))
 
     def budget_and_seed(p):
