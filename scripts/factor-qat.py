@@ -19,22 +19,14 @@ percent of the source file. --seed draws the batches (the factors come from the 
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch_bench as tb
 import zstandard
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench"))
-from eval_torch import DATA, build, predict  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from train_fixtures import MEAN, STD, load_idx  # noqa: E402
-
-
-def images(name):
-    return torch.tensor(load_idx(f"{DATA}/{name}")).float().div(255).sub(MEAN).div(STD).unsqueeze(1)
+from safetensors.torch import load_file
 
 
 class Quantised:
@@ -47,9 +39,7 @@ class Quantised:
             if w.dim() != 4:
                 continue
             if name in fractions:
-                m = w.flatten(1).double()
-                r = max(1, int(w.shape[0] * fractions[name]))
-                u, s, vh = torch.linalg.svd(m, full_matrices=False)
+                _, r, u, s, vh = tb.svd(w, fractions[name])
                 root = s[:r].sqrt()
                 self.params[name + ".U"] = torch.nn.Parameter((u[:, :r] * root).float())
                 self.params[name + ".V"] = torch.nn.Parameter((root[:, None] * vh[:r]).float())
@@ -101,11 +91,8 @@ def main():
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     sd = load_file(a.model)
     raw = os.path.getsize(a.model)
-    xt, xtr = images("t10k-images-idx3-ubyte.gz"), images("train-images-idx3-ubyte.gz")
-    yt = torch.tensor(load_idx(f"{DATA}/t10k-labels-idx1-ubyte.gz")).long()
-    teacher = build(sd)
-    teacher.load_state_dict(sd, strict=True)
-    teacher.eval()
+    xt, yt, xtr = tb.images("t10k"), tb.labels("t10k"), tb.images("train")
+    teacher = tb.model(sd)
     for p in teacher.parameters():
         p.requires_grad_(False)
     fractions = {}
@@ -116,18 +103,13 @@ def main():
             elif a.layer12 > 0 and name.startswith(("layer1.", "layer2.")):
                 fractions[name] = a.layer12
     q = Quantised(sd, fractions, a.bits)
-    student = build(sd)
-    student.load_state_dict(sd, strict=True)
-    student.eval()
+    student = tb.model(sd)
 
     def test():
         with torch.no_grad():
             final = dict(sd)
             final.update({k: w.detach() for k, w in q.weights().items()})
-        m = build(sd)
-        m.load_state_dict(final, strict=True)
-        m.eval()
-        return round(100.0 * (predict(m, xt) == yt).float().mean().item(), 2)
+        return round(tb.accuracy(final, xt, yt), 2)
 
     head = {"model": os.path.basename(a.model), "bits": a.bits, "layer3": a.layer3, "layer12": a.layer12,
             "seed": a.seed, "factor_params": sum(p.numel() for k, p in q.params.items() if k.endswith((".U", ".V")))}

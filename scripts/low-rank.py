@@ -8,20 +8,16 @@ fraction of Cout, truncated SVD); the network is evaluated with no fine-tuning.
         # a copy with those convs at rank FRACTION*Cout (STAGES comma-separated, e.g. layer3);
         # same names, dtypes and shapes, so nernc can encode it (a phase-1 target experiment)
 
-Uses ../shared/bench/eval_torch.py for the model. Measured on the fixtures in
+Uses ../shared/bench/eval_torch.py for the model (through scripts/torch_bench.py). Measured on the fixtures in
 docs/measurements.md (session 33): the 4x-wide ResNet-20's layer3 keeps its accuracy at a
 quarter of full rank; ResNet-20's and ResNet-56's do not.
 """
 import argparse
 import os
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench"))
-from eval_torch import DATA, build, predict  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from train_fixtures import MEAN, STD, load_idx  # noqa: E402
+import torch_bench as tb
+from safetensors.torch import load_file, save_file
 
 
 def is_target(name, w, stages):
@@ -30,9 +26,7 @@ def is_target(name, w, stages):
 
 def truncate(w, fraction):
     """Best rank-max(1, Cout*fraction) approximation of w as Cout x (Cin*k*k), and its energy."""
-    m = w.flatten(1).double()
-    r = max(1, int(w.shape[0] * fraction))
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    m, r, u, s, vh = tb.svd(w, fraction)
     approx = (u[:, :r] * s[:r] @ vh[:r]).reshape(w.shape).to(w.dtype).contiguous()
     kept, total = (s[:r] ** 2).sum().item(), (s**2).sum().item()
     return approx, kept, total, r * (m.shape[0] + m.shape[1]), m.numel()
@@ -40,16 +34,11 @@ def truncate(w, fraction):
 
 def probe(args):
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-    x = torch.tensor(load_idx(f"{DATA}/t10k-images-idx3-ubyte.gz")[: args.images])
-    x = x.float().div(255).sub(MEAN).div(STD).unsqueeze(1)
-    y = torch.tensor(load_idx(f"{DATA}/t10k-labels-idx1-ubyte.gz")[: args.images]).long()
+    x, y = tb.images("t10k", args.images), tb.labels("t10k", args.images)
     ref = load_file(args.ckpt)
 
     def accuracy(sd):
-        model = build(sd)
-        model.load_state_dict(sd, strict=True)
-        model.eval()
-        return 100.0 * (predict(model, x) == y).float().mean().item()
+        return tb.accuracy(sd, x, y)
 
     print(f"{args.ckpt}: original {accuracy(ref):.2f} % on {args.images} test images")
     print("| stages | rank | test % | energy kept | factor parameters / weights |")
