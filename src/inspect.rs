@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::format::{
-    Container, Limits, TAG_DATA, TAG_PASSTHROUGH, TAG_PERMUTATIONS, TAG_PREDICTOR,
+    Container, Limits, TAG_CODED, TAG_DATA, TAG_PASSTHROUGH, TAG_PERMUTATIONS, TAG_PREDICTOR,
 };
 
 #[derive(Serialize)]
@@ -26,6 +26,17 @@ pub struct LayerRow {
     pub name: String,
     pub shape: [u32; 4],
     pub permutation: String,
+}
+
+/// A conv weight stored as codes (`CODE`, format 1.8).
+#[derive(Serialize)]
+pub struct CodedRow {
+    pub name: String,
+    pub shape: [u32; 4],
+    pub bits: u8,
+    /// 0: the weight's own codes; r > 0: two coded factors of rank r.
+    pub rank: u32,
+    pub codes: usize,
 }
 
 #[derive(Serialize)]
@@ -78,6 +89,9 @@ pub struct InspectReport {
     pub predictor: PredictorRow,
     pub sections: Vec<SectionRow>,
     pub layers: Vec<LayerRow>,
+    /// Bytes of `CODE` as stored (format 1.8; 0 without coded convs).
+    pub coded_bytes: u64,
+    pub coded: Vec<CodedRow>,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -173,6 +187,18 @@ pub fn inspect(c: &Container<'_>, limits: &Limits) -> Result<InspectReport> {
                 permutation: format!("{:?}", l.permutation),
             })
             .collect(),
+        coded_bytes: section_bytes(TAG_CODED),
+        coded: c
+            .coded
+            .iter()
+            .map(|t| CodedRow {
+                name: t.name.clone(),
+                shape: t.shape,
+                bits: t.bits,
+                rank: t.rank,
+                codes: t.codes(),
+            })
+            .collect(),
         metadata,
     })
 }
@@ -265,6 +291,25 @@ pub fn render(r: &InspectReport) -> String {
             "  {:>3}  {:<40} {:?}  {}",
             l.index, l.name, l.shape, l.permutation
         );
+    }
+    if !r.coded.is_empty() {
+        let _ = writeln!(
+            s,
+            "coded convs ({}, {} bytes; codes instead of predicted):",
+            r.coded.len(),
+            r.coded_bytes
+        );
+        for t in &r.coded {
+            let form = match t.rank {
+                0 => "whole".to_string(),
+                r => format!("rank {r} factors"),
+            };
+            let _ = writeln!(
+                s,
+                "  {:<40} {:?}  {}-bit, {form}, {} codes",
+                t.name, t.shape, t.bits, t.codes
+            );
+        }
     }
     if let Some(m) = &r.metadata {
         if let Some(src) = m.get("source") {

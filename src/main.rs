@@ -370,6 +370,22 @@ struct EncodeSettings {
     /// smaller (ResNet-20: 15,312 -> 12,413 bytes).
     #[arg(long, help_heading = heading::STORED)]
     raw_passthrough: bool,
+    /// Store the convs whose names start with PREFIX as integer codes instead of predicting
+    /// them: PREFIX=FRACTION, repeatable, the first matching rule wins (format 1.8).
+    ///
+    /// FRACTION < 1 stores each such conv (as a cout x cin k k matrix) as two coded factors of
+    /// rank floor(cout x FRACTION), initialised from its SVD; FRACTION = 1 stores it whole. Phase
+    /// 2 trains the codes' values beside the predictor (straight-through rounding). Pays where a
+    /// network's convs are low-rank: the 4x-wide ResNet-20's layer3 at 1/8 (docs/measurements.md).
+    /// At least one conv stays predicted.
+    #[arg(long = "code", value_name = "PREFIX=FRACTION", help_heading = heading::STORED)]
+    code: Vec<String>,
+    /// Bits per code of --code (2..=8; symmetric, one scale per matrix row).
+    #[arg(long, default_value_t = 3, help_heading = heading::STORED)]
+    code_bits: u8,
+    /// Phase-2 peak learning rate of the --code values (Adam, the predictor's schedule).
+    #[arg(long, default_value_t = 1e-4, help_heading = heading::STORED)]
+    code_lr: f64,
     /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
     #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR, help_heading = heading::STORED)]
     tune_lr: f64,
@@ -578,6 +594,33 @@ impl EncodeSettings {
                 ChannelOrderArg::Source => nernc::encode::ChannelOrder::Source,
                 ChannelOrderArg::Similar => nernc::encode::ChannelOrder::Similar,
             }),
+            coded: if self.code.is_empty() {
+                None
+            } else {
+                if !(nernc::format::MIN_CODE_BITS..=nernc::format::MAX_CODE_BITS)
+                    .contains(&self.code_bits)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "--code-bits {} (must be 2..=8)",
+                        self.code_bits
+                    )));
+                }
+                if !(self.code_lr.is_finite() && self.code_lr >= 0.0) {
+                    return Err(Error::InvalidArgument(format!(
+                        "--code-lr {} (must be finite and >= 0)",
+                        self.code_lr
+                    )));
+                }
+                Some(nernc::encode::CodedOptions {
+                    rules: self
+                        .code
+                        .iter()
+                        .map(|r| nernc::encode::CodedOptions::parse_rule(r))
+                        .collect::<Result<_>>()?,
+                    bits: self.code_bits,
+                    lr: self.code_lr,
+                })
+            },
             target_size: self
                 .target_size
                 .as_deref()
@@ -658,11 +701,16 @@ fn decode(args: DecodeArgs) -> Result<()> {
         return print_json(&summary);
     }
     eprintln!(
-        "{} -> {}: {} tensors ({} predicted), {} bytes of tensor data, {:.3} s",
+        "{} -> {}: {} tensors ({} predicted{}), {} bytes of tensor data, {:.3} s",
         args.input.display(),
         args.output.display(),
         summary.tensors,
         summary.predicted_tensors,
+        if summary.coded_tensors > 0 {
+            format!(", {} coded", summary.coded_tensors)
+        } else {
+            String::new()
+        },
         summary.output_bytes,
         summary.seconds
     );

@@ -269,3 +269,41 @@ fn attention_maps_refuse_a_teacher_of_another_depth() {
     encode_fails_with(dir.path(), &src, &args, "as many residual blocks");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// `--code` (format 1.8): a rule that matches nothing, rules that leave nothing to predict, a
+/// fraction outside (0, 1], bits outside 2..=8 and a combination with --resume are refused by
+/// name, with nothing written.
+#[test]
+fn bad_code_rules_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("fmnist-resnet20.safetensors");
+    let base = ["--data", "noise", "--distill-steps", "0"];
+    for (extra, expect) in [
+        (vec!["--code", "nothing=1/2"], "no conv weight"),
+        (
+            vec!["--code", "layer=1", "--code", "conv=1"],
+            "at least one must stay predicted",
+        ),
+        (vec!["--code", "layer3=2"], "PREFIX=FRACTION"),
+        (vec!["--code", "layer3=0"], "PREFIX=FRACTION"),
+        (vec!["--code", "layer3"], "PREFIX=FRACTION"),
+        (
+            vec!["--code", "layer3=1/2", "--code-bits", "9"],
+            "--code-bits 9",
+        ),
+        (
+            vec!["--code", "layer3=1/2", "--code-bits", "1"],
+            "--code-bits 1",
+        ),
+        (
+            vec!["--code", "layer3=1/2", "--code-lr", "nan"],
+            "--code-lr",
+        ),
+        (
+            vec!["--code", "layer3=1/2", "--resume", src.to_str().unwrap()],
+            "--resume",
+        ),
+    ] {
+        encode_fails_with(dir.path(), &src, &[&base[..], &extra].concat(), expect);
+    }
+}

@@ -8,7 +8,7 @@ use common::*;
 use nernc::format::{Limits, read_container};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: [&str; 12] = [
+const GOLDEN: [&str; 13] = [
     "resnet20-h16-infilter",
     "resnet20-h16-crossfilter",
     "resnet20-h16-f16",
@@ -29,6 +29,8 @@ const GOLDEN: [&str; 12] = [
     "resnet20-h16-int6-shuffled",
     // Format 1.7: learned embedding tables (4 values per filter and per channel row).
     "resnet20-h16-int6-embed",
+    // Format 1.8: coded convs (`CODE`): layer2.2 whole, layer3 as rank-16 factors, 3-bit.
+    "resnet20-h16-int6-coded",
 ];
 
 fn golden(name: &str) -> (Vec<u8>, String) {
@@ -91,4 +93,39 @@ fn decoded_weights_are_within_tolerance_of_the_f64_reference() {
         println!("{name}: worst |v - v_ref| / (1 + |v_ref|) = {worst:.3e}");
         assert!(worst <= 1e-4, "{name}: {worst}");
     }
+}
+
+/// Coded convs (format 1.8, spec §6.5): every decoded weight within the tolerance of the product
+/// `U V` of the dequantised factors summed in binary64 (whole entries: the values themselves).
+#[test]
+fn coded_weights_are_within_tolerance_of_the_f64_reference() {
+    let mut any = false;
+    for name in GOLDEN {
+        let (bytes, _) = golden(name);
+        let c = read_container(&bytes, &Limits::default()).unwrap();
+        let mut worst = 0.0f64;
+        for t in &c.coded {
+            any = true;
+            let got = nernc::decode::coded::coded_weights(t).unwrap();
+            let mats: Vec<Vec<f32>> = t.matrices.iter().map(|m| m.values()).collect();
+            let (rank, cols) = (t.rank as usize, t.cols());
+            for (i, &g) in got.iter().enumerate() {
+                let r = match mats.as_slice() {
+                    [w] => f64::from(w[i]),
+                    [u, v] => (0..rank)
+                        .map(|k| {
+                            f64::from(u[(i / cols) * rank + k]) * f64::from(v[k * cols + i % cols])
+                        })
+                        .sum(),
+                    _ => unreachable!(),
+                };
+                worst = worst.max((f64::from(g) - r).abs() / (1.0 + r.abs()));
+            }
+        }
+        if !c.coded.is_empty() {
+            println!("{name}: coded worst |v - v_ref| / (1 + |v_ref|) = {worst:.3e}");
+        }
+        assert!(worst <= 1e-4, "{name}: {worst}");
+    }
+    assert!(any, "no golden file has coded convs");
 }

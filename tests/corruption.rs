@@ -471,6 +471,20 @@ fn every_single_byte_flip_of_a_file_with_embedding_tables_is_detected() {
     assert!(missed.is_empty(), "undetected flips at {missed:?}");
 }
 
+/// The same over a file with coded convs (format 1.8), whose `CODE` carries the new fields.
+#[test]
+fn every_single_byte_flip_of_a_file_with_coded_convs_is_detected() {
+    let b = std::fs::read(fixture("golden").join("resnet20-h16-int6-coded.nern")).unwrap();
+    assert!(
+        !read_container(&b, &Limits::default())
+            .unwrap()
+            .coded
+            .is_empty()
+    );
+    let missed = undetected_flips(&b);
+    assert!(missed.is_empty(), "undetected flips at {missed:?}");
+}
+
 /// Writes a crafted file whose header declares a 360 GB output to `$NERN_CRAFT_OUT`, for
 /// measuring the decoder's peak memory on it (`/usr/bin/time -v nernc decode ...`).
 #[test]

@@ -464,3 +464,80 @@ fn held_out_from_test_on_noise_is_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("--held-out-from test"), "{e}");
 }
+
+/// `--code` (format 1.8): layer3's convs as coded factors train in phase 2 beside the predictor;
+/// every figure is of the file as decoded (held-out and test equal `eval` on it), the codes moved
+/// off their SVD start, and the file records and shows them.
+#[test]
+fn coded_convs_train_in_phase_two_and_are_measured_as_stored() {
+    use nernc::encode::CodedOptions;
+    use nernc::encode::coded::CodedConv;
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path());
+    let mut opts = short_encode(&data);
+    opts.held_out = 30;
+    opts.held_out_from = nernc::data::Split::Test;
+    opts.test_eval = true;
+    opts.distill.as_mut().unwrap().eval_every = Some(2);
+    opts.coded = Some(CodedOptions {
+        rules: vec![("layer3".into(), 0.25)],
+        bits: 3,
+        lr: 1e-2,
+    });
+    let src = fixture("fmnist-resnet20.safetensors");
+    let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
+    assert_eq!((r.predicted_tensors, r.coded_tensors), (14, 7));
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    assert_eq!(c.minor, 8);
+    assert!(c.layers.iter().all(|l| !l.name.starts_with("layer3")));
+    // Phase 2 kept a later step, and its codes are not the start's.
+    let d = r.distill.as_ref().unwrap();
+    assert_eq!(d.kept_step, first_best(&d.held_out_history).0);
+    let source = std::fs::read(&src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&source).unwrap();
+    let moved = c.coded.iter().any(|t| {
+        let w = st.tensor(&t.name).unwrap();
+        let values = nernc::format::le_f32s(w.data());
+        let layer = nernc::format::LayerEntry {
+            name: t.name.clone(),
+            dtype: nernc::format::TensorDtype::F32,
+            permutation: nernc::permute::PermutationKind::None,
+            shape: t.shape,
+        };
+        let start = CodedConv::new(&layer, &values, t.rank, 3).stored();
+        start.matrices != t.matrices
+    });
+    assert!(
+        moved || d.kept_step == 0,
+        "phase 2 kept step {} with the start's codes",
+        d.kept_step
+    );
+
+    let path = dir.path().join("f.nern");
+    std::fs::write(&path, &bytes).unwrap();
+    let kind = DatasetKind::FashionMnist;
+    let eval_opts = nernc::eval::EvalOptions {
+        norm: kind.normalization(),
+        fgsm: None,
+        device: nernc::device::DeviceKind::Cpu,
+        quantize: None,
+    };
+    let test = |limit: Option<usize>, skip: usize| {
+        let d = nernc::data::load(&data, kind, nernc::data::Split::Test, limit)
+            .unwrap()
+            .skip_first(skip);
+        nernc::eval::evaluate(&path, None, &d, "test", &eval_opts).unwrap()
+    };
+    let (held, rest) = (test(Some(30), 0), test(None, 30));
+    assert_eq!(r.accuracy.held_out, Some(held.model.accuracy));
+    assert_eq!(r.accuracy.test, Some(rest.model.accuracy));
+
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["recipe"]["code"]["bits"], 3, "{meta}");
+    assert_eq!(meta["tensors"]["coded"], 7);
+    let shown = nernc::inspect::render(&nernc::inspect::inspect(&c, &Limits::default()).unwrap());
+    assert!(
+        shown.contains("coded convs (7,") && shown.contains("rank 16 factors"),
+        "{shown}"
+    );
+}

@@ -90,6 +90,7 @@ fn write_with_predictor(
         layers: &c.layers,
         permutations: &c.permutations,
         passthrough,
+        coded: &c.coded,
         source_metadata: c.source_metadata.clone(),
         metadata: c.metadata(&Limits::default()).unwrap(),
         raw_predictor,
@@ -1225,4 +1226,202 @@ fn s5_1_embedding_row_overflowing_is_refused() {
         matches!(err(&bytes), Error::NonFinite { .. }),
         "an overflowing row was accepted"
     );
+}
+
+// ---- format 1.8: coded convs (`CODE`) ------------------------------------------------------
+
+fn coded_golden() -> Vec<u8> {
+    golden("resnet20-h16-int6-coded")
+}
+
+/// §5.6: `CODE` is a required section (zstd allowed) that a 1.8 file carries; its entries, as
+/// the spec lays them out (written here from the spec, independently of the writer), are what
+/// the reader returns; rewritten, the file stays 1.8 and reads the same.
+#[test]
+fn s5_6_coded_tensors_follow_the_layout() {
+    let b = coded_golden();
+    let c = ok(&b);
+    assert_eq!(c.minor, 8);
+    assert!(!c.coded.is_empty());
+    let mut e = split(&b);
+    let code = find(&mut e, b"CODE");
+    assert_eq!(code.flags, 1, "CODE carries the required flag");
+    let p = code.payload.clone();
+    let u32_at = |at: usize| u32::from_le_bytes(p[at..at + 4].try_into().unwrap()) as usize;
+    let count = u32_at(0);
+    assert_eq!(count, c.coded.len());
+    let mut at = 4;
+    let mut heads = Vec::new();
+    for _ in 0..count {
+        let len = u16::from_le_bytes([p[at], p[at + 1]]) as usize;
+        let name = std::str::from_utf8(&p[at + 2..at + 2 + len])
+            .unwrap()
+            .to_string();
+        at += 2 + len;
+        let (bits, reserved) = (p[at], p[at + 1]);
+        assert_eq!(reserved, 0);
+        at += 2;
+        let shape: Vec<usize> = (0..4).map(|i| u32_at(at + 4 * i)).collect();
+        let rank = u32_at(at + 16);
+        at += 20;
+        heads.push((name, bits, shape, rank));
+    }
+    for ((name, bits, shape, rank), t) in heads.iter().zip(&c.coded) {
+        assert_eq!((name, *bits), (&t.name, t.bits));
+        assert_eq!(*rank as u32, t.rank);
+        let cols = shape[1] * shape[2] * shape[3];
+        let mats = if *rank == 0 {
+            vec![(shape[0], cols)]
+        } else {
+            vec![(shape[0], *rank), (*rank, cols)]
+        };
+        for ((rows, cols), m) in mats.into_iter().zip(&t.matrices) {
+            let scales: Vec<f32> = (0..rows)
+                .map(|i| f32::from_le_bytes(p[at + 4 * i..at + 4 * i + 4].try_into().unwrap()))
+                .collect();
+            at += 4 * rows;
+            let codes: Vec<i8> = p[at..at + rows * cols].iter().map(|&x| x as i8).collect();
+            at += rows * cols;
+            assert_eq!((&scales, &codes), (&m.scales, &m.codes), "{name}");
+            let lim = 1i8 << (bits - 1);
+            assert!(codes.iter().all(|&q| q >= -lim && q < lim));
+        }
+    }
+    assert_eq!(at, p.len(), "CODE ends after the last matrix");
+    // Raw, the same tensors; rewritten, the same file content and version.
+    let raw = assemble(&e);
+    assert_eq!(ok(&raw).coded, c.coded);
+    let again = rewrite(&c);
+    assert_eq!(minor(&again), 8);
+    assert_eq!(ok(&again).coded, c.coded);
+}
+
+/// §5.6: the entry rules: bits, reserved byte, shape, rank, codes in range, scales finite and
+/// non-negative, exact length; names unique across `LAYR`, `CODE` and `PASS`; a zstd `CODE`
+/// declaring the wrong length.
+#[test]
+fn s5_6_bad_coded_entries_are_refused() {
+    let b = coded_golden();
+    let c = ok(&b);
+    let with_code = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut e = split(&b);
+        edit(&mut find(&mut e, b"CODE").payload);
+        assemble(&e)
+    };
+    let name_len = c.coded[0].name.len();
+    let bits_at = 4 + 2 + name_len;
+    for (at, value, needle) in [
+        (bits_at, 1u8, "bit"),
+        (bits_at, 9, "bit"),
+        (bits_at + 1, 1, "reserved"),
+        (bits_at + 2, 0, "shape"),
+    ] {
+        malformed(err(&with_code(&|p| p[at] = value)), "CODE", needle);
+    }
+    // Rank above cout (entry 0's cout is 32).
+    let rank_at = bits_at + 2 + 16;
+    malformed(err(&with_code(&|p| p[rank_at] = 33)), "CODE", "rank");
+    // Trailing byte; one byte short.
+    malformed(err(&with_code(&|p| p.push(0))), "CODE", "trailing");
+    malformed(
+        err(&with_code(&|p| {
+            p.pop();
+        })),
+        "CODE",
+        "needs",
+    );
+    // The data start: after every entry header.
+    let heads: usize = 4 + c.coded.iter().map(|t| 2 + t.name.len() + 22).sum::<usize>();
+    let rows0 = c.coded[0].matrices[0].rows;
+    // A code outside entry 0's 3-bit range; a negative and an infinite scale.
+    malformed(
+        err(&with_code(&|p| p[heads + 4 * rows0] = 4)),
+        "CODE",
+        "range",
+    );
+    malformed(err(&with_code(&|p| p[heads + 3] |= 0x80)), "CODE", "scale");
+    malformed(
+        err(&with_code(&|p| {
+            p[heads..heads + 4].copy_from_slice(&f32::INFINITY.to_le_bytes())
+        })),
+        "CODE",
+        "scale",
+    );
+    // A coded tensor named like a predicted layer.
+    let layer = c.layers[0].name.clone();
+    let mut renamed = c.coded.clone();
+    renamed[0].name = layer.clone();
+    let bytes = write_container(&ContainerParts {
+        predictor: &c.predictor,
+        layers: &c.layers,
+        permutations: &c.permutations,
+        passthrough: Vec::new(),
+        coded: &renamed,
+        source_metadata: None,
+        metadata: None,
+        raw_predictor: false,
+        raw_data: false,
+    })
+    .unwrap();
+    malformed(err(&bytes), "PASS", "duplicate");
+    // zstd CODE with a declared length one long.
+    let mut e = split(&b);
+    let code = e.iter_mut().find(|e| &e.tag == b"CODE").unwrap();
+    assert_eq!(code.encoding, 1, "CODE is compressed in the golden");
+    code.decoded_len += 1;
+    malformed(err(&assemble(&e)), "CODE", "declares");
+}
+
+/// §6.5 / §7: coded weights count toward the output bound and the tensor limit; an entry whose
+/// weights overflow refuses the file at decode time and leaves no output.
+#[test]
+fn s6_5_coded_weights_are_bounded_and_must_be_finite() {
+    let b = coded_golden();
+    let c = ok(&b);
+    let total = c.output_bytes();
+    let coded: u64 = c.coded.iter().map(|t| t.elements() as u64 * 4).sum();
+    assert!(coded > 0 && coded < total);
+    let limits = |max_output_bytes, max_tensors| Limits {
+        max_output_bytes,
+        max_tensors,
+        ..Limits::default()
+    };
+    assert!(read_container(&b, &limits(total, 1 << 20)).is_ok());
+    assert!(matches!(
+        read_container(&b, &limits(total - 1, 1 << 20)),
+        Err(Error::LimitExceeded { .. })
+    ));
+    let n = (c.layers.len() + c.coded.len() + c.passthrough.len()) as u64;
+    assert!(read_container(&b, &limits(total, n)).is_ok());
+    assert!(matches!(
+        read_container(&b, &limits(total, n - 1)),
+        Err(Error::LimitExceeded { .. })
+    ));
+    // Scales near f32::MAX: every value finite, the sum over the rank is not.
+    let mut big = c.coded.clone();
+    let t = big.iter_mut().find(|t| t.rank > 0).unwrap();
+    for m in &mut t.matrices {
+        m.scales.iter_mut().for_each(|s| *s = 1.0e30);
+    }
+    let bytes = write_container(&ContainerParts {
+        predictor: &c.predictor,
+        layers: &c.layers,
+        permutations: &c.permutations,
+        passthrough: Vec::new(),
+        coded: &big,
+        source_metadata: None,
+        metadata: None,
+        raw_predictor: false,
+        raw_data: false,
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (
+        dir.path().join("big.nern"),
+        dir.path().join("out.safetensors"),
+    );
+    std::fs::write(&input, &bytes).unwrap();
+    let e = nernc::decode::decode_file(&input, &out, 2, &Limits::default()).unwrap_err();
+    malformed(e, "CODE", "decodes to");
+    assert!(!out.exists(), "no output after a refused decode");
 }

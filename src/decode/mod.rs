@@ -3,6 +3,7 @@
 //! Framework-free and deterministic: the arithmetic is the normative one of spec §6, so the
 //! output is bit-identical on every machine and for any number of threads.
 
+pub mod coded;
 pub mod gemm;
 
 use std::sync::Mutex;
@@ -262,6 +263,15 @@ pub fn decode_container<'a>(
             )
         })
         .collect();
+    for t in &c.coded {
+        out.push((
+            t.name.clone(),
+            DecodedTensor::Predicted {
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+                data: coded::coded_weights(t)?,
+            },
+        ));
+    }
     for p in &c.passthrough {
         let bytes = c.tensor_bytes(p);
         let t = match p.storage {
@@ -284,6 +294,8 @@ pub fn decode_container<'a>(
 pub struct DecodeSummary {
     pub tensors: usize,
     pub predicted_tensors: usize,
+    /// Conv weights decoded from codes (`CODE`, format 1.8).
+    pub coded_tensors: usize,
     pub output_bytes: u64,
     pub seconds: f64,
 }
@@ -323,6 +335,7 @@ pub fn decode_file(
     Ok(DecodeSummary {
         tensors: out.len(),
         predicted_tensors: container.layers.len(),
+        coded_tensors: container.coded.len(),
         output_bytes: container.output_bytes(),
         seconds: started.elapsed().as_secs_f64(),
     })

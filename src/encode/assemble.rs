@@ -15,7 +15,7 @@ use super::source::Source;
 use super::tune::TunedPassthrough;
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::format::{ContainerParts, LayerEntry, RawTensor, write_container};
+use crate::format::{CodedTensor, ContainerParts, LayerEntry, RawTensor, write_container};
 use crate::io::sha256_hex;
 use crate::permute::Permutation;
 use crate::predictor::Predictor;
@@ -24,6 +24,8 @@ use crate::predictor::Predictor;
 pub struct Encoded {
     /// The predictor as stored (already rounded to its storage dtype).
     pub predictor: Predictor,
+    /// The coded convs as stored (`--code`, format 1.8).
+    pub coded: Vec<CodedTensor>,
     /// Passthrough tensors phase 2 tuned (`--passthrough tuned`), stored instead of the source's.
     pub tuned: Option<TunedPassthrough>,
     /// The layer table with each layer's permutation kind.
@@ -64,6 +66,7 @@ pub fn assemble(
         source_bytes: source.bytes.len() as u64,
         nern_bytes: 0,
         predicted_tensors: r.layers.len(),
+        coded_tensors: r.coded.len(),
         passthrough_tensors: passthrough.len(),
         predicted_parameters,
         predictor_parameters: r.predictor.config.parameter_count(),
@@ -141,6 +144,16 @@ pub fn assemble(
     if opts.embedding_width != 0 {
         recipe["embedding_width"] = json!(opts.embedding_width);
     }
+    if let Some(c) = &opts.coded {
+        recipe["code"] = json!({
+            "rules": c.rules.iter().map(|(p, f)| json!({"prefix": p, "fraction": f})).collect::<Vec<_>>(),
+            "bits": c.bits,
+            "lr": c.lr,
+            "tensors": r.coded.len(),
+            "codes": r.coded.iter().map(CodedTensor::codes).sum::<usize>(),
+            "init": "truncated SVD, singular values split evenly; phase 2 trains the values through the rounding",
+        });
+    }
     if let Some(groups) = source.reordered_groups {
         recipe["channel_order"] = json!(ChannelOrder::Similar.name());
         recipe["channel_groups"] = json!(groups);
@@ -149,6 +162,7 @@ pub fn assemble(
         .layers
         .iter()
         .map(|l| l.name.as_str())
+        .chain(r.coded.iter().map(|t| t.name.as_str()))
         .chain(passthrough.iter().map(|t| t.name.as_str()))
         .collect();
     let metadata = json!({
@@ -162,6 +176,7 @@ pub fn assemble(
         "tensors": {
             "count": names.len(),
             "predicted": r.layers.len(),
+            "coded": r.coded.len(),
             "passthrough": passthrough.len(),
             // SHA-256 of the tensor names in file order, one per line: equal names, equal hash.
             "names_sha256": sha256_hex(names.join("\n").as_bytes()),
@@ -189,6 +204,7 @@ pub fn assemble(
             layers: &r.layers,
             permutations: &r.permutations,
             passthrough: passthrough.clone(),
+            coded: &r.coded,
             source_metadata: source.checkpoint.metadata.clone(),
             metadata,
             raw_predictor: false,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::options::{EncodeOptions, embedding_for};
 use super::source::Source;
 use crate::error::{Error, Result};
-use crate::format::{ContainerParts, LayerEntry, predictor_bytes, write_container};
+use crate::format::{CodedTensor, ContainerParts, LayerEntry, predictor_bytes, write_container};
 use crate::permute::Permutation;
 use crate::predictor::{Embedding, LinearWeights, Predictor, PredictorConfig, WeightDtype};
 
@@ -39,6 +39,9 @@ pub struct Sizer<'a> {
     permutations: &'a [Permutation],
     /// `DATA` stays raw in the file (`--raw-passthrough`): no saving to count.
     raw_data: bool,
+    /// The coded convs (`--code`) as they start: sized with the file. Training moves their
+    /// codes, so after it [`Self::actual`] takes the trained ones.
+    coded: Vec<CodedTensor>,
     /// [`Self::data_saving`], computed once: compressing a large passthrough at zstd-19 for every
     /// step of a width search would cost minutes.
     data_saving: std::cell::OnceCell<u64>,
@@ -50,12 +53,14 @@ impl<'a> Sizer<'a> {
         layers: &'a [LayerEntry],
         permutations: &'a [Permutation],
         raw_data: bool,
+        coded: Vec<CodedTensor>,
     ) -> Self {
         Sizer {
             source,
             layers,
             permutations,
             raw_data,
+            coded,
             data_saving: std::cell::OnceCell::new(),
         }
     }
@@ -70,16 +75,31 @@ impl<'a> Sizer<'a> {
     /// The file's size with this trained predictor and passthrough (the source's, or the
     /// tuned tensors' bytes from [`Source::tuned_bytes`]) as the writer stores them, plus
     /// [`META_RESERVE`].
-    pub fn actual(&self, p: &Predictor, tuned: Option<&HashMap<String, Vec<u8>>>) -> Result<u64> {
-        Ok(self.write(p, (false, self.raw_data), tuned)? + META_RESERVE)
+    pub fn actual(
+        &self,
+        p: &Predictor,
+        tuned: Option<&HashMap<String, Vec<u8>>>,
+        coded: &[CodedTensor],
+    ) -> Result<u64> {
+        Ok(self.write_with(p, (false, self.raw_data), tuned, coded)? + META_RESERVE)
     }
 
     /// The container's length, `PRED` and `DATA` stored raw as `(raw_predictor, raw_data)` say.
     fn write(
         &self,
         p: &Predictor,
+        raw: (bool, bool),
+        tuned: Option<&HashMap<String, Vec<u8>>>,
+    ) -> Result<u64> {
+        self.write_with(p, raw, tuned, &self.coded)
+    }
+
+    fn write_with(
+        &self,
+        p: &Predictor,
         (raw_predictor, raw_data): (bool, bool),
         tuned: Option<&HashMap<String, Vec<u8>>>,
+        coded: &[CodedTensor],
     ) -> Result<u64> {
         let passthrough = match tuned {
             Some(t) => self.source.passthrough_with(t).collect(),
@@ -90,6 +110,7 @@ impl<'a> Sizer<'a> {
             layers: self.layers,
             permutations: self.permutations,
             passthrough,
+            coded,
             source_metadata: self.source.checkpoint.metadata.clone(),
             metadata: None,
             raw_predictor,
@@ -370,7 +391,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let source = Source::parse(&path, &bytes, PermutationKind::None).unwrap();
         let perms = vec![Permutation::Identity; source.layers.len()];
-        let sizer = Sizer::new(&source, &source.layers, &perms, false);
+        let sizer = Sizer::new(&source, &source.layers, &perms, false, Vec::new());
         let base = Cfg {
             kernel_size: 3,
             layers: 5,
@@ -401,7 +422,7 @@ mod tests {
         assert_eq!(by_data.bound, raw_bound - saving);
         assert!(by_data.bound <= budget && raw_bound > budget);
         // With `--raw-passthrough` DATA saves nothing: the same incompressible codes do not widen.
-        let raw_sizer = Sizer::new(&source, &source.layers, &perms, true);
+        let raw_sizer = Sizer::new(&source, &source.layers, &perms, true, Vec::new());
         assert!(raw_sizer.widen(budget, &chosen, 1.0).unwrap().is_none());
         // Codes that compress: measured on one predictor, a wider shape fits by the estimate,
         // and a predictor of that shape with the same statistics does fit.
@@ -418,7 +439,7 @@ mod tests {
                 .unwrap()
                 > budget
         );
-        let actual = sizer.actual(&peaked(&wide.config, 2), None).unwrap();
+        let actual = sizer.actual(&peaked(&wide.config, 2), None, &[]).unwrap();
         assert!(actual <= budget, "{actual} > {budget}");
         // The packed bound of the wider shape is over: only the measurement lets it in.
         assert!(sizer.bound(&wide.config, WeightDtype::Int6).unwrap() > budget);

@@ -19,6 +19,7 @@
 mod assemble;
 mod budget;
 pub mod clock;
+pub mod coded;
 pub mod gptq;
 mod kernels;
 mod mlp;
@@ -38,9 +39,9 @@ use std::path::Path;
 
 pub use budget::META_RESERVE;
 pub use options::{
-    ChannelOrder, DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS, DEFAULT_TUNE_LR, DataArg,
-    DeviceKind, DistillOptions, DistillSource, EncodeOptions, MaxDrop, Pinned, Rounding,
-    SizeTarget, default_hidden, default_params_per_weight, default_phase1_steps,
+    ChannelOrder, CodedOptions, DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS,
+    DEFAULT_TUNE_LR, DataArg, DeviceKind, DistillOptions, DistillSource, EncodeOptions, MaxDrop,
+    Pinned, Rounding, SizeTarget, default_hidden, default_params_per_weight, default_phase1_steps,
     default_predictor_dtype,
 };
 pub use progress::{BarProgress, NoProgress, Progress};

@@ -83,6 +83,66 @@ pub struct EncodeOptions {
     /// `--channel-order`: `None` keeps the source's order (or, with `--resume`, the resumed
     /// file's); given, it must match a resumed file's.
     pub channel_order: Option<ChannelOrder>,
+    /// Convs stored as codes instead of predicted (`--code`, format 1.8); `None`: every conv is
+    /// predicted.
+    pub coded: Option<CodedOptions>,
+}
+
+/// Which convs are stored as integer codes, and how (`CODE`, format 1.8).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodedOptions {
+    /// `(name prefix, rank fraction)`: every conv weight whose name starts with the prefix (the
+    /// first matching rule wins) is stored as two coded factors of rank
+    /// `max(1, floor(cout * fraction))`, or whole when the fraction is 1.
+    pub rules: Vec<(String, f64)>,
+    /// Bits per code, `2 ..= 8`.
+    pub bits: u8,
+    /// Peak Adam learning rate of the codes' values in phase 2 (the predictor's schedule).
+    pub lr: f64,
+}
+
+impl CodedOptions {
+    /// Parses one `PREFIX=FRACTION` rule (`layer3=0.125`, `layer3=1/8`, `layer1=1`).
+    pub fn parse_rule(arg: &str) -> Result<(String, f64)> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "--code {arg:?}: expected PREFIX=FRACTION with FRACTION in (0, 1], e.g. \
+                 layer3=1/8 (rank cout/8 factors) or layer1=1 (whole codes)"
+            ))
+        };
+        let (prefix, f) = arg.split_once('=').ok_or_else(bad)?;
+        let fraction = match f.split_once('/') {
+            Some((a, b)) => {
+                let (a, b): (f64, f64) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                a / b
+            }
+            None => f.trim().parse().map_err(|_| bad())?,
+        };
+        if prefix.is_empty() || !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(bad());
+        }
+        Ok((prefix.to_string(), fraction))
+    }
+
+    /// The rank of the conv `layer`: `None` when no rule matches (it is predicted), `Some(0)`
+    /// for whole codes (asked for, or factors that would not take fewer codes than the weight,
+    /// e.g. a 1x1 shortcut at half rank), else the factors' rank.
+    pub fn rank(&self, layer: &LayerEntry) -> Option<u32> {
+        let (_, f) = self
+            .rules
+            .iter()
+            .find(|(p, _)| layer.name.starts_with(p.as_str()))?;
+        let (cout, cols) = (layer.cout(), layer.elements() / layer.cout().max(1));
+        let rank = ((cout as f64 * f).floor() as usize).max(1);
+        Some(if *f >= 1.0 || rank * (cout + cols) >= cout * cols {
+            0
+        } else {
+            rank as u32
+        })
+    }
 }
 
 /// The order of the channels in the encoded (and decoded) network.
@@ -372,6 +432,7 @@ impl Default for EncodeOptions {
             phase2_by_default: false,
             rounding: Rounding::default(),
             channel_order: None,
+            coded: None,
             passthrough_f16: false,
             raw_passthrough: false,
             tune_passthrough: None,

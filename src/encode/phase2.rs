@@ -11,6 +11,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::coded::{CodedConv, CodedParams, decoded_coded};
 use super::kernels::KernelSet;
 use super::mlp::{DeviceKernels, KernelRows, Mlp, masked_rmse, read_scalar};
 use super::options::{DistillOptions, DistillSource};
@@ -104,6 +105,8 @@ pub struct DistillSettings<'a> {
     pub augment: Augment,
     /// Also train the BN affine parameters and the FC layer (`--passthrough tuned`).
     pub tune: Option<TuneSettings>,
+    /// Peak learning rate of the coded convs' values (`--code-lr`; used when there are any).
+    pub coded_lr: f64,
 }
 
 /// How phase 2 tunes the passthrough.
@@ -127,6 +130,8 @@ pub struct DistillOutcome {
     pub passthrough: Option<TunedPassthrough>,
     /// Images the teacher forward ran on (fewer than steps x batch with the logit cache).
     pub teacher_images: usize,
+    /// The kept state's coded convs (`--code`; empty without).
+    pub coded: Vec<CodedConv>,
 }
 
 /// Maps position-ordered predictions `[N, K*K]` to every layer's conv weight, original order.
@@ -248,11 +253,13 @@ impl TeacherCache {
     }
 }
 
-/// Runs phase 2 from `start` (the phase-1 predictor).
+/// Runs phase 2 from `start` (the phase-1 predictor) and `coded` (the coded convs' values, if
+/// any: trained beside it).
 #[allow(clippy::too_many_arguments)]
 pub fn distill<B: TrainBackend>(
     device: &B::Device,
     start: &Predictor,
+    coded: &[CodedConv],
     set: &KernelSet,
     layers: &[LayerEntry],
     perms: &[Permutation],
@@ -285,6 +292,22 @@ pub fn distill<B: TrainBackend>(
             adam.init::<B, PassTune<B>>(),
         )
     });
+    // The coded convs (`--code`) as trainable values, with their own Adam.
+    let (mut codes, code_layout) = if coded.is_empty() {
+        (None, None)
+    } else {
+        let (params, layout) = CodedParams::<B>::new(coded, device);
+        (
+            Some((params, adam.init::<B, CodedParams<B>>())),
+            Some(layout),
+        )
+    };
+    let codes_now = |codes: &Option<(CodedParams<B>, _)>| -> Result<Vec<CodedConv>> {
+        match codes {
+            Some((c, _)) => c.values(coded),
+            None => Ok(Vec::new()),
+        }
+    };
     // The tuned passthrough as it would be stored now (with --passthrough tuned).
     let tuned_now = |tune: &Option<(PassTune<B>, _)>| -> Result<Option<TunedPassthrough>> {
         match (tune, s.tune) {
@@ -293,18 +316,23 @@ pub fn distill<B: TrainBackend>(
         }
     };
     // Held-out accuracy of a candidate: with the caller's student, or one with its tuned
-    // passthrough.
-    let measure = |p: &Predictor, pass: &Option<TunedPassthrough>, h: &HeldOut<'_>| match pass {
-        Some(t) => {
-            let tuned = LoadedNet::<B::InnerBackend> {
+    // passthrough and its coded convs as stored.
+    let measure =
+        |p: &Predictor, pass: &Option<TunedPassthrough>, coded: &[CodedConv], h: &HeldOut<'_>| {
+            if pass.is_none() && coded.is_empty() {
+                return held_out_accuracy(p, layers, perms, student, h, s.norm, device);
+            }
+            let stored: Vec<_> = coded.iter().map(CodedConv::stored).collect();
+            let candidate = LoadedNet::<B::InnerBackend> {
                 net: net.clone(),
-                fixed: FixedParams::new(net, &t.apply(source), device)?,
-                convs: Default::default(),
+                fixed: match pass {
+                    Some(t) => FixedParams::new(net, &t.apply(source), device)?,
+                    None => student.fixed.clone(),
+                },
+                convs: decoded_coded(&stored, device)?,
             };
-            held_out_accuracy(p, layers, perms, &tuned, h, s.norm, device)
-        }
-        None => held_out_accuracy(p, layers, perms, student, h, s.norm, device),
-    };
+            held_out_accuracy(p, layers, perms, &candidate, h, s.norm, device)
+        };
 
     // Every candidate is kept as stored, so the outcome's figures are of the stored weights.
     let stored = |mut p: Predictor| -> Result<Predictor> {
@@ -313,6 +341,7 @@ pub fn distill<B: TrainBackend>(
     };
     let mut best = stored(start.clone())?;
     let mut best_pass = tuned_now(&tune)?;
+    let mut best_coded = codes_now(&codes)?;
     let mut best_step = 0;
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
@@ -321,7 +350,7 @@ pub fn distill<B: TrainBackend>(
         // the same storage.
         best_acc = match (start_accuracy, &best_pass) {
             (Some(a), None) if s.storage == WeightDtype::F32 => a,
-            _ => measure(&best, &best_pass, h)?,
+            _ => measure(&best, &best_pass, &best_coded, h)?,
         };
         held_out_history.push((0, best_acc));
     }
@@ -394,7 +423,10 @@ pub fn distill<B: TrainBackend>(
             Some(max) => model.forward_quantized_ste(&kernels, &all_rows, max),
             None => model.forward(&kernels, &all_rows),
         };
-        let convs = layout.convs(pred.clone());
+        let mut convs = layout.convs(pred.clone());
+        if let (Some((c, _)), Some(l)) = (&codes, &code_layout) {
+            convs.extend(c.convs(l));
+        }
         let step_fixed = match &tune {
             Some((t, _)) => t.apply(net, &fixed),
             None => fixed.clone(),
@@ -461,6 +493,15 @@ pub fn distill<B: TrainBackend>(
             let mut opt = opt;
             tune = Some((opt.step(lr, t, g), opt));
         }
+        if let Some((c, mut opt)) = codes.take() {
+            let g = GradientsParams::from_module(&mut grads, &c);
+            let lr = warmed_up(
+                cosine(s.coded_lr, PHASE2_FLOOR, step, s.steps),
+                step,
+                s.warmup,
+            );
+            codes = Some((opt.step(lr, c, g), opt));
+        }
         if let Some(v) = value {
             if !v.is_finite() {
                 return Err(Error::Training(format!(
@@ -479,12 +520,14 @@ pub fn distill<B: TrainBackend>(
         {
             let p = stored(model.valid().to_predictor(cfg)?)?;
             let pass = tuned_now(&tune)?;
-            let acc = measure(&p, &pass, h)?;
+            let now_coded = codes_now(&codes)?;
+            let acc = measure(&p, &pass, &now_coded, h)?;
             held_out_history.push((done, acc));
             if acc > best_acc {
                 best_acc = acc;
                 best = p;
                 best_pass = pass;
+                best_coded = now_coded;
                 best_step = done;
             }
         }
@@ -493,6 +536,7 @@ pub fn distill<B: TrainBackend>(
     if s.held_out.is_none() {
         best = stored(model.valid().to_predictor(cfg)?)?;
         best_pass = tuned_now(&tune)?;
+        best_coded = codes_now(&codes)?;
         best_step = s.steps;
     }
     Ok(DistillOutcome {
@@ -501,6 +545,7 @@ pub fn distill<B: TrainBackend>(
             .map_or(s.steps * s.batch, |c| c.computed - computed_before),
         predictor: best,
         passthrough: best_pass,
+        coded: best_coded,
         loss_history,
         held_out_history,
         best_step,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::assemble::{Encoded, assemble};
 use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
+use super::coded::{CodedConv, decoded_coded};
 use super::kernels::KernelSet;
 use super::options::{
     ChannelOrder, DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding,
@@ -75,6 +76,8 @@ struct Context<'a, B: TrainBackend> {
     plan: Option<DataPlan>,
     student: Option<LoadedNet<B::InnerBackend>>,
     teacher: Option<LoadedNet<B::InnerBackend>>,
+    /// The coded convs' starting values (`--code`); the student holds them decoded.
+    coded: Vec<CodedConv>,
 }
 
 /// A trained predictor as stored, with what its phases measured.
@@ -87,6 +90,8 @@ struct Trained {
     held_out: Option<f64>,
     /// The passthrough tensors phase 2 tuned (`--passthrough tuned`).
     passthrough: Option<TunedPassthrough>,
+    /// The coded convs as trained (`--code`; their start without phase 2).
+    coded: Vec<CodedConv>,
 }
 
 /// How long one training run goes.
@@ -217,6 +222,7 @@ impl<B: TrainBackend> Context<'_, B> {
 
         let mut distill_report = None;
         let mut passthrough = None;
+        let mut coded = self.coded.clone();
         if let (Some(d), Some(_), Some(host), Some(teacher), Some(student)) = (
             s.distill,
             &self.net,
@@ -250,6 +256,10 @@ impl<B: TrainBackend> Context<'_, B> {
                 // restarted as `--resume` restarts a finished file. Each cycle's step 0 is the
                 // state it starts from, already measured.
                 let restarted;
+                let coded_start = match &out {
+                    Some(kept) => kept.coded.clone(),
+                    None => self.coded.clone(),
+                };
                 let (start, start_held_out) = match &out {
                     Some(kept) => {
                         restarted = match s.storage.max_code() {
@@ -265,6 +275,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 let o = distill::<B>(
                     device,
                     start,
+                    &coded_start,
                     &set,
                     &self.layers,
                     &self.permutations,
@@ -312,6 +323,7 @@ impl<B: TrainBackend> Context<'_, B> {
             });
             predictor = out.predictor;
             passthrough = out.passthrough;
+            coded = out.coded;
         }
 
         // Every figure from here on is of the weights as stored. Phase 2 already selected and
@@ -338,6 +350,7 @@ impl<B: TrainBackend> Context<'_, B> {
             distill: distill_report,
             held_out,
             passthrough,
+            coded,
         })
     }
 
@@ -426,6 +439,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 lr,
                 f16: self.opts.passthrough_f16,
             }),
+            coded_lr: self.opts.coded.as_ref().map_or(0.0, |c| c.lr),
         })
     }
 
@@ -514,6 +528,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 distill::<B>(
                     device,
                     &predictor,
+                    &self.coded,
                     &set,
                     &self.layers,
                     &self.permutations,
@@ -629,6 +644,13 @@ fn encode_on<B: TrainBackend>(
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
+    if opts.coded.is_some() && opts.resume.is_some() {
+        return Err(Error::InvalidArgument(
+            "--code cannot be combined with --resume yet (the resumed file's coded convs would \
+             have to be read back)"
+                .into(),
+        ));
+    }
     // `--resume`: read once; its channel order decides how the source is parsed, its predictor
     // replaces phase 1 below.
     let resume_file = opts.resume.as_deref().map(MappedFile::open).transpose()?;
@@ -652,6 +674,12 @@ fn encode_on<B: TrainBackend>(
     if opts.passthrough_f16 {
         source.store_passthrough_as_f16()?;
     }
+    // `--code`: those convs leave the predicted layers before anything is sized or trained.
+    let coded = match &opts.coded {
+        Some(c) => source.split_coded(c)?,
+        None => Vec::new(),
+    };
+    let coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
     let source = source;
     let mut layers = source.layers.clone();
     let source_bytes = source.bytes.len() as u64;
@@ -720,7 +748,8 @@ fn encode_on<B: TrainBackend>(
         (Some(net), Some(host)) => Some(LoadedNet::<B::InnerBackend> {
             net: net.clone(),
             fixed: FixedParams::new(net, host, device)?,
-            convs: Default::default(),
+            // Coded convs (`--code`) as stored at the start; phase 2 measures its own.
+            convs: decoded_coded(&coded_start, device)?,
         }),
         _ => None,
     };
@@ -791,6 +820,7 @@ fn encode_on<B: TrainBackend>(
         plan,
         student,
         teacher,
+        coded,
     };
     let kernels: usize = ctx.layers.iter().map(LayerEntry::kernels).sum();
     let mut schedule = Schedule {
@@ -812,6 +842,7 @@ fn encode_on<B: TrainBackend>(
         &ctx.layers,
         &ctx.permutations,
         opts.raw_passthrough,
+        coded_start,
     );
     // A budget lists the predictors that fit; which one wins is measured before the full run.
     let mut candidates = Vec::new();
@@ -958,7 +989,8 @@ fn encode_on<B: TrainBackend>(
                 .as_ref()
                 .map(|p| source.tuned_bytes(p))
                 .transpose()?;
-            sizer.actual(&t.predictor, tuned.as_ref())
+            let coded: Vec<_> = t.coded.iter().map(CodedConv::stored).collect();
+            sizer.actual(&t.predictor, tuned.as_ref(), &coded)
         };
         let size = size_of(&trained)?;
         if size > budget {
@@ -998,13 +1030,20 @@ fn encode_on<B: TrainBackend>(
     }
     let predictor = trained.predictor;
     let stored_rmse = ctx.conv_rmse(&predictor);
-    // The network as decoded: with the tuned passthrough when phase 2 tuned it.
+    let coded: Vec<_> = trained.coded.iter().map(CodedConv::stored).collect();
+    // The network as decoded: with the tuned passthrough when phase 2 tuned it, and the coded
+    // convs as stored.
     let tuned_student = match (&trained.passthrough, &ctx.student, &ctx.host) {
-        (Some(t), Some(st), Some(host)) => Some(LoadedNet::<B::InnerBackend> {
-            net: st.net.clone(),
-            fixed: FixedParams::new(&st.net, &t.apply(host), device)?,
-            convs: Default::default(),
-        }),
+        (pass, Some(st), Some(host)) if pass.is_some() || !coded.is_empty() => {
+            Some(LoadedNet::<B::InnerBackend> {
+                net: st.net.clone(),
+                fixed: match pass {
+                    Some(t) => FixedParams::new(&st.net, &t.apply(host), device)?,
+                    None => st.fixed.clone(),
+                },
+                convs: decoded_coded(&coded, device)?,
+            })
+        }
         _ => None,
     };
     let test_set = ctx
@@ -1049,6 +1088,7 @@ fn encode_on<B: TrainBackend>(
     )?;
     let encoded = Encoded {
         predictor,
+        coded,
         tuned: trained.passthrough,
         layers: ctx.layers,
         permutations: ctx.permutations,

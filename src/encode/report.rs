@@ -37,6 +37,8 @@ pub struct EncodeReport {
     pub source_bytes: u64,
     pub nern_bytes: u64,
     pub predicted_tensors: usize,
+    /// Conv tensors stored as codes (`--code`, format 1.8).
+    pub coded_tensors: usize,
     pub passthrough_tensors: usize,
     pub predicted_parameters: u64,
     pub predictor_parameters: u64,
@@ -245,11 +247,16 @@ impl EncodeReport {
     /// The human summary `nernc encode` prints (source and output named by the caller).
     pub fn summary(&self, input: &str, output: &str) -> String {
         let mut s = format!(
-            "{input} -> {output}: {} bytes ({:.2} % of {} bytes), {} conv tensors predicted, {:.1} s on {}\n",
+            "{input} -> {output}: {} bytes ({:.2} % of {} bytes), {} conv tensors predicted{}, {:.1} s on {}\n",
             self.nern_bytes,
             100.0 * self.nern_bytes as f64 / self.source_bytes as f64,
             self.source_bytes,
             self.predicted_tensors,
+            if self.coded_tensors > 0 {
+                format!(" and {} coded", self.coded_tensors)
+            } else {
+                String::new()
+            },
             self.total_seconds,
             self.device
         );

@@ -143,10 +143,13 @@ pub fn held_out_accuracy<B: ConvBackend>(
     norm: &Normalization,
     device: &B::Device,
 ) -> Result<f64> {
+    // The student's own convs (coded ones, `--code`) and the predicted ones.
+    let mut convs = student.convs.clone();
+    convs.extend(decoded_convs(p, layers, perms, device));
     let m = LoadedNet {
         net: student.net.clone(),
         fixed: student.fixed.clone(),
-        convs: decoded_convs(p, layers, perms, device),
+        convs,
     };
     network_accuracy(&m, held, norm, device)
 }

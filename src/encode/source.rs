@@ -10,6 +10,8 @@ use crate::format::{LayerEntry, PassStorage, RawTensor, TensorDtype};
 use crate::network::HostModel;
 use crate::permute::PermutationKind;
 
+use super::coded::CodedConv;
+use super::options::CodedOptions;
 use super::tune::TunedPassthrough;
 
 pub struct Source<'a> {
@@ -103,6 +105,42 @@ impl<'a> Source<'a> {
             kernel_size,
             halves: HashMap::new(),
         })
+    }
+
+    /// Takes the convs `coded`'s rules name out of the predicted layers (`--code`): each comes
+    /// back as a [`CodedConv`] started from its weights. At least one conv must stay predicted,
+    /// and every rule must name at least one conv.
+    pub fn split_coded(&mut self, coded: &CodedOptions) -> Result<Vec<CodedConv>> {
+        let mut out = Vec::new();
+        let mut layers = Vec::new();
+        let mut weights = Vec::new();
+        for (l, w) in self.layers.drain(..).zip(self.weights.drain(..)) {
+            match coded.rank(&l) {
+                Some(rank) => out.push(CodedConv::new(&l, &w, rank, coded.bits)),
+                None => {
+                    layers.push(l);
+                    weights.push(w);
+                }
+            }
+        }
+        (self.layers, self.weights) = (layers, weights);
+        if let Some((prefix, _)) = coded
+            .rules
+            .iter()
+            .find(|(p, _)| !out.iter().any(|c| c.name.starts_with(p.as_str())))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "--code {prefix}=...: no conv weight of {} starts with {prefix:?}",
+                self.path.display()
+            )));
+        }
+        if self.layers.is_empty() {
+            return Err(Error::InvalidArgument(
+                "--code covers every conv: at least one must stay predicted".into(),
+            ));
+        }
+        self.kernel_size = self.layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
+        Ok(out)
     }
 
     /// Stores every F32 passthrough tensor as binary16 from now on (lossy, `--passthrough

@@ -5,6 +5,7 @@
 
 mod bitpack;
 mod bytes;
+mod coded;
 mod dtype;
 mod read;
 pub mod shuffle;
@@ -12,6 +13,7 @@ mod write;
 
 pub use bitpack::{bit_width, permutation_bytes};
 pub use bytes::le_f32s;
+pub use coded::{CodedMatrix, CodedTensor, MAX_CODE_BITS, MIN_CODE_BITS, parse_coded, write_coded};
 pub use dtype::TensorDtype;
 pub use read::{
     Container, Limits, PROVENANCE_FIRST_READ, Provenance, embedding_rows, read_container,
@@ -25,8 +27,9 @@ use crate::permute::PermutationKind;
 pub const MAGIC: [u8; 8] = *b"\x89NERN\r\n\x1a";
 pub const MAJOR_VERSION: u16 = 1;
 /// Newest minor version this implementation reads and writes (1.5 added PRED code layout 1,
-/// 1.6 a byte-shuffled zstd `DATA`, 1.7 learned embedding tables in `PRED`).
-pub const MINOR_VERSION: u16 = 7;
+/// 1.6 a byte-shuffled zstd `DATA`, 1.7 learned embedding tables in `PRED`, 1.8 coded convs in
+/// `CODE`).
+pub const MINOR_VERSION: u16 = 8;
 /// Fixed header: magic, version, section count, file length, reserved.
 pub const HEADER_LEN: usize = 32;
 pub const SECTION_ENTRY_LEN: usize = 64;
@@ -53,6 +56,8 @@ pub const TAG_PERMUTATIONS: [u8; 4] = *b"PERM";
 pub const TAG_PASSTHROUGH: [u8; 4] = *b"PASS";
 pub const TAG_DATA: [u8; 4] = *b"DATA";
 pub const TAG_METADATA: [u8; 4] = *b"META";
+/// Conv weights stored as integer codes, whole or factored (format 1.8; required when present).
+pub const TAG_CODED: [u8; 4] = *b"CODE";
 
 /// One entry of the section table, as read.
 #[derive(Clone, Debug, PartialEq, Eq)]

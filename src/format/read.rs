@@ -58,6 +58,8 @@ pub struct Container<'a> {
     pub layers: Vec<LayerEntry>,
     pub permutations: Vec<Permutation>,
     pub passthrough: Vec<PassEntry>,
+    /// Conv weights stored as codes (`CODE`, format 1.8; empty without that section).
+    pub coded: Vec<CodedTensor>,
     pub source_metadata: Option<BTreeMap<String, String>>,
     /// `PRED`'s code layout (spec §5.1): 0 packed per layer, 1 every layer's codes first, one
     /// byte each.
@@ -80,7 +82,9 @@ impl<'a> Container<'a> {
     /// Bytes of the decoded checkpoint's tensor data.
     pub fn output_bytes(&self) -> u64 {
         let predicted: u64 = self.layers.iter().map(|l| l.elements() as u64 * 4).sum();
+        let coded: u64 = self.coded.iter().map(|t| t.elements() as u64 * 4).sum();
         predicted
+            + coded
             + self
                 .passthrough
                 .iter()
@@ -155,7 +159,12 @@ fn unpack_codes(bytes: &[u8], n: usize, bits: u32) -> Option<Vec<i8>> {
 }
 
 /// `value <= limit`, else [`Error::LimitExceeded`] naming `what` (with `hint` appended).
-fn at_most(what: &'static str, value: u64, limit: u64, hint: &'static str) -> Result<()> {
+pub(crate) fn at_most(
+    what: &'static str,
+    value: u64,
+    limit: u64,
+    hint: &'static str,
+) -> Result<()> {
     if value > limit {
         return Err(Error::LimitExceeded {
             what,
@@ -197,6 +206,7 @@ fn known_tag(tag: &[u8; 4]) -> Option<&'static str> {
         (TAG_PASSTHROUGH, "PASS"),
         (TAG_DATA, "DATA"),
         (TAG_METADATA, "META"),
+        (TAG_CODED, "CODE"),
     ]
     .iter()
     .find(|(t, _)| t == tag)
@@ -359,6 +369,7 @@ fn check_encoding(info: &SectionInfo) -> Result<()> {
                 || info.tag == TAG_PREDICTOR
                 || info.tag == TAG_LAYERS
                 || info.tag == TAG_PASSTHROUGH
+                || info.tag == TAG_CODED
                 || known_tag(&info.tag).is_none() =>
         {
             Ok(())
@@ -482,12 +493,32 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         }
     }
     let pass = table(TAG_PASSTHROUGH, ("PASS", "PASS decoded bytes"))?;
-    let (passthrough, source_metadata) = parse_passthrough(&pass, limits, layers.len())?;
-    // Names unique across both tables.
+    // CODE (format 1.8, optional, required flag): its weights count toward the output bound,
+    // checked before the codes are read into memory.
+    let coded = match sections.iter().find(|s| s.tag == TAG_CODED) {
+        Some(info) => {
+            let stored = find(TAG_CODED, "CODE")?;
+            let decoded;
+            let bytes = if info.encoding == ENCODING_ZSTD {
+                let names = ("CODE", "CODE decoded bytes");
+                decoded = decompress_exact(stored, info, names, limits.max_output_bytes)?;
+                &decoded[..]
+            } else {
+                stored
+            };
+            let room = limits.max_tensors.saturating_sub(layers.len() as u64);
+            parse_coded(bytes, room, limits.max_output_bytes / 4)?
+        }
+        None => Vec::new(),
+    };
+    let (passthrough, source_metadata) =
+        parse_passthrough(&pass, limits, layers.len() + coded.len())?;
+    // Names unique across the three tables.
     let mut names = HashSet::new();
     for n in layers
         .iter()
         .map(|l| &l.name)
+        .chain(coded.iter().map(|t| &t.name))
         .chain(passthrough.iter().map(|p| &p.name))
     {
         if !names.insert(n.as_str()) {
@@ -502,6 +533,11 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     for l in &layers {
         output = output
             .checked_add(l.elements() as u64 * 4)
+            .ok_or(Error::Overflow("output bytes"))?;
+    }
+    for t in &coded {
+        output = output
+            .checked_add(t.elements() as u64 * 4)
             .ok_or(Error::Overflow("output bytes"))?;
     }
     for p in &passthrough {
@@ -555,6 +591,7 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
         layers,
         permutations,
         passthrough,
+        coded,
         source_metadata,
         code_layout,
         data,

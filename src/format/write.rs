@@ -29,6 +29,8 @@ pub struct ContainerParts<'a> {
     pub layers: &'a [LayerEntry],
     pub permutations: &'a [Permutation],
     pub passthrough: Vec<RawTensor<'a>>,
+    /// Conv weights stored as codes (`CODE`, format 1.8); empty: no such section.
+    pub coded: &'a [CodedTensor],
     /// The source checkpoint's safetensors `__metadata__`.
     pub source_metadata: Option<BTreeMap<String, String>>,
     /// Free-form provenance, stored zstd-compressed in `META`.
@@ -344,6 +346,10 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
     };
     let data_shuffled = data.encoding == ENCODING_SHUFFLED_ZSTD;
     let mut sections = vec![predictor, layers, raw(TAG_PERMUTATIONS, perm), index, data];
+    if !parts.coded.is_empty() {
+        // One byte per code: zstd's entropy coder sees whole symbols (as PRED's code layout 1).
+        sections.push(compressed_if_smaller(TAG_CODED, write_coded(parts.coded)?)?);
+    }
     if let Some(meta) = &parts.metadata {
         let json = serde_json::to_vec(meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let packed = zstd::bulk::compress(&json, 19).map_err(|e| Error::io("<zstd>", e))?;
@@ -361,10 +367,11 @@ pub fn write_container(parts: &ContainerParts<'_>) -> Result<Vec<u8>> {
         );
     }
     // The oldest minor version that describes the file, so older readers keep reading what
-    // they can: 7 for embedding tables, 6 for a shuffled zstd DATA, 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
+    // they can: 8 for coded convs, 7 for embedding tables, 6 for a shuffled zstd DATA, 5 for a PRED in code layout 1, 4 for an int6/int5 predictor, a zstd LAYR/PASS or binary16 passthrough, 3 for an int4 predictor, 2
     // for a zstd PRED, 1 for an int8 predictor, else 0.
     let minor = match (parts.predictor.config.weight_dtype, pred_zstd) {
-        _ if parts.predictor.config.embedding.is_some() => MINOR_VERSION,
+        _ if !parts.coded.is_empty() => 8,
+        _ if parts.predictor.config.embedding.is_some() => 7,
         _ if data_shuffled => 6,
         _ if byte_codes => 5,
         _ if tables_zstd => 4,

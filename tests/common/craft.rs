@@ -89,7 +89,7 @@ pub fn rehash_header(bytes: &mut [u8]) {
 /// `DATA` (1.6) is decoded to raw first, so tests edit the layouts of spec §5 directly.
 pub fn find<'a>(entries: &'a mut [Entry], tag: &[u8; 4]) -> &'a mut Entry {
     let e = entries.iter_mut().find(|e| &e.tag == tag).unwrap();
-    if matches!(&e.tag, b"PRED" | b"LAYR" | b"PASS") && e.encoding == 1 {
+    if matches!(&e.tag, b"PRED" | b"LAYR" | b"PASS" | b"CODE") && e.encoding == 1 {
         e.payload = zstd::bulk::decompress(&e.payload, e.decoded_len as usize).unwrap();
         e.encoding = 0;
         e.decoded_len = e.payload.len() as u64;

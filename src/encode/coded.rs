@@ -1,0 +1,400 @@
+//! Coded convs (`--code`, format 1.8): conv weights stored as integer codes instead of
+//! predicted, whole or as two factors of a chosen rank. They start from the conv (factors from
+//! its truncated SVD, the singular values split evenly between them) and phase 2 trains their
+//! values beside the predictor, through the rounding (straight-through), as quantisation-aware
+//! training does: the predictor covers what is hard to store, the codes what is low-rank or
+//! cheap to round (measured: the 4x-wide ResNet-20's layer3, docs/measurements.md).
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::decode::coded::coded_weights;
+use crate::error::{Error, Result};
+use crate::format::{CodedMatrix, CodedTensor, LayerEntry};
+
+/// A coded conv while it trains: its matrices' values in f32 (not yet rounded).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodedConv {
+    pub name: String,
+    pub shape: [u32; 4],
+    pub bits: u8,
+    /// 0: one matrix, the weight; r > 0: `U` (cout x r) and `V` (r x cin k k).
+    pub rank: u32,
+    /// `(rows, cols, values row-major)` per matrix.
+    pub matrices: Vec<(usize, usize, Vec<f32>)>,
+}
+
+impl CodedConv {
+    /// The conv `layer` with weights `w` as codes of `bits` at `rank` (0: whole).
+    pub fn new(layer: &LayerEntry, w: &[f32], rank: u32, bits: u8) -> Self {
+        let (cout, cols) = (layer.cout(), layer.elements() / layer.cout());
+        let matrices = if rank == 0 {
+            vec![(cout, cols, w.to_vec())]
+        } else {
+            let (u, v) = split_factors(w, cout, cols, rank as usize);
+            vec![(cout, rank as usize, u), (rank as usize, cols, v)]
+        };
+        CodedConv {
+            name: layer.name.clone(),
+            shape: layer.shape,
+            bits,
+            rank,
+            matrices,
+        }
+    }
+
+    /// Starts again from a stored conv's values (a later phase-2 cycle, a resumed file).
+    pub fn from_stored(t: &CodedTensor) -> Self {
+        CodedConv {
+            name: t.name.clone(),
+            shape: t.shape,
+            bits: t.bits,
+            rank: t.rank,
+            matrices: t
+                .matrices
+                .iter()
+                .map(|m| (m.rows, m.cols, m.values()))
+                .collect(),
+        }
+    }
+
+    /// The conv as the file stores it.
+    pub fn stored(&self) -> CodedTensor {
+        CodedTensor {
+            name: self.name.clone(),
+            shape: self.shape,
+            bits: self.bits,
+            rank: self.rank,
+            matrices: self
+                .matrices
+                .iter()
+                .map(|(r, c, v)| CodedMatrix::quantize(v, *r, *c, self.bits))
+                .collect(),
+        }
+    }
+}
+
+/// The convs as stored, their decoded weights on `device` (what a decoder produces, bit for bit).
+pub fn decoded_coded<B: Backend>(
+    stored: &[CodedTensor],
+    device: &B::Device,
+) -> Result<HashMap<String, Tensor<B, 4>>> {
+    let mut out = HashMap::new();
+    for t in stored {
+        let s = t.shape.map(|d| d as usize);
+        let w = coded_weights(t)?;
+        out.insert(
+            t.name.clone(),
+            Tensor::from_data(TensorData::new(w, s), device),
+        );
+    }
+    Ok(out)
+}
+
+/// `U` (cout x r) and `V` (r x cols) with `U V` the best rank-r approximation of `w` (cout x
+/// cols, row-major), each factor carrying the square root of the singular values.
+///
+/// From the eigenvectors of the Gram matrix `W W^T` (cout x cout, binary64, cyclic Jacobi):
+/// cout is a conv's filter count (hundreds), so this is exact enough and fast, and only
+/// initialises what phase 2 then trains. (No linear-algebra crate for one start point.)
+pub fn split_factors(w: &[f32], cout: usize, cols: usize, rank: usize) -> (Vec<f32>, Vec<f32>) {
+    let rows: Vec<&[f32]> = w.chunks_exact(cols).collect();
+    let mut gram = vec![0f64; cout * cout];
+    for i in 0..cout {
+        for j in i..cout {
+            let d: f64 = rows[i]
+                .iter()
+                .zip(rows[j])
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            gram[i * cout + j] = d;
+            gram[j * cout + i] = d;
+        }
+    }
+    let (values, vectors) = symmetric_eigen(gram, cout);
+    let mut order: Vec<usize> = (0..cout).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let mut u = vec![0f32; cout * rank];
+    let mut v = vec![0f32; rank * cols];
+    for (k, &e) in order.iter().take(rank).enumerate() {
+        let sigma = values[e].max(0.0).sqrt();
+        if sigma <= f64::EPSILON * values[order[0]].max(1e-300).sqrt() {
+            continue;
+        }
+        let root = sigma.sqrt();
+        // u_k = eigenvector; v_k = u_k^T W / sigma; factors u_k sqrt(sigma), sqrt(sigma) v_k.
+        for i in 0..cout {
+            u[i * rank + k] = (vectors[i * cout + e] * root) as f32;
+        }
+        for (c, slot) in v[k * cols..(k + 1) * cols].iter_mut().enumerate() {
+            let dot: f64 = (0..cout)
+                .map(|i| vectors[i * cout + e] * f64::from(rows[i][c]))
+                .sum();
+            *slot = (dot / root) as f32;
+        }
+    }
+    (u, v)
+}
+
+/// Eigenvalues and eigenvectors (column `k` of the row-major `n x n` result) of the symmetric
+/// matrix `a` by cyclic Jacobi rotations.
+fn symmetric_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0f64; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    let total: f64 = a.iter().map(|x| x * x).sum();
+    for _sweep in 0..60 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j] * a[i * n + j])
+            .sum();
+        if off <= total * 1e-30 || off == 0.0 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let (app, aqq) = (a[p * n + p], a[q * n + q]);
+                let theta = (aqq - app) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| a[i * n + i]).collect(), v)
+}
+
+/// The coded convs' values as trainable parameters (phase 2).
+#[derive(Module, Debug)]
+pub struct CodedParams<B: Backend> {
+    matrices: Vec<Param<Tensor<B, 2>>>,
+}
+
+/// What [`CodedParams`] needs besides its parameters: each conv's name, shape and the number of
+/// its matrices, and the codes' largest magnitude.
+#[derive(Clone, Debug)]
+pub struct CodedLayout {
+    convs: Vec<(String, [usize; 4], usize)>,
+    qmax: f32,
+}
+
+impl<B: Backend> CodedParams<B> {
+    pub fn new(convs: &[CodedConv], device: &B::Device) -> (Self, CodedLayout) {
+        let matrices = convs
+            .iter()
+            .flat_map(|c| &c.matrices)
+            .map(|(r, c, v)| {
+                Param::from_tensor(Tensor::from_data(
+                    TensorData::new(v.clone(), [*r, *c]),
+                    device,
+                ))
+            })
+            .collect();
+        let bits = convs.first().map_or(8, |c| c.bits);
+        let layout = CodedLayout {
+            convs: convs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.shape.map(|d| d as usize),
+                        c.matrices.len(),
+                    )
+                })
+                .collect(),
+            qmax: f32::from((1u8 << (bits - 1)) - 1),
+        };
+        (CodedParams { matrices }, layout)
+    }
+
+    /// Every conv's weight through the rounding its codes will get: per-row symmetric scales,
+    /// codes rounded to nearest, the gradient passed straight through the rounding.
+    pub fn convs(&self, layout: &CodedLayout) -> HashMap<String, Tensor<B, 4>> {
+        let mut m = self.matrices.iter();
+        let mut out = HashMap::new();
+        for (name, shape, count) in &layout.convs {
+            let mut mats: Vec<Tensor<B, 2>> = m
+                .by_ref()
+                .take(*count)
+                .map(|p| rounded(p.val(), layout.qmax))
+                .collect();
+            let w = if mats.len() == 2 {
+                let v = mats.pop().expect("two matrices");
+                let u = mats.pop().expect("two matrices");
+                u.matmul(v)
+            } else {
+                mats.pop().expect("one matrix")
+            };
+            out.insert(name.clone(), w.reshape(*shape));
+        }
+        out
+    }
+
+    /// The values now, as [`CodedConv`]s shaped like `like`.
+    pub fn values(&self, like: &[CodedConv]) -> Result<Vec<CodedConv>> {
+        let mut m = self.matrices.iter();
+        let mut out = Vec::with_capacity(like.len());
+        for c in like {
+            let mut conv = c.clone();
+            for (_, _, v) in &mut conv.matrices {
+                let p = m
+                    .next()
+                    .ok_or_else(|| Error::Training("coded layout".into()))?;
+                *v = p
+                    .val()
+                    .into_data()
+                    .into_vec::<f32>()
+                    .map_err(|e| Error::Training(format!("{e:?}")))?;
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::Training(format!(
+                        "{}: a coded value became non-finite",
+                        c.name
+                    )));
+                }
+            }
+            out.push(conv);
+        }
+        Ok(out)
+    }
+}
+
+/// `m` rounded to `qmax`-bounded codes with per-row scales `max|row| / qmax`, straight-through.
+fn rounded<B: Backend>(m: Tensor<B, 2>, qmax: f32) -> Tensor<B, 2> {
+    let scale = m
+        .clone()
+        .detach()
+        .abs()
+        .max_dim(1)
+        .clamp_min(1e-12)
+        .div_scalar(qmax);
+    let q = (m.clone().detach() / scale.clone())
+        .round()
+        .clamp(-qmax, qmax)
+        * scale;
+    m.clone() + (q - m).detach()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::TensorDtype;
+    use crate::permute::PermutationKind;
+
+    fn layer(shape: [u32; 4]) -> LayerEntry {
+        LayerEntry {
+            name: "w".into(),
+            dtype: TensorDtype::F32,
+            permutation: PermutationKind::None,
+            shape,
+        }
+    }
+
+    /// A rank-2 matrix comes back exactly (to f32 rounding) from rank-2 factors, and the first
+    /// factor pair alone is its best rank-1 approximation (error = the second singular value).
+    #[test]
+    fn factors_recover_a_low_rank_matrix() {
+        // W = 3 a b^T + 1 c d^T with orthonormal a, c (4-vectors) and b, d (6-vectors).
+        let a = [0.5, 0.5, 0.5, 0.5];
+        let c = [0.5, -0.5, 0.5, -0.5];
+        let s6 = 6f64.sqrt();
+        let b = [1.0 / s6; 6];
+        let d = [
+            1.0 / s6,
+            -1.0 / s6,
+            1.0 / s6,
+            -1.0 / s6,
+            1.0 / s6,
+            -1.0 / s6,
+        ];
+        let mut w = vec![0f32; 24];
+        for i in 0..4 {
+            for j in 0..6 {
+                w[i * 6 + j] = (3.0 * a[i] * b[j] + c[i] * d[j]) as f32;
+            }
+        }
+        let product = |u: &[f32], v: &[f32], r: usize| -> Vec<f32> {
+            (0..24)
+                .map(|k| (0..r).map(|t| u[(k / 6) * r + t] * v[t * 6 + k % 6]).sum())
+                .collect()
+        };
+        let (u, v) = split_factors(&w, 4, 6, 2);
+        let back = product(&u, &v, 2);
+        for (x, y) in w.iter().zip(&back) {
+            assert!((x - y).abs() < 1e-5, "{w:?} vs {back:?}");
+        }
+        let (u, v) = split_factors(&w, 4, 6, 1);
+        let back = product(&u, &v, 1);
+        let err: f32 = w.iter().zip(&back).map(|(x, y)| (x - y) * (x - y)).sum();
+        assert!((err.sqrt() - 1.0).abs() < 1e-4, "residual {}", err.sqrt());
+        // The factors share the singular value: each column/row has norm sqrt(3).
+        let un: f32 = (0..4).map(|i| u[i] * u[i]).sum();
+        let vn: f32 = v.iter().map(|x| x * x).sum();
+        assert!(
+            (un - 3.0).abs() < 1e-4 && (vn - 3.0).abs() < 1e-4,
+            "{un} {vn}"
+        );
+    }
+
+    /// The training forward's rounding is the stored one: with scales that binary16 holds
+    /// exactly (every row's largest value 0.75, scale 0.25) the decoded weights of the stored
+    /// conv equal the straight-through forward's; with factors (any scales) almost all do.
+    #[test]
+    fn training_rounding_matches_what_is_stored() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let mut w: Vec<f32> = (0..8 * 3 * 9)
+            .map(|_| rng.below(1000) as f32 / 1400.0 - 0.35)
+            .collect();
+        for row in w.chunks_exact_mut(27) {
+            row[5] = 0.75;
+        }
+        for rank in [0, 2] {
+            let conv = CodedConv::new(&layer([8, 3, 3, 3]), &w, rank, 3);
+            let (params, layout) = CodedParams::<B>::new(std::slice::from_ref(&conv), &device);
+            let trained = params.convs(&layout)["w"]
+                .clone()
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
+            let stored = coded_weights(&conv.stored()).unwrap();
+            // Factors: the stored scales differ from the exact ones by up to 2^-11 relative,
+            // which moves every product a little; a code that rounds the other way moves it by
+            // a whole step.
+            let tolerance = if rank == 0 { 1e-6 } else { 2e-3 };
+            let close = trained
+                .iter()
+                .zip(&stored)
+                .filter(|(a, b)| (*a - *b).abs() <= tolerance)
+                .count();
+            let want = if rank == 0 { w.len() } else { w.len() * 9 / 10 };
+            assert!(close >= want, "rank {rank}: {close} of {} agree", w.len());
+            // And the values read back are the parameters.
+            assert_eq!(params.values(std::slice::from_ref(&conv)).unwrap()[0], conv);
+        }
+    }
+}
