@@ -371,16 +371,17 @@ struct EncodeSettings {
     #[arg(long, help_heading = heading::STORED)]
     raw_passthrough: bool,
     /// Store the convs whose names start with PREFIX as integer codes instead of predicting
-    /// them: PREFIX=FRACTION, repeatable, the first matching rule wins (format 1.8).
+    /// them: PREFIX=FRACTION[@BITS], repeatable, the first matching rule wins (format 1.8).
     ///
     /// FRACTION < 1 stores each such conv (as a cout x cin k k matrix) as two coded factors of
-    /// rank floor(cout x FRACTION), initialised from its SVD; FRACTION = 1 stores it whole. Phase
-    /// 2 trains the codes' values beside the predictor (straight-through rounding). Pays where a
+    /// rank floor(cout x FRACTION), initialised from its SVD; FRACTION = 1 stores it whole (so
+    /// do factors that would not take fewer codes); @BITS overrides --code-bits. Phase 2 trains
+    /// the codes' values beside the predictor (straight-through rounding). Pays where a
     /// network's convs are low-rank: the 4x-wide ResNet-20's layer3 at 1/8 (docs/measurements.md).
     /// At least one conv stays predicted.
-    #[arg(long = "code", value_name = "PREFIX=FRACTION", help_heading = heading::STORED)]
+    #[arg(long = "code", value_name = "PREFIX=FRACTION[@BITS]", help_heading = heading::STORED)]
     code: Vec<String>,
-    /// Bits per code of --code (2..=8; symmetric, one scale per matrix row).
+    /// Bits per code of the --code rules without @BITS (2..=8; symmetric, one scale per row).
     #[arg(long, default_value_t = 3, help_heading = heading::STORED)]
     code_bits: u8,
     /// Phase-2 peak learning rate of the --code values (Adam, the predictor's schedule).

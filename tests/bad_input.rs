@@ -287,6 +287,8 @@ fn bad_code_rules_are_refused() {
         (vec!["--code", "layer3=2"], "PREFIX=FRACTION"),
         (vec!["--code", "layer3=0"], "PREFIX=FRACTION"),
         (vec!["--code", "layer3"], "PREFIX=FRACTION"),
+        (vec!["--code", "layer3=1@9"], "PREFIX=FRACTION"),
+        (vec!["--code", "layer3=1@x"], "PREFIX=FRACTION"),
         (
             vec!["--code", "layer3=1/2", "--code-bits", "9"],
             "--code-bits 9",

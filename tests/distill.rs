@@ -480,7 +480,7 @@ fn coded_convs_train_in_phase_two_and_are_measured_as_stored() {
     opts.test_eval = true;
     opts.distill.as_mut().unwrap().eval_every = Some(2);
     opts.coded = Some(CodedOptions {
-        rules: vec![("layer3".into(), 0.25)],
+        rules: vec![CodedOptions::parse_rule("layer3=1/4").unwrap()],
         bits: 3,
         lr: 1e-2,
     });

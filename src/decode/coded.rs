@@ -2,6 +2,7 @@
 //! a factored entry the product `U V` with each output's sum in a fixed order, so that every
 //! conforming decoder produces the same bits.
 
+use super::gemm::{PackedMatrix, gemm_bias};
 use crate::error::{Error, Result};
 use crate::format::CodedTensor;
 
@@ -14,16 +15,20 @@ pub fn coded_weights(t: &CodedTensor) -> Result<Vec<f32>> {
             let (u, v) = (u.values(), v.values());
             let (rank, cols) = (t.rank as usize, t.cols());
             let mut out = vec![0f32; t.elements()];
-            for (o, row) in out.chunks_exact_mut(cols).enumerate() {
-                // Each weight's sum runs over t = 0 .. rank-1 in order, one fused multiply-add
-                // per term, starting from +0.0 (the loops keep that order per element).
-                for (k, vrow) in v.chunks_exact(cols).enumerate().take(rank) {
-                    let a = u[o * rank + k];
-                    for (acc, &b) in row.iter_mut().zip(vrow) {
-                        *acc = a.mul_add(b, *acc);
-                    }
-                }
-            }
+            // Each weight's sum runs over t = 0 .. rank-1 in order, one fused multiply-add per
+            // term, from +0.0: the decoder's GEMM with a zero bias (its SIMD paths keep that
+            // order per element, bit-identical to the scalar loop).
+            let packed = PackedMatrix::new(&v, rank, cols);
+            gemm_bias(
+                &u,
+                rank,
+                t.cout(),
+                &packed,
+                &vec![0.0; cols],
+                &mut out,
+                cols,
+                false,
+            );
             out
         }
         _ => {
@@ -87,6 +92,36 @@ mod tests {
         }
         // The values are one rounded product each: code 127 times 0.1 is not exact.
         assert_eq!(uv[2], 127.0f32 * 0.1f32);
+    }
+
+    /// The same on a shape the SIMD paths tile (columns past a vector, odd rows and rank).
+    #[test]
+    fn wide_factored_weights_match_the_scalar_loop() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut codes = |n: usize| -> Vec<i8> { (0..n).map(|_| rng.below(15) as i8 - 7).collect() };
+        let (cout, rank, cols) = (9, 5, 37);
+        let u = CodedMatrix {
+            rows: cout,
+            cols: rank,
+            scales: (0..cout).map(|i| 0.01 + i as f32 * 0.003).collect(),
+            codes: codes(cout * rank),
+        };
+        let v = CodedMatrix {
+            rows: rank,
+            cols,
+            scales: (0..rank).map(|i| 0.7 / (i as f32 + 1.3)).collect(),
+            codes: codes(rank * cols),
+        };
+        let got = coded_weights(&factored(u.clone(), v.clone(), [9, 37, 1, 1])).unwrap();
+        let (uv, vv) = (u.values(), v.values());
+        for (i, g) in got.iter().enumerate() {
+            let (o, j) = (i / cols, i % cols);
+            let mut acc = 0f32;
+            for k in 0..rank {
+                acc = uv[o * rank + k].mul_add(vv[k * cols + j], acc);
+            }
+            assert_eq!(g.to_bits(), acc.to_bits(), "({o}, {j})");
+        }
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn assemble(
     }
     if let Some(c) = &opts.coded {
         recipe["code"] = json!({
-            "rules": c.rules.iter().map(|(p, f)| json!({"prefix": p, "fraction": f})).collect::<Vec<_>>(),
+            "rules": c.rules.iter().map(|r| json!({"prefix": r.prefix, "fraction": r.fraction, "bits": r.bits.unwrap_or(c.bits)})).collect::<Vec<_>>(),
             "bits": c.bits,
             "lr": c.lr,
             "tensors": r.coded.len(),

@@ -194,12 +194,11 @@ pub struct CodedParams<B: Backend> {
     matrices: Vec<Param<Tensor<B, 2>>>,
 }
 
-/// What [`CodedParams`] needs besides its parameters: each conv's name, shape and the number of
-/// its matrices, and the codes' largest magnitude.
+/// What [`CodedParams`] needs besides its parameters: each conv's name, shape, number of
+/// matrices and largest code magnitude.
 #[derive(Clone, Debug)]
 pub struct CodedLayout {
-    convs: Vec<(String, [usize; 4], usize)>,
-    qmax: f32,
+    convs: Vec<(String, [usize; 4], usize, f32)>,
 }
 
 impl<B: Backend> CodedParams<B> {
@@ -214,19 +213,19 @@ impl<B: Backend> CodedParams<B> {
                 ))
             })
             .collect();
-        let bits = convs.first().map_or(8, |c| c.bits);
         let layout = CodedLayout {
             convs: convs
                 .iter()
                 .map(|c| {
+                    let qmax = f32::from((1u8 << (c.bits - 1)) - 1);
                     (
                         c.name.clone(),
                         c.shape.map(|d| d as usize),
                         c.matrices.len(),
+                        qmax,
                     )
                 })
                 .collect(),
-            qmax: f32::from((1u8 << (bits - 1)) - 1),
         };
         (CodedParams { matrices }, layout)
     }
@@ -236,11 +235,11 @@ impl<B: Backend> CodedParams<B> {
     pub fn convs(&self, layout: &CodedLayout) -> HashMap<String, Tensor<B, 4>> {
         let mut m = self.matrices.iter();
         let mut out = HashMap::new();
-        for (name, shape, count) in &layout.convs {
+        for (name, shape, count, qmax) in &layout.convs {
             let mut mats: Vec<Tensor<B, 2>> = m
                 .by_ref()
                 .take(*count)
-                .map(|p| rounded(p.val(), layout.qmax))
+                .map(|p| rounded(p.val(), *qmax))
                 .collect();
             let w = if mats.len() == 2 {
                 let v = mats.pop().expect("two matrices");

@@ -91,26 +91,39 @@ pub struct EncodeOptions {
 /// Which convs are stored as integer codes, and how (`CODE`, format 1.8).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodedOptions {
-    /// `(name prefix, rank fraction)`: every conv weight whose name starts with the prefix (the
-    /// first matching rule wins) is stored as two coded factors of rank
-    /// `max(1, floor(cout * fraction))`, or whole when the fraction is 1.
-    pub rules: Vec<(String, f64)>,
-    /// Bits per code, `2 ..= 8`.
+    /// Every conv weight whose name starts with a rule's prefix (the first matching rule wins)
+    /// is stored as two coded factors of rank `max(1, floor(cout * fraction))`, or whole when
+    /// the fraction is 1, in the rule's bits (else [`Self::bits`]).
+    pub rules: Vec<CodeRule>,
+    /// Bits per code of the rules that name none, `2 ..= 8`.
     pub bits: u8,
     /// Peak Adam learning rate of the codes' values in phase 2 (the predictor's schedule).
     pub lr: f64,
 }
 
+/// One `--code PREFIX=FRACTION[@BITS]` rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodeRule {
+    pub prefix: String,
+    pub fraction: f64,
+    pub bits: Option<u8>,
+}
+
 impl CodedOptions {
-    /// Parses one `PREFIX=FRACTION` rule (`layer3=0.125`, `layer3=1/8`, `layer1=1`).
-    pub fn parse_rule(arg: &str) -> Result<(String, f64)> {
+    /// Parses one `PREFIX=FRACTION[@BITS]` rule (`layer3=0.125`, `layer3=1/8`, `layer1=1@4`).
+    pub fn parse_rule(arg: &str) -> Result<CodeRule> {
         let bad = || {
             Error::InvalidArgument(format!(
-                "--code {arg:?}: expected PREFIX=FRACTION with FRACTION in (0, 1], e.g. \
-                 layer3=1/8 (rank cout/8 factors) or layer1=1 (whole codes)"
+                "--code {arg:?}: expected PREFIX=FRACTION[@BITS] with FRACTION in (0, 1] and \
+                 BITS in 2..=8, e.g. layer3=1/8 (rank cout/8 factors), layer1=1 (whole codes) or \
+                 layer2=1@4 (whole, 4-bit)"
             ))
         };
-        let (prefix, f) = arg.split_once('=').ok_or_else(bad)?;
+        let (prefix, rest) = arg.split_once('=').ok_or_else(bad)?;
+        let (f, bits) = match rest.split_once('@') {
+            Some((f, b)) => (f, Some(b.trim().parse::<u8>().map_err(|_| bad())?)),
+            None => (rest, None),
+        };
         let fraction = match f.split_once('/') {
             Some((a, b)) => {
                 let (a, b): (f64, f64) = (
@@ -121,27 +134,43 @@ impl CodedOptions {
             }
             None => f.trim().parse().map_err(|_| bad())?,
         };
-        if prefix.is_empty() || !(fraction > 0.0 && fraction <= 1.0) {
+        let bits_ok = bits.is_none_or(|b| {
+            (crate::format::MIN_CODE_BITS..=crate::format::MAX_CODE_BITS).contains(&b)
+        });
+        if prefix.is_empty() || !(fraction > 0.0 && fraction <= 1.0) || !bits_ok {
             return Err(bad());
         }
-        Ok((prefix.to_string(), fraction))
+        Ok(CodeRule {
+            prefix: prefix.to_string(),
+            fraction,
+            bits,
+        })
+    }
+
+    /// The rule for the conv named `name`, if any (the first whose prefix it starts with).
+    pub fn rule(&self, name: &str) -> Option<&CodeRule> {
+        self.rules
+            .iter()
+            .find(|r| name.starts_with(r.prefix.as_str()))
     }
 
     /// The rank of the conv `layer`: `None` when no rule matches (it is predicted), `Some(0)`
     /// for whole codes (asked for, or factors that would not take fewer codes than the weight,
     /// e.g. a 1x1 shortcut at half rank), else the factors' rank.
     pub fn rank(&self, layer: &LayerEntry) -> Option<u32> {
-        let (_, f) = self
-            .rules
-            .iter()
-            .find(|(p, _)| layer.name.starts_with(p.as_str()))?;
+        let f = self.rule(&layer.name)?.fraction;
         let (cout, cols) = (layer.cout(), layer.elements() / layer.cout().max(1));
         let rank = ((cout as f64 * f).floor() as usize).max(1);
-        Some(if *f >= 1.0 || rank * (cout + cols) >= cout * cols {
+        Some(if f >= 1.0 || rank * (cout + cols) >= cout * cols {
             0
         } else {
             rank as u32
         })
+    }
+
+    /// Bits per code of the conv named `name` (its rule's, else [`Self::bits`]).
+    pub fn bits_of(&self, name: &str) -> u8 {
+        self.rule(name).and_then(|r| r.bits).unwrap_or(self.bits)
     }
 }
 
@@ -708,5 +737,47 @@ mod tests {
             default_hidden(RESNET56, WeightDtype::Int6, 3, 5, 20, 0.76),
             DEFAULT_MAX_HIDDEN
         );
+    }
+
+    #[test]
+    fn code_rules_parse_fractions_and_bits_and_pick_ranks() {
+        let r = CodedOptions::parse_rule("layer3=1/8@4").unwrap();
+        assert_eq!(
+            (r.prefix.as_str(), r.fraction, r.bits),
+            ("layer3", 0.125, Some(4))
+        );
+        let o = CodedOptions {
+            rules: vec![r, CodedOptions::parse_rule("layer=1").unwrap()],
+            bits: 3,
+            lr: 1e-4,
+        };
+        let layer = |name: &str, shape| LayerEntry {
+            name: name.into(),
+            dtype: crate::format::TensorDtype::F32,
+            permutation: PermutationKind::None,
+            shape,
+        };
+        // First matching rule: layer3 at rank 256 / 8, 4 bits; others whole at the default.
+        assert_eq!(
+            o.rank(&layer("layer3.0.conv1.weight", [256, 256, 3, 3])),
+            Some(32)
+        );
+        assert_eq!(o.bits_of("layer3.0.conv1.weight"), 4);
+        assert_eq!(
+            o.rank(&layer("layer1.0.conv1.weight", [64, 64, 3, 3])),
+            Some(0)
+        );
+        assert_eq!(o.bits_of("layer1.0.conv1.weight"), 3);
+        assert_eq!(o.rank(&layer("conv1.weight", [64, 1, 3, 3])), None);
+        // Factors that would not save codes are stored whole: a 1x1 of 64 x 32 at rank 32.
+        let half = CodedOptions {
+            rules: vec![CodedOptions::parse_rule("d=1/2").unwrap()],
+            ..o
+        };
+        assert_eq!(half.rank(&layer("d", [64, 32, 1, 1])), Some(0));
+        assert_eq!(half.rank(&layer("d", [64, 64, 3, 3])), Some(32));
+        for bad in ["layer3", "=1", "a=0", "a=1.5", "a=1@1", "a=1@9", "a=x"] {
+            assert!(CodedOptions::parse_rule(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -116,7 +116,7 @@ impl<'a> Source<'a> {
         let mut weights = Vec::new();
         for (l, w) in self.layers.drain(..).zip(self.weights.drain(..)) {
             match coded.rank(&l) {
-                Some(rank) => out.push(CodedConv::new(&l, &w, rank, coded.bits)),
+                Some(rank) => out.push(CodedConv::new(&l, &w, rank, coded.bits_of(&l.name))),
                 None => {
                     layers.push(l);
                     weights.push(w);
@@ -124,10 +124,11 @@ impl<'a> Source<'a> {
             }
         }
         (self.layers, self.weights) = (layers, weights);
-        if let Some((prefix, _)) = coded
+        if let Some(prefix) = coded
             .rules
             .iter()
-            .find(|(p, _)| !out.iter().any(|c| c.name.starts_with(p.as_str())))
+            .map(|r| &r.prefix)
+            .find(|p| !out.iter().any(|c| c.name.starts_with(p.as_str())))
         {
             return Err(Error::InvalidArgument(format!(
                 "--code {prefix}=...: no conv weight of {} starts with {prefix:?}",
