@@ -371,6 +371,42 @@ fn short_encode(data: &std::path::Path) -> EncodeOptions {
     }
 }
 
+/// [`short_encode`] selecting on the test split's first 30 images, evaluated every 2 steps, the
+/// test figure taken on the other 70.
+fn selecting_on_test(data: &std::path::Path) -> EncodeOptions {
+    let mut opts = short_encode(data);
+    opts.held_out = 30;
+    opts.held_out_from = nernc::data::Split::Test;
+    opts.test_eval = true;
+    opts.distill.as_mut().unwrap().eval_every = Some(2);
+    opts
+}
+
+/// `eval` of the file `bytes` (written into `dir`) on the test split of `data`: its first 30
+/// images, and the rest.
+fn test_split_halves(
+    dir: &std::path::Path,
+    bytes: &[u8],
+    data: &std::path::Path,
+) -> (nernc::eval::EvalReport, nernc::eval::EvalReport) {
+    let path = dir.join("f.nern");
+    std::fs::write(&path, bytes).unwrap();
+    let kind = DatasetKind::FashionMnist;
+    let eval_opts = nernc::eval::EvalOptions {
+        norm: kind.normalization(),
+        fgsm: None,
+        device: nernc::device::DeviceKind::Cpu,
+        quantize: None,
+    };
+    let test = |limit: Option<usize>, skip: usize| {
+        let d = nernc::data::load(data, kind, nernc::data::Split::Test, limit)
+            .unwrap()
+            .skip_first(skip);
+        nernc::eval::evaluate(&path, None, &d, "test", &eval_opts).unwrap()
+    };
+    (test(Some(30), 0), test(None, 30))
+}
+
 /// The teacher's logits are computed once per image for the whole encode: a later phase-2
 /// cycle reuses the first cycle's cache. On a training pool of 64 images, two cycles of
 /// 4 x 32 draws (256 in all) run the teacher on at most the 64 distinct images; a cache per
@@ -402,11 +438,7 @@ fn phase_two_cycles_share_the_teacher_logits() {
 fn held_out_from_the_test_split_selects_there_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_dataset(dir.path());
-    let mut opts = short_encode(&data);
-    opts.held_out = 30;
-    opts.held_out_from = nernc::data::Split::Test;
-    opts.test_eval = true;
-    opts.distill.as_mut().unwrap().eval_every = Some(2);
+    let opts = selecting_on_test(&data);
     let src = fixture("fmnist-resnet20.safetensors");
     let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
     let a = &r.accuracy;
@@ -418,22 +450,7 @@ fn held_out_from_the_test_split_selects_there_and_reports_the_rest() {
 
     // The figures are those of the decoded file on the test split's first 30 images and on
     // the other 70.
-    let path = dir.path().join("f.nern");
-    std::fs::write(&path, &bytes).unwrap();
-    let kind = DatasetKind::FashionMnist;
-    let eval_opts = nernc::eval::EvalOptions {
-        norm: kind.normalization(),
-        fgsm: None,
-        device: nernc::device::DeviceKind::Cpu,
-        quantize: None,
-    };
-    let test = |limit: Option<usize>, skip: usize| {
-        let d = nernc::data::load(&data, kind, nernc::data::Split::Test, limit)
-            .unwrap()
-            .skip_first(skip);
-        nernc::eval::evaluate(&path, None, &d, "test", &eval_opts).unwrap()
-    };
-    let (held, rest) = (test(Some(30), 0), test(None, 30));
+    let (held, rest) = test_split_halves(dir.path(), &bytes, &data);
     assert_eq!((held.images, rest.images), (30, 70));
     assert_eq!(a.held_out, Some(held.model.accuracy));
     assert_eq!(a.test, Some(rest.model.accuracy));
@@ -474,11 +491,7 @@ fn coded_convs_train_in_phase_two_and_are_measured_as_stored() {
     use nernc::encode::coded::CodedConv;
     let dir = tempfile::tempdir().unwrap();
     let data = small_dataset(dir.path());
-    let mut opts = short_encode(&data);
-    opts.held_out = 30;
-    opts.held_out_from = nernc::data::Split::Test;
-    opts.test_eval = true;
-    opts.distill.as_mut().unwrap().eval_every = Some(2);
+    let mut opts = selecting_on_test(&data);
     opts.coded = Some(CodedOptions {
         rules: vec![CodedOptions::parse_rule("layer3=1/4").unwrap()],
         bits: 3,
@@ -513,22 +526,7 @@ fn coded_convs_train_in_phase_two_and_are_measured_as_stored() {
         d.kept_step
     );
 
-    let path = dir.path().join("f.nern");
-    std::fs::write(&path, &bytes).unwrap();
-    let kind = DatasetKind::FashionMnist;
-    let eval_opts = nernc::eval::EvalOptions {
-        norm: kind.normalization(),
-        fgsm: None,
-        device: nernc::device::DeviceKind::Cpu,
-        quantize: None,
-    };
-    let test = |limit: Option<usize>, skip: usize| {
-        let d = nernc::data::load(&data, kind, nernc::data::Split::Test, limit)
-            .unwrap()
-            .skip_first(skip);
-        nernc::eval::evaluate(&path, None, &d, "test", &eval_opts).unwrap()
-    };
-    let (held, rest) = (test(Some(30), 0), test(None, 30));
+    let (held, rest) = test_split_halves(dir.path(), &bytes, &data);
     assert_eq!(r.accuracy.held_out, Some(held.model.accuracy));
     assert_eq!(r.accuracy.test, Some(rest.model.accuracy));
 
