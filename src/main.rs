@@ -378,14 +378,15 @@ struct EncodeSettings {
     /// do factors that would not take fewer codes); @BITS overrides --code-bits. Phase 2 trains
     /// the codes' values beside the predictor (straight-through rounding). Pays where a
     /// network's convs are low-rank: the 4x-wide ResNet-20's layer3 at 1/8 (docs/measurements.md).
-    /// At least one conv stays predicted.
+    /// At least one conv stays predicted. --resume continues a file's coded convs as they are
+    /// (rules given with it must describe them).
     #[arg(long = "code", value_name = "PREFIX=FRACTION[@BITS]", help_heading = heading::STORED)]
     code: Vec<String>,
     /// Bits per code of the --code rules without @BITS (2..=8; symmetric, one scale per row).
     #[arg(long, default_value_t = 3, help_heading = heading::STORED)]
     code_bits: u8,
     /// Phase-2 peak learning rate of the --code values (Adam, the predictor's schedule).
-    #[arg(long, default_value_t = 1e-4, help_heading = heading::STORED)]
+    #[arg(long, default_value_t = nernc::encode::DEFAULT_CODE_LR, help_heading = heading::STORED)]
     code_lr: f64,
     /// Peak learning rate of the tuned passthrough (with `--passthrough tuned|tuned-f16`).
     #[arg(long, default_value_t = nernc::encode::DEFAULT_TUNE_LR, help_heading = heading::STORED)]

@@ -271,8 +271,8 @@ fn attention_maps_refuse_a_teacher_of_another_depth() {
 }
 
 /// `--code` (format 1.8): a rule that matches nothing, rules that leave nothing to predict, a
-/// fraction outside (0, 1], bits outside 2..=8 and a combination with --resume are refused by
-/// name, with nothing written.
+/// fraction outside (0, 1], bits outside 2..=8 and a bad learning rate are refused by name,
+/// with nothing written.
 #[test]
 fn bad_code_rules_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,10 +300,6 @@ fn bad_code_rules_are_refused() {
         (
             vec!["--code", "layer3=1/2", "--code-lr", "nan"],
             "--code-lr",
-        ),
-        (
-            vec!["--code", "layer3=1/2", "--resume", src.to_str().unwrap()],
-            "--resume",
         ),
     ] {
         encode_fails_with(dir.path(), &src, &[&base[..], &extra].concat(), expect);

@@ -579,3 +579,79 @@ fn embedding_tables_round_trip_are_recorded_and_kept_on_resume() {
         "{e}"
     );
 }
+
+/// Coded convs (`--code`, format 1.8) round trip: the decoded checkpoint has every name, dtype
+/// and shape; `--resume` continues a file's coded convs as they are (without phase 2, the same
+/// codes), accepts rules that describe them and refuses rules that do not, and a file without
+/// coded convs refuses `--code` on resume.
+#[test]
+fn coded_convs_round_trip_and_resume_as_they_are() {
+    use nernc::encode::CodedOptions;
+    let path = fixture("fmnist-resnet20.safetensors");
+    let rules = |r: &[&str]| CodedOptions {
+        rules: r
+            .iter()
+            .map(|r| CodedOptions::parse_rule(r).unwrap())
+            .collect(),
+        bits: 3,
+        lr: 1e-4,
+    };
+    let opts = EncodeOptions {
+        coded: Some(rules(&["layer3=1/4", "layer2.2=1@4"])),
+        ..small_options(PermutationKind::None, 1)
+    };
+    let (bytes, report) = encode(&path, &opts, &NoProgress).unwrap();
+    assert_eq!((report.predicted_tensors, report.coded_tensors), (12, 9));
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    assert_eq!(c.minor, 8);
+    let bits: Vec<u8> = c.coded.iter().map(|t| t.bits).collect();
+    assert_eq!(bits, [4, 4, 3, 3, 3, 3, 3, 3, 3], "{:?}", c.coded);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("c.nern");
+    std::fs::write(&first, &bytes).unwrap();
+    let out = dir.path().join("c.safetensors");
+    nernc::decode::decode_file(&first, &out, 2, &Limits::default()).unwrap();
+    let (src, dec) = (std::fs::read(&path).unwrap(), std::fs::read(&out).unwrap());
+    let (src, dec) = (
+        SafeTensors::deserialize(&src).unwrap(),
+        SafeTensors::deserialize(&dec).unwrap(),
+    );
+    for (name, a) in src.tensors() {
+        let b = dec.tensor(&name).unwrap();
+        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
+    }
+    assert_eq!(src.len(), dec.len());
+
+    let resumed = |coded| {
+        let o = EncodeOptions {
+            resume: Some(first.clone()),
+            coded,
+            ..small_options(PermutationKind::None, 1)
+        };
+        encode(&path, &o, &NoProgress)
+    };
+    for coded in [None, opts.coded.clone()] {
+        let (again, _) = resumed(coded).unwrap();
+        let again = read_container(&again, &Limits::default()).unwrap();
+        assert_eq!(
+            again.coded, c.coded,
+            "a resume without phase 2 changed the codes"
+        );
+        assert_eq!(again.predictor, c.predictor);
+    }
+    let e = resumed(Some(rules(&["layer3=1/2"])))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--code") && e.contains("9 coded convs"), "{e}");
+    // A file without coded convs: --code on resume is refused, not ignored.
+    let (plain, _) = encode(&path, &small_options(PermutationKind::None, 1), &NoProgress).unwrap();
+    let plain_path = dir.path().join("p.nern");
+    std::fs::write(&plain_path, &plain).unwrap();
+    let o = EncodeOptions {
+        resume: Some(plain_path),
+        coded: Some(rules(&["layer3=1/4"])),
+        ..small_options(PermutationKind::None, 1)
+    };
+    let e = encode(&path, &o, &NoProgress).unwrap_err().to_string();
+    assert!(e.contains("holds 0 coded convs"), "{e}");
+}

@@ -88,6 +88,10 @@ pub struct EncodeOptions {
     pub coded: Option<CodedOptions>,
 }
 
+/// Phase 2's peak learning rate of coded convs (`--code-lr`): the shared QAT bench's (Adam 1e-4,
+/// cosine), which session 33's prototype and the 4x-wide runs of session 34 used.
+pub const DEFAULT_CODE_LR: f64 = 1e-4;
+
 /// Which convs are stored as integer codes, and how (`CODE`, format 1.8).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodedOptions {

@@ -15,6 +15,7 @@ use super::options::{
     default_hidden, default_params_per_weight, default_phase1_steps, default_predictor_dtype,
     with_embedding,
 };
+use super::options::{CodedOptions, DEFAULT_CODE_LR};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{DistillInput, DistillOutcome, DistillSettings, TuneSettings, distill};
 use super::progress::{NoProgress, Progress};
@@ -439,7 +440,8 @@ impl<B: TrainBackend> Context<'_, B> {
                 lr,
                 f16: self.opts.passthrough_f16,
             }),
-            coded_lr: self.opts.coded.as_ref().map_or(0.0, |c| c.lr),
+            // A resumed file's coded convs continue at the default rate unless --code sets one.
+            coded_lr: self.opts.coded.as_ref().map_or(DEFAULT_CODE_LR, |c| c.lr),
         })
     }
 
@@ -644,13 +646,6 @@ fn encode_on<B: TrainBackend>(
     progress: &dyn Progress,
 ) -> Result<(Vec<u8>, EncodeReport)> {
     let started = Instant::now();
-    if opts.coded.is_some() && opts.resume.is_some() {
-        return Err(Error::InvalidArgument(
-            "--code cannot be combined with --resume yet (the resumed file's coded convs would \
-             have to be read back)"
-                .into(),
-        ));
-    }
     // `--resume`: read once; its channel order decides how the source is parsed, its predictor
     // replaces phase 1 below.
     let resume_file = opts.resume.as_deref().map(MappedFile::open).transpose()?;
@@ -675,9 +670,14 @@ fn encode_on<B: TrainBackend>(
         source.store_passthrough_as_f16()?;
     }
     // `--code`: those convs leave the predicted layers before anything is sized or trained.
-    let coded = match &opts.coded {
-        Some(c) => source.split_coded(c)?,
-        None => Vec::new(),
+    // With `--resume`, the file's coded convs (if any) are continued as they are.
+    let coded = match (&resume_container, &opts.coded) {
+        (Some(c), rules) if !c.coded.is_empty() || rules.is_some() => {
+            let path = opts.resume.as_deref().unwrap_or(Path::new(""));
+            resumed_coded(&mut source, c, rules.as_ref(), path)?
+        }
+        (None, Some(rules)) => source.split_coded(rules)?,
+        _ => Vec::new(),
     };
     let coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
     let source = source;
@@ -1235,6 +1235,44 @@ fn load_resume(
         l.permutation = r.permutation;
     }
     Ok((c.predictor.clone(), c.permutations.clone()))
+}
+
+/// The coded convs of a resumed file, taken out of `source`'s predicted layers and continued from
+/// their stored values. `--code` rules, when given, must describe exactly those convs (names,
+/// ranks, bits): a file is continued as it is, as its predictor's shape is.
+fn resumed_coded(
+    source: &mut Source<'_>,
+    c: &Container<'_>,
+    rules: Option<&CodedOptions>,
+    path: &Path,
+) -> Result<Vec<CodedConv>> {
+    if let Some(rules) = rules {
+        let asked: Vec<_> = source
+            .layers
+            .iter()
+            .filter_map(|l| {
+                rules
+                    .rank(l)
+                    .map(|r| (l.name.clone(), r, rules.bits_of(&l.name)))
+            })
+            .collect();
+        let held: Vec<_> = c
+            .coded
+            .iter()
+            .map(|t| (t.name.clone(), t.rank, t.bits))
+            .collect();
+        if asked != held {
+            return Err(Error::Incompatible(format!(
+                "--code: {} holds {} coded convs, which --resume continues as they are, and the \
+                 rules describe {} (names, ranks or bits differ); leave --code out (or encode \
+                 without --resume)",
+                path.display(),
+                held.len(),
+                asked.len()
+            )));
+        }
+    }
+    source.take_coded(&c.coded, path)
 }
 
 /// Phase-1 training throughput as a job (see [`super::training_throughput`]).

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::checkpoint::{Checkpoint, f32_values, is_predictable, natural_cmp, parse_safetensors};
 use crate::error::{Error, Result};
-use crate::format::{LayerEntry, PassStorage, RawTensor, TensorDtype};
+use crate::format::{CodedTensor, LayerEntry, PassStorage, RawTensor, TensorDtype};
 use crate::network::HostModel;
 use crate::permute::PermutationKind;
 
@@ -142,6 +142,41 @@ impl<'a> Source<'a> {
         }
         self.kernel_size = self.layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
         Ok(out)
+    }
+
+    /// Takes the convs `stored` holds (a resumed file's coded convs) out of the predicted
+    /// layers and continues them from their stored values; each must be a conv of this
+    /// checkpoint with the same shape.
+    pub fn take_coded(&mut self, stored: &[CodedTensor], path: &Path) -> Result<Vec<CodedConv>> {
+        for t in stored {
+            let Some(i) = self.layers.iter().position(|l| l.name == t.name) else {
+                return Err(Error::Incompatible(format!(
+                    "{} was not encoded from this checkpoint (its coded conv {} is not a conv \
+                     weight here)",
+                    path.display(),
+                    t.name
+                )));
+            };
+            if self.layers[i].shape != t.shape {
+                return Err(Error::Incompatible(format!(
+                    "{} was not encoded from this checkpoint ({} has shape {:?} there, {:?} here)",
+                    path.display(),
+                    t.name,
+                    t.shape,
+                    self.layers[i].shape
+                )));
+            }
+            self.layers.remove(i);
+            self.weights.remove(i);
+        }
+        if self.layers.is_empty() {
+            return Err(Error::Incompatible(format!(
+                "{} codes every conv: nothing is left to predict",
+                path.display()
+            )));
+        }
+        self.kernel_size = self.layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
+        Ok(stored.iter().map(CodedConv::from_stored).collect())
     }
 
     /// Stores every F32 passthrough tensor as binary16 from now on (lossy, `--passthrough
