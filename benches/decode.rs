@@ -3,13 +3,15 @@
 //!
 //! `cargo bench --bench decode` prints a table. Decode time does not depend on the trained values,
 //! so the predictors here are randomly initialised at the real shapes with the real layer tables.
+//! A second table times coded convs (format 1.8, `CODE`) at the shapes of the 4x-wide ResNet-20's
+//! `--code layer3=1/8 --code layer=1` files (random codes: the time does not depend on them).
 
 use std::path::Path;
 use std::time::Instant;
 
 use nernc::checkpoint::{is_predictable, natural_cmp, parse_safetensors};
 use nernc::decode::{decode_layers, default_threads};
-use nernc::format::{LayerEntry, TensorDtype};
+use nernc::format::{CodedMatrix, CodedTensor, LayerEntry, TensorDtype};
 use nernc::io::MappedFile;
 use nernc::permute::{Permutation, PermutationKind};
 use nernc::predictor::{Predictor, PredictorConfig};
@@ -177,4 +179,74 @@ fn main() {
             );
         }
     }
+    coded_table(&root);
+}
+
+/// Random `rows x cols` codes at `bits` with small positive row scales.
+fn random_matrix(rows: usize, cols: usize, bits: u8, rng: &mut SplitMix64) -> CodedMatrix {
+    let span = 1u64 << bits;
+    let half = (span / 2) as i64;
+    CodedMatrix {
+        rows,
+        cols,
+        scales: (0..rows).map(|i| 0.01 + 1e-4 * i as f32).collect(),
+        codes: (0..rows * cols)
+            .map(|_| (rng.below(span) as i64 - half) as i8)
+            .collect(),
+    }
+}
+
+/// Decode time of the coded convs of a 4x-wide ResNet-20 file: the ResNet-20 fixture's layer
+/// table with every channel count (but the input's) four times larger, `layer3` as rank-Cout/8
+/// factors and the other `layer*` convs whole, 3-bit codes. One thread (`coded_weights` is per
+/// tensor; the decoder runs tensors one after another).
+fn coded_table(root: &Path) {
+    let layers = layers_of(&root.join("fmnist-resnet20.safetensors"));
+    let mut rng = SplitMix64::new(3);
+    let mut coded = Vec::new();
+    for l in layers.iter().filter(|l| l.name.starts_with("layer")) {
+        let shape = [l.shape[0] * 4, l.shape[1] * 4, l.shape[2], l.shape[3]];
+        let (cout, cols) = (shape[0] as usize, (shape[1] * shape[2] * shape[3]) as usize);
+        let rank = if l.name.starts_with("layer3") && cout / 8 * (cout + cols) < cout * cols {
+            cout / 8
+        } else {
+            0
+        };
+        let matrices = if rank == 0 {
+            vec![random_matrix(cout, cols, 3, &mut rng)]
+        } else {
+            vec![
+                random_matrix(cout, rank, 3, &mut rng),
+                random_matrix(rank, cols, 3, &mut rng),
+            ]
+        };
+        coded.push(CodedTensor {
+            name: l.name.clone(),
+            shape,
+            bits: 3,
+            rank: rank as u32,
+            matrices,
+        });
+    }
+    let weights: usize = coded.iter().map(CodedTensor::elements).sum();
+    let flops: f64 = coded
+        .iter()
+        .map(|t| 2.0 * t.elements() as f64 * f64::from(t.rank))
+        .sum();
+    let s = time_it(7, || {
+        for t in &coded {
+            std::hint::black_box(nernc::decode::coded::coded_weights(t).unwrap());
+        }
+    });
+    println!();
+    println!(
+        "| coded convs | tensors | weights out | decode (s, median of 7, 1 thread) | GFLOP (factor products) | GFLOP/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| 4x-wide ResNet-20 shapes, layer3 rank Cout/8, 3-bit | {} | {weights} | {s:.4} | {:.3} | {:.1} |",
+        coded.len(),
+        flops / 1e9,
+        flops / s / 1e9
+    );
 }
