@@ -13,7 +13,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(c) = read_container(data, &limits) {
         // Keep the predictor's cost bounded as well: rows x parameters.
         let rows: u64 = c.layers.iter().map(|l| l.kernels() as u64).sum();
-        if rows.saturating_mul(c.predictor.config.parameter_count()) < 1 << 28 {
+        // And the coded convs' factor products (format 1.8): weights x rank.
+        let products: u64 = c
+            .coded
+            .iter()
+            .map(|t| (t.elements() as u64).saturating_mul(u64::from(t.rank)))
+            .sum();
+        if rows.saturating_mul(c.predictor.config.parameter_count()) < 1 << 28
+            && products < 1 << 28
+        {
             let _ = nernc::decode::decode_container(&c, 1);
         }
     }
