@@ -154,7 +154,7 @@ pub fn quantize_codes(weight: &[f32], outputs: usize, max: f32) -> (Vec<i8>, Vec
 }
 
 /// Smallest positive normal binary16 (`2^-14`): a scale below it would lose precision as f16.
-const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+pub const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
 
 /// The per-output scales and biases rounded to binary16 (to nearest), when every scale is zero
 /// or a normal binary16 after rounding (its relative error then at most `2^-11`, against the

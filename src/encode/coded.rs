@@ -11,6 +11,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use super::mlp::ste_rounded;
 use crate::decode::coded::coded_weights;
 use crate::error::{Error, Result};
 use crate::format::{CodedMatrix, CodedTensor, LayerEntry};
@@ -239,7 +240,7 @@ impl<B: Backend> CodedParams<B> {
             let mut mats: Vec<Tensor<B, 2>> = m
                 .by_ref()
                 .take(*count)
-                .map(|p| rounded(p.val(), *qmax))
+                .map(|p| ste_rounded(p.val(), *qmax, 1))
                 .collect();
             let w = if mats.len() == 2 {
                 let v = mats.pop().expect("two matrices");
@@ -279,22 +280,6 @@ impl<B: Backend> CodedParams<B> {
         }
         Ok(out)
     }
-}
-
-/// `m` rounded to `qmax`-bounded codes with per-row scales `max|row| / qmax`, straight-through.
-fn rounded<B: Backend>(m: Tensor<B, 2>, qmax: f32) -> Tensor<B, 2> {
-    let scale = m
-        .clone()
-        .detach()
-        .abs()
-        .max_dim(1)
-        .clamp_min(1e-12)
-        .div_scalar(qmax);
-    let q = (m.clone().detach() / scale.clone())
-        .round()
-        .clamp(-qmax, qmax)
-        * scale;
-    m.clone() + (q - m).detach()
 }
 
 #[cfg(test)]

@@ -91,14 +91,7 @@ impl<B: ConvBackend> Mlp<B> {
         rows: &KernelRows<B>,
         max: f32,
     ) -> Tensor<B, 2> {
-        self.forward_with(kernels, rows, |w| {
-            let scale = w.clone().detach().abs().max_dim(0).clamp_min(1e-30) / max;
-            let q = (w.clone().detach() / scale.clone())
-                .round()
-                .clamp(-max, max)
-                * scale;
-            w.clone() + (q - w.detach())
-        })
+        self.forward_with(kernels, rows, |w| ste_rounded(w, max, 0))
     }
 
     /// The MLP with `weight` applied to each weight matrix before its matmul.
@@ -306,6 +299,18 @@ pub fn read_scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f32> {
         .first()
         .copied()
         .ok_or_else(|| Error::Training("empty loss tensor".into()))
+}
+
+/// `w` through symmetric integer codes of at most `max`, one scale `max|w| / max` per slice
+/// along `dim` (0: per column, the predictor's per-output scales; 1: per row, the coded convs'),
+/// rounded to nearest with the gradient passed straight through the rounding.
+pub fn ste_rounded<B: Backend>(w: Tensor<B, 2>, max: f32, dim: usize) -> Tensor<B, 2> {
+    let scale = w.clone().detach().abs().max_dim(dim).clamp_min(1e-30) / max;
+    let q = (w.clone().detach() / scale.clone())
+        .round()
+        .clamp(-max, max)
+        * scale;
+    w.clone() + (q - w.detach())
 }
 
 #[cfg(test)]

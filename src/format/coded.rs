@@ -6,6 +6,7 @@
 use super::bytes::{Reader, Writer};
 use super::read::{MAX_NAME_LEN, at_most};
 use crate::error::{Error, Result};
+use crate::predictor::{F16_MIN_NORMAL, dequantize_codes, int_codes};
 
 /// Widest and narrowest code a `CODE` entry may declare.
 pub const MIN_CODE_BITS: u8 = 2;
@@ -33,25 +34,16 @@ impl CodedMatrix {
         let mut scales = Vec::with_capacity(rows);
         let mut codes = Vec::with_capacity(rows * cols);
         for row in values.chunks_exact(cols.max(1)).take(rows) {
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let exact = max / qmax;
+            let exact = row.iter().fold(0f32, |m, v| m.max(v.abs())) / qmax;
             let half = half::f16::from_f32(exact).to_f32();
-            // The scale must cover the row after rounding: never round it down past max/qmax by
-            // more than the codes' clamp absorbs (a smaller scale only clamps the largest entry).
-            let scale = if exact >= 6.103_515_6e-5 && half.is_finite() {
+            let scale = if exact >= F16_MIN_NORMAL && half.is_finite() {
                 half
             } else {
                 exact
             };
             scales.push(scale);
-            for &v in row {
-                let q = if scale > 0.0 {
-                    (v / scale).round_ties_even().clamp(-qmax, qmax)
-                } else {
-                    0.0
-                };
-                codes.push(q as i8);
-            }
+            // The predictor's rounding, with the row's one scale for every column.
+            codes.extend(int_codes(row, &[scale], qmax));
         }
         CodedMatrix {
             rows,
@@ -65,7 +57,7 @@ impl CodedMatrix {
     pub fn values(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.codes.len());
         for (row, &s) in self.codes.chunks_exact(self.cols.max(1)).zip(&self.scales) {
-            out.extend(row.iter().map(|&q| f32::from(q) * s));
+            out.extend(dequantize_codes(row, &[s]));
         }
         out
     }

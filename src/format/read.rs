@@ -450,33 +450,33 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
             .ok_or(Error::MissingSection(name))?;
         Ok(&buf[s.offset as usize..(s.offset + s.stored_len) as usize])
     };
-    let pred_info = sections
-        .iter()
-        .find(|s| s.tag == TAG_PREDICTOR)
-        .ok_or(Error::MissingSection("PRED"))?;
-    let pred_stored = find(TAG_PREDICTOR, "PRED")?;
-    let pred_decoded;
-    let pred_bytes = if pred_info.encoding == ENCODING_ZSTD {
-        let names = ("PRED", "PRED decoded bytes");
-        pred_decoded = decompress_exact(pred_stored, pred_info, names, limits.max_output_bytes)?;
-        &pred_decoded[..]
-    } else {
-        pred_stored
-    };
-    let (predictor, code_layout) = parse_predictor(pred_bytes)?;
-    // LAYR and PASS may be zstd from format 1.4 (spec §5.2, §5.4): decoded within the table
-    // bound, exactly their declared length.
-    let table = |tag: [u8; 4], names: (&'static str, &'static str)| -> Result<Vec<u8>> {
-        let info = sections
-            .iter()
-            .find(|s| s.tag == tag)
-            .ok_or(Error::MissingSection(names.0))?;
+    // A section's decoded bytes: borrowed when raw; when zstd (PRED since 1.2, LAYR and PASS
+    // since 1.4, CODE since 1.8), at most its declared length decompressed, that length within
+    // `limit`, and exactly that length produced. `None` when the file has no such section.
+    let decoded = |tag: [u8; 4],
+                   names: (&'static str, &'static str),
+                   limit: u64|
+     -> Result<Option<Cow<'a, [u8]>>> {
+        let Some(info) = sections.iter().find(|s| s.tag == tag) else {
+            return Ok(None);
+        };
         let stored = find(tag, names.0)?;
-        if info.encoding == ENCODING_ZSTD {
-            decompress_exact(stored, info, names, limits.max_metadata_bytes)
+        Ok(Some(if info.encoding == ENCODING_ZSTD {
+            Cow::Owned(decompress_exact(stored, info, names, limit)?)
         } else {
-            Ok(stored.to_vec())
-        }
+            Cow::Borrowed(stored)
+        }))
+    };
+    let pred_bytes = decoded(
+        TAG_PREDICTOR,
+        ("PRED", "PRED decoded bytes"),
+        limits.max_output_bytes,
+    )?
+    .ok_or(Error::MissingSection("PRED"))?;
+    let (predictor, code_layout) = parse_predictor(&pred_bytes)?;
+    // LAYR and PASS (zstd from format 1.4, spec §5.2, §5.4) within the table bound.
+    let table = |tag: [u8; 4], names: (&'static str, &'static str)| {
+        decoded(tag, names, limits.max_metadata_bytes)?.ok_or(Error::MissingSection(names.0))
     };
     let layr = table(TAG_LAYERS, ("LAYR", "LAYR decoded bytes"))?;
     let layers = parse_layers(&layr, &predictor.config, limits)?;
@@ -495,19 +495,14 @@ pub fn read_container<'a>(buf: &'a [u8], limits: &Limits) -> Result<Container<'a
     let pass = table(TAG_PASSTHROUGH, ("PASS", "PASS decoded bytes"))?;
     // CODE (format 1.8, optional, required flag): its weights count toward the output bound,
     // checked before the codes are read into memory.
-    let coded = match sections.iter().find(|s| s.tag == TAG_CODED) {
-        Some(info) => {
-            let stored = find(TAG_CODED, "CODE")?;
-            let decoded;
-            let bytes = if info.encoding == ENCODING_ZSTD {
-                let names = ("CODE", "CODE decoded bytes");
-                decoded = decompress_exact(stored, info, names, limits.max_output_bytes)?;
-                &decoded[..]
-            } else {
-                stored
-            };
+    let coded = match decoded(
+        TAG_CODED,
+        ("CODE", "CODE decoded bytes"),
+        limits.max_output_bytes,
+    )? {
+        Some(bytes) => {
             let room = limits.max_tensors.saturating_sub(layers.len() as u64);
-            parse_coded(bytes, room, limits.max_output_bytes / 4)?
+            parse_coded(&bytes, room, limits.max_output_bytes / 4)?
         }
         None => Vec::new(),
     };
