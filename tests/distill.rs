@@ -539,3 +539,64 @@ fn coded_convs_train_in_phase_two_and_are_measured_as_stored() {
         "{shown}"
     );
 }
+
+/// `--target-size` with coded convs: the file is sized with their starting codes, and trained
+/// codes compress differently (here, at a learning rate that moves them a lot, to a few KB
+/// more). Phase 2 keeps no state whose file is over the budget while one within it was seen, so
+/// the encode writes a file within a budget its start just fits and says how many checks were
+/// over, where it used to keep the most accurate state and then refuse to write it.
+#[test]
+fn trained_codes_over_the_budget_are_not_kept() {
+    use nernc::encode::{CodedOptions, SizeTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path());
+    let mut opts = selecting_on_test(&data);
+    // Every size pinned and the passthrough raw, so the budget is sized almost exactly.
+    opts.hidden = Some(8);
+    opts.pe_levels = 4;
+    opts.predictor_dtype = nernc::predictor::WeightDtype::Int8;
+    opts.pinned.pe_levels = true;
+    opts.pinned.predictor_dtype = true;
+    opts.raw_passthrough = true;
+    opts.distill.as_mut().unwrap().steps = 10;
+    opts.coded = Some(CodedOptions {
+        rules: vec![CodedOptions::parse_rule("layer=1").unwrap()],
+        bits: 3,
+        lr: 2e-2,
+    });
+    let src = fixture("fmnist-resnet20.safetensors");
+    // The smallest budget (in steps of 256 bytes) that the start fits, then a little more for
+    // phase 2's start, rounded again.
+    let start = EncodeOptions {
+        distill: None,
+        ..opts.clone()
+    };
+    let (start_bytes, _) = encode(&src, &start, &NoProgress).unwrap();
+    let fits = |b: u64| {
+        let o = EncodeOptions {
+            target_size: Some(SizeTarget::Bytes(b)),
+            ..start.clone()
+        };
+        encode(&src, &o, &NoProgress).is_ok()
+    };
+    let smallest = (0..32)
+        .map(|k| start_bytes.len() as u64 + 256 * k)
+        .find(|&b| fits(b))
+        .expect("no budget within 8 KB of the start fits it");
+    let budget = smallest + 512;
+    opts.target_size = Some(SizeTarget::Bytes(budget));
+    let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
+    assert!(bytes.len() as u64 <= budget, "{} > {budget}", bytes.len());
+    let d = r.distill.as_ref().unwrap();
+    let checks = d.held_out_history.len();
+    assert!(
+        d.over_budget > 0 && d.over_budget < checks,
+        "{} of {checks} checks over the budget",
+        d.over_budget
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("over the budget")),
+        "{:?}",
+        r.notes
+    );
+}

@@ -107,6 +107,20 @@ pub struct DistillSettings<'a> {
     pub tune: Option<TuneSettings>,
     /// Peak learning rate of the coded convs' values (`--code-lr`; used when there are any).
     pub coded_lr: f64,
+    /// Whether a candidate's file keeps to the size budget (`--target-size`): a held-out
+    /// check keeps a state over it only while no state within it was seen, since trained
+    /// codes compress differently from those the file was sized with.
+    pub fits: Option<FitsBudget<'a>>,
+}
+
+/// Whether the file with this predictor, tuned passthrough and coded convs keeps to a budget.
+pub type FitsBudget<'a> =
+    &'a dyn Fn(&Predictor, Option<&TunedPassthrough>, &[CodedConv]) -> Result<bool>;
+
+/// Whether a held-out check's state `(fits, accuracy)` replaces the kept one: a state within
+/// the budget beats any over it, then the higher accuracy wins.
+fn replaces(candidate: (bool, f64), kept: (bool, f64)) -> bool {
+    (candidate.0 && !kept.0) || (candidate.0 == kept.0 && candidate.1 > kept.1)
 }
 
 /// How phase 2 tunes the passthrough.
@@ -132,6 +146,8 @@ pub struct DistillOutcome {
     pub teacher_images: usize,
     /// The kept state's coded convs (`--code`; empty without).
     pub coded: Vec<CodedConv>,
+    /// Held-out checks whose state was over the size budget ([`DistillSettings::fits`]).
+    pub over_budget: usize,
 }
 
 /// Maps position-ordered predictions `[N, K*K]` to every layer's conv weight, original order.
@@ -345,6 +361,12 @@ pub fn distill<B: TrainBackend>(
     let mut best_step = 0;
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
+    let fits = |p: &Predictor, pass: &Option<TunedPassthrough>, coded: &[CodedConv]| match s.fits {
+        Some(f) => f(p, pass.as_ref(), coded),
+        None => Ok(true),
+    };
+    let mut best_fits = true;
+    let mut over_budget = 0;
     if let Some(h) = &s.held_out {
         // Step 0 is the starting predictor; reuse its figure when the caller measured it on
         // the same storage.
@@ -353,6 +375,8 @@ pub fn distill<B: TrainBackend>(
             _ => measure(&best, &best_pass, &best_coded, h)?,
         };
         held_out_history.push((0, best_acc));
+        best_fits = fits(&best, &best_pass, &best_coded)?;
+        over_budget += usize::from(!best_fits);
     }
     let maps = s.feature_weight > 0.0;
     // (The pipeline refused a teacher with another number of blocks before phase 1.)
@@ -523,8 +547,11 @@ pub fn distill<B: TrainBackend>(
             let now_coded = codes_now(&codes)?;
             let acc = measure(&p, &pass, &now_coded, h)?;
             held_out_history.push((done, acc));
-            if acc > best_acc {
+            let fit = fits(&p, &pass, &now_coded)?;
+            over_budget += usize::from(!fit);
+            if replaces((fit, acc), (best_fits, best_acc)) {
                 best_acc = acc;
+                best_fits = fit;
                 best = p;
                 best_pass = pass;
                 best_coded = now_coded;
@@ -549,6 +576,7 @@ pub fn distill<B: TrainBackend>(
         loss_history,
         held_out_history,
         best_step,
+        over_budget,
     })
 }
 
@@ -560,6 +588,18 @@ mod tests {
 
     /// A cached logit is the one the teacher gives the image inside any other batch, to float
     /// rounding: the cache changes no target beyond it.
+    /// A state within the budget replaces any over it, whatever their accuracies; between two
+    /// on the same side of it, only a strictly more accurate one replaces the kept one.
+    #[test]
+    fn states_within_the_budget_come_first() {
+        assert!(replaces((true, 50.0), (false, 90.0)));
+        assert!(!replaces((false, 90.0), (true, 50.0)));
+        assert!(replaces((true, 60.0), (true, 50.0)));
+        assert!(!replaces((true, 50.0), (true, 50.0)));
+        assert!(replaces((false, 60.0), (false, 50.0)));
+        assert!(replaces((true, 10.0), (true, f64::NEG_INFINITY)));
+    }
+
     #[test]
     fn cached_teacher_logits_equal_batch_logits() {
         type B = burn::backend::Flex;

@@ -17,7 +17,9 @@ use super::options::{
 };
 use super::options::{CodedOptions, DEFAULT_CODE_LR};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
-use super::phase2::{DistillInput, DistillOutcome, DistillSettings, TuneSettings, distill};
+use super::phase2::{
+    DistillInput, DistillOutcome, DistillSettings, FitsBudget, TuneSettings, distill,
+};
 use super::progress::{NoProgress, Progress};
 use super::report::{
     AccuracyReport, CandidateReport, DistillReport, EncodeReport, GoalReport, RoundReport,
@@ -104,6 +106,8 @@ struct Schedule<'a> {
     /// Phase-2 cycles of `distill_steps` each (the candidates' short runs take one).
     distill_cycles: usize,
     storage: WeightDtype,
+    /// Whether a phase-2 state's file keeps to `--target-size` (none without a budget).
+    fits: Option<FitsBudget<'a>>,
 }
 
 /// Phase 2's cycles gathered into one history, steps counted from the first cycle's start.
@@ -114,6 +118,7 @@ struct Cycles {
     kept_step: usize,
     kept_held_out: Option<f64>,
     teacher_images: usize,
+    over_budget: usize,
 }
 
 impl Cycles {
@@ -137,6 +142,7 @@ impl Cycles {
                 .map(|&(_, a)| a);
         }
         self.teacher_images += o.teacher_images;
+        self.over_budget += o.over_budget;
     }
 }
 
@@ -234,7 +240,8 @@ impl<B: TrainBackend> Context<'_, B> {
             let t_distill = Instant::now();
             let set = self.kernel_set(cfg);
             let norm = self.phase2_norm();
-            let settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
+            let mut settings = self.distill_settings(d, s.distill_steps, s.storage, &norm, true)?;
+            settings.fits = s.fits;
             let first = match (on_grid, s.storage.max_code()) {
                 // Already rounded (the compensation would find no error): only moved off the
                 // grid, with its own seed, so the encode's sequence stays what it was.
@@ -321,6 +328,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 rmse_vs_original: self.conv_rmse(&out.predictor),
                 seconds: t_distill.elapsed().as_secs_f64(),
                 teacher_images: cycles.teacher_images,
+                over_budget: cycles.over_budget,
             });
             predictor = out.predictor;
             passthrough = out.passthrough;
@@ -442,6 +450,7 @@ impl<B: TrainBackend> Context<'_, B> {
             }),
             // A resumed file's coded convs continue at the default rate unless --code sets one.
             coded_lr: self.opts.coded.as_ref().map_or(DEFAULT_CODE_LR, |c| c.lr),
+            fits: None,
         })
     }
 
@@ -584,6 +593,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 distill_steps,
                 distill_cycles: 1,
                 storage: c.dtype,
+                fits: full.fits,
             };
             let mut seeds = SplitMix64::new(seed);
             let trained = self.train(&c.config, None, &schedule, &mut seeds)?;
@@ -632,6 +642,7 @@ impl<B: TrainBackend> Context<'_, B> {
             distill_steps: 0,
             distill_cycles: 0,
             storage: c.dtype,
+            fits: None,
         };
         Ok(self
             .train(&c.config, None, &schedule, &mut SplitMix64::new(seed))?
@@ -834,6 +845,7 @@ fn encode_on<B: TrainBackend>(
             Some(p) if !opts.pinned.predictor_dtype => p.config.weight_dtype,
             _ => storage,
         },
+        fits: None,
     };
 
     // One sizer for the whole encode: it caches what compressing the passthrough saves.
@@ -844,6 +856,20 @@ fn encode_on<B: TrainBackend>(
         opts.raw_passthrough,
         coded_start,
     );
+    let size_of = |p: &Predictor, pass: Option<&TunedPassthrough>, coded: &[CodedConv]| {
+        let tuned = pass.map(|t| source.tuned_bytes(t)).transpose()?;
+        let coded: Vec<_> = coded.iter().map(CodedConv::stored).collect();
+        sizer.actual(p, tuned.as_ref(), &coded)
+    };
+    // The file was sized with the phase-1 predictor's codes and the coded convs' starting
+    // codes; trained ones compress differently, so phase 2 keeps a state within the budget
+    // over a more accurate one beyond it.
+    let fits_budget = |p: &Predictor, pass: Option<&TunedPassthrough>, coded: &[CodedConv]| {
+        Ok(budget.is_none_or(|b| size_of(p, pass, coded).is_ok_and(|size| size <= b)))
+    };
+    if budget.is_some() {
+        schedule.fits = Some(&fits_budget);
+    }
     // A budget lists the predictors that fit; which one wins is measured before the full run.
     let mut candidates = Vec::new();
     let mut list = None;
@@ -983,15 +1009,7 @@ fn encode_on<B: TrainBackend>(
     let mut seeds = SplitMix64::new(opts.seed);
     let mut trained = ctx.train(&cfg, resumed, &schedule, &mut seeds)?;
     if let (Some(narrow), Some(budget)) = (narrower, budget) {
-        let size_of = |t: &Trained| -> Result<u64> {
-            let tuned = t
-                .passthrough
-                .as_ref()
-                .map(|p| source.tuned_bytes(p))
-                .transpose()?;
-            let coded: Vec<_> = t.coded.iter().map(CodedConv::stored).collect();
-            sizer.actual(&t.predictor, tuned.as_ref(), &coded)
-        };
+        let size_of = |t: &Trained| size_of(&t.predictor, t.passthrough.as_ref(), &t.coded);
         let size = size_of(&trained)?;
         if size > budget {
             // The full run's codes compressed less than estimated. Their measured ratio sizes
@@ -1027,6 +1045,14 @@ fn encode_on<B: TrainBackend>(
                 }
             }
         }
+    }
+    if let Some(d) = trained.distill.as_ref().filter(|d| d.over_budget > 0) {
+        notes.add(format!(
+            "--target-size: {} of phase 2's held-out checks found the file over the budget \
+             (trained codes compress differently from those it was sized with): of the states \
+             within it, the most accurate was kept",
+            d.over_budget
+        ));
     }
     let predictor = trained.predictor;
     let stored_rmse = ctx.conv_rmse(&predictor);
@@ -1086,6 +1112,7 @@ fn encode_on<B: TrainBackend>(
         ctx.plan.as_ref(),
         device,
     )?;
+    let phase1_steps = schedule.phase1_steps;
     let encoded = Encoded {
         predictor,
         coded,
@@ -1097,7 +1124,7 @@ fn encode_on<B: TrainBackend>(
         accuracy,
         baseline,
         permutation_seconds,
-        phase1_steps: schedule.phase1_steps,
+        phase1_steps,
         candidates,
         goal,
         notes: notes.lines,

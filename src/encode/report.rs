@@ -241,6 +241,9 @@ pub struct DistillReport {
     /// Images the teacher ran on: steps x batch, less the un-augmented training images whose
     /// logits were cached from an earlier step.
     pub teacher_images: usize,
+    /// Held-out checks whose state's file was over `--target-size`, so not kept while any
+    /// state within it was seen (trained codes compress differently from the sized ones).
+    pub over_budget: usize,
 }
 
 impl EncodeReport {
