@@ -12,6 +12,12 @@
 #   FIXTURES="fmnist-resnet20" BUDGETS="9 11" SEEDS="0 1" scripts/frontier.sh
 #   DEVICE=cuda NERNC_BIN=./nernc scripts/frontier.sh
 #   TORCH_VENV=/tmp/torchenv scripts/frontier.sh    # adds the QAT rows, one per seed (minutes per bit width)
+#   CODED=none scripts/frontier.sh           # without the coded-conv recipes (below)
+#
+# Besides the budgets, each fixture runs its coded-conv recipes (`--code`, format 1.8: convs as
+# integer codes trained in phase 2, the stem predicted), one point per recipe and seed; their
+# size follows from the codes' bits and ranks, not from a budget. CODED="NAME=FLAGS;..."
+# replaces a fixture's list (applied to every fixture in FIXTURES); `none` skips them.
 #
 # Output: $OUT/frontier.md (the table) and $OUT/frontier-FIXTURE.svg (size % against test accuracy).
 # Points measured earlier whose JSON is gone can be listed in $OUT/points.csv (docs/frontier/ has
@@ -27,6 +33,22 @@ OUT=${OUT:-out/frontier}
 # The recipe every budget runs (the budget chooses the hidden width that fits).
 RECIPE=${RECIPE:-"--predictor-dtype int6 --pe-levels 20 --passthrough f16 --distill-steps 800"}
 DATA=/usr/share/datasets/fashion-mnist
+# The coded-conv recipes measured in sessions 34-35 (docs/measurements.md): the stem predicted
+# by a small int8 predictor, every other conv as codes.
+STEM="--hidden 8 --pe-levels 4 --predictor-dtype int8 --steps 20000"
+coded_recipes() {
+  if [ -n "${CODED:-}" ]; then
+    [ "$CODED" = none ] || echo "$CODED"
+    return
+  fi
+  case $1 in
+    fmnist-resnet20|fmnist-resnet56)
+      echo "3bit=--code layer=1@3 --passthrough f16 $STEM --distill-steps 1200;\
+3-3-4bit=--code layer1=1@3 --code layer2=1@3 --code layer=1@4 --passthrough f16 $STEM --distill-steps 600" ;;
+    fmnist-resnet20w4)
+      echo "3bit-layer3-rank8th=--code layer3=1/8 --code layer=1 --hidden 32 --predictor-dtype int8 --steps 20000 --distill-steps 400" ;;
+  esac
+}
 bin=${NERNC_BIN:-}
 if [ -z "$bin" ]; then
   if [ "$DEVICE" = cuda ]; then
@@ -72,6 +94,24 @@ for f in $FIXTURES; do
       "$bin" encode "$src" -o "$OUT/$f-$b-s$s.nern" --target-size "$b%" --seed "$s" \
         --device "$DEVICE" --data "$DATA" --test-eval --json $RECIPE > "$j.tmp"
       echo "{\"wall_seconds\": $(( $(date +%s) - start )), \"host\": \"$(hostname)\"}" > "$j.wall"
+      mv "$j.tmp" "$j"
+    done
+  done
+  IFS=';' read -r -a recipes <<< "$(coded_recipes "$f")"
+  for r in "${recipes[@]}"; do
+    [ -n "$r" ] || continue
+    name=${r%%=*}
+    flags=${r#*=}
+    for s in $SEEDS; do
+      j="$OUT/$f-code-$name-s$s.json"
+      [ -s "$j" ] && continue
+      echo "== $f: nernc coded convs, recipe $name, seed $s ($DEVICE)" >&2
+      start=$(date +%s)
+      # shellcheck disable=SC2086
+      "$bin" encode "$src" -o "$OUT/$f-code-$name-s$s.nern" --seed "$s" \
+        --device "$DEVICE" --data "$DATA" --test-eval --json $flags > "$j.tmp"
+      echo "{\"wall_seconds\": $(( $(date +%s) - start )), \"host\": \"$(hostname)\"}" > "$j.wall"
+      echo "$flags" > "$j.recipe"
       mv "$j.tmp" "$j"
     done
   done

@@ -67,6 +67,17 @@ for fx in fixtures:
         rows.append((fx, "nernc", label, pct, r["accuracy"]["held_out"], r["accuracy"]["test"],
                      wall or r["total_seconds"], r.get("device", "?")))
 
+    # Coded-conv recipes (frontier.sh's CODED): one point per recipe and seed.
+    for p in sorted(glob.glob(os.path.join(out, f"{fx}-code-*-s*.json"))):
+        m = re.match(rf"{re.escape(fx)}-code-(.+)-s(\d+)\.json$", os.path.basename(p))
+        if not m:
+            continue
+        r = load(p)
+        wall = load(p + ".wall")["wall_seconds"] if os.path.exists(p + ".wall") else None
+        rows.append((fx, "nernc", f"nernc coded convs, recipe {m.group(1)}, seed {m.group(2)}",
+                     100.0 * r["nern_bytes"] / r["source_bytes"], r["accuracy"]["held_out"],
+                     r["accuracy"]["test"], wall or r["total_seconds"], r.get("device", "?")))
+
 points = os.path.join(out, "points.csv")
 if os.path.exists(points):
     with open(points, newline="") as f:
