@@ -621,6 +621,20 @@ fn coded_convs_round_trip_and_resume_as_they_are() {
         assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
     }
     assert_eq!(src.len(), dec.len());
+    // The report's coded-conv RMSE is that of the decoded checkpoint's coded convs.
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for t in &c.coded {
+        let a = nernc::format::le_f32s(src.tensor(&t.name).unwrap().data());
+        let b = nernc::format::le_f32s(dec.tensor(&t.name).unwrap().data());
+        sum += a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum::<f64>();
+        n += a.len();
+    }
+    let e = report.accuracy.coded_rmse_vs_original.unwrap();
+    assert!(e > 0.0 && (e - (sum / n as f64).sqrt()).abs() <= 1e-12 * e, "{e}");
 
     let resumed = |coded| {
         let o = EncodeOptions {

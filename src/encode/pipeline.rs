@@ -2,6 +2,7 @@
 //! search (or resume) the permutation tables, run phase 1 and phase 2, measure the stored result
 //! and assemble the file. Each step is a sibling module; this file only hands results on.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -33,6 +34,7 @@ use super::source::Source;
 use super::tune::TunedPassthrough;
 use crate::arch::Network;
 use crate::data::Normalization;
+use crate::decode::coded::coded_weights;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
@@ -680,6 +682,13 @@ fn encode_on<B: TrainBackend>(
     if opts.passthrough_f16 {
         source.store_passthrough_as_f16()?;
     }
+    // The source convs by name: what the coded ones' RMSE is measured against.
+    let conv_originals: HashMap<String, Vec<f32>> = source
+        .layers
+        .iter()
+        .map(|l| l.name.clone())
+        .zip(source.weights.iter().cloned())
+        .collect();
     // `--code`: those convs leave the predicted layers before anything is sized or trained.
     // With `--resume`, the file's coded convs (if any) are continued as they are.
     let coded = match (&resume_container, &opts.coded) {
@@ -690,6 +699,8 @@ fn encode_on<B: TrainBackend>(
         (None, Some(rules)) => source.split_coded(rules)?,
         _ => Vec::new(),
     };
+    let mut conv_originals = conv_originals;
+    conv_originals.retain(|name, _| coded.iter().any(|c| &c.name == name));
     let coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
     let source = source;
     let mut layers = source.layers.clone();
@@ -1091,6 +1102,24 @@ fn encode_on<B: TrainBackend>(
     let accuracy = AccuracyReport {
         predictor_dtype: schedule.storage.name(),
         rmse_vs_original: stored_rmse,
+        coded_rmse_vs_original: match coded.is_empty() {
+            true => None,
+            false => {
+                let decoded = coded
+                    .iter()
+                    .map(coded_weights)
+                    .collect::<Result<Vec<_>>>()?;
+                let originals = coded
+                    .iter()
+                    .map(|c| {
+                        conv_originals.get(&c.name).cloned().ok_or_else(|| {
+                            Error::Training(format!("coded conv {} is not a source conv", c.name))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(rmse(&decoded, &originals))
+            }
+        },
         held_out_images: ctx.plan.as_ref().map(|p| p.held_idx.len()),
         held_out_split: ctx.plan.as_ref().map(|p| p.held_split.name()),
         held_out: trained.held_out,

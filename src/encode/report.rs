@@ -196,8 +196,11 @@ pub fn rmse(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 pub struct AccuracyReport {
     /// Storage dtype of the predictor; the figures here are of the stored weights.
     pub predictor_dtype: &'static str,
-    /// Conv RMSE of the stored predictor against the source.
+    /// Conv RMSE of the stored predictor against the source (the predicted convs).
     pub rmse_vs_original: f64,
+    /// RMSE of the coded convs as stored and decoded against the source (`--code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coded_rmse_vs_original: Option<f64>,
     pub held_out_images: Option<usize>,
     /// The split the held-out images come from: `train` (the default) or `test`
     /// (`--held-out-from test`: the test split's first images).
@@ -255,10 +258,10 @@ impl EncodeReport {
             100.0 * self.nern_bytes as f64 / self.source_bytes as f64,
             self.source_bytes,
             self.predicted_tensors,
-            if self.coded_tensors > 0 {
-                format!(" and {} coded", self.coded_tensors)
-            } else {
-                String::new()
+            match (self.coded_tensors, self.accuracy.coded_rmse_vs_original) {
+                (0, _) => String::new(),
+                (n, Some(e)) => format!(" and {n} coded (weight RMSE {e:.3e} against the source)"),
+                (n, None) => format!(" and {n} coded"),
             },
             self.total_seconds,
             self.device

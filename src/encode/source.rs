@@ -135,13 +135,22 @@ impl<'a> Source<'a> {
                 self.path.display()
             )));
         }
-        if self.layers.is_empty() {
-            return Err(Error::InvalidArgument(
+        self.still_predicted(|| {
+            Error::InvalidArgument(
                 "--code covers every conv: at least one must stay predicted".into(),
-            ));
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// After convs left the predicted layers: at least one must stay (the format's `LAYR` is
+    /// never empty), and the kernel size is that of those left.
+    fn still_predicted(&mut self, none_left: impl FnOnce() -> Error) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(none_left());
         }
         self.kernel_size = self.layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
-        Ok(out)
+        Ok(())
     }
 
     /// Takes the convs `stored` holds (a resumed file's coded convs) out of the predicted
@@ -169,13 +178,12 @@ impl<'a> Source<'a> {
             self.layers.remove(i);
             self.weights.remove(i);
         }
-        if self.layers.is_empty() {
-            return Err(Error::Incompatible(format!(
+        self.still_predicted(|| {
+            Error::Incompatible(format!(
                 "{} codes every conv: nothing is left to predict",
                 path.display()
-            )));
-        }
-        self.kernel_size = self.layers.iter().map(|l| l.shape[2]).max().unwrap_or(1);
+            ))
+        })?;
         Ok(stored.iter().map(CodedConv::from_stored).collect())
     }
 
