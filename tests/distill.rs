@@ -600,3 +600,47 @@ fn trained_codes_over_the_budget_are_not_kept() {
         r.notes
     );
 }
+
+/// `--code PREFIX=auto`: the encoder measures the rule's convs whole and at each rank fraction
+/// on the held-out images before training, takes one, says what it measured, and records the
+/// chosen fraction (marked auto) in the recipe; the file holds those ranks.
+#[test]
+fn auto_rank_is_chosen_on_held_out_images_and_recorded() {
+    use nernc::encode::CodedOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path());
+    let mut opts = selecting_on_test(&data);
+    opts.coded = Some(CodedOptions {
+        rules: vec![CodedOptions::parse_rule("layer3=auto").unwrap()],
+        bits: 3,
+        lr: 1e-4,
+    });
+    let src = fixture("fmnist-resnet20.safetensors");
+    let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
+    let note = r
+        .notes
+        .iter()
+        .find(|n| n.starts_with("--code layer3=auto"))
+        .unwrap_or_else(|| panic!("{:?}", r.notes));
+    assert!(
+        note.contains("whole") && note.contains("1/2") && note.contains("1/8"),
+        "{note}"
+    );
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    let rule = &meta["recipe"]["code"]["rules"][0];
+    assert_eq!(rule["auto"], true, "{meta}");
+    let fraction = rule["fraction"].as_f64().unwrap();
+    assert!([1.0, 0.5, 0.25, 0.125].contains(&fraction), "{fraction}");
+    let rank = if fraction == 1.0 {
+        0
+    } else {
+        (64.0 * fraction) as u32
+    };
+    let layer3: Vec<_> = c.coded.iter().filter(|t| t.name.contains("conv")).collect();
+    assert!(
+        !layer3.is_empty() && layer3.iter().all(|t| t.rank == rank),
+        "{:?}",
+        c.coded
+    );
+}

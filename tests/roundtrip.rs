@@ -634,7 +634,10 @@ fn coded_convs_round_trip_and_resume_as_they_are() {
         n += a.len();
     }
     let e = report.accuracy.coded_rmse_vs_original.unwrap();
-    assert!(e > 0.0 && (e - (sum / n as f64).sqrt()).abs() <= 1e-12 * e, "{e}");
+    assert!(
+        e > 0.0 && (e - (sum / n as f64).sqrt()).abs() <= 1e-12 * e,
+        "{e}"
+    );
 
     let resumed = |coded| {
         let o = EncodeOptions {

@@ -146,7 +146,14 @@ pub fn assemble(
     }
     if let Some(c) = &opts.coded {
         recipe["code"] = json!({
-            "rules": c.rules.iter().map(|r| json!({"prefix": r.prefix, "fraction": r.fraction, "bits": r.bits.unwrap_or(c.bits)})).collect::<Vec<_>>(),
+            "rules": c.rules.iter().map(|r| {
+                let mut rule = json!({"prefix": r.prefix, "fraction": r.fraction, "bits": r.bits.unwrap_or(c.bits)});
+                // `PREFIX=auto`: the fraction above is the one the encoder chose.
+                if r.auto {
+                    rule["auto"] = json!(true);
+                }
+                rule
+            }).collect::<Vec<_>>(),
             "bits": c.bits,
             "lr": c.lr,
             "tensors": r.coded.len(),

@@ -12,6 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::mlp::ste_rounded;
+use super::options::{CodeRule, CodedOptions};
 use crate::decode::coded::coded_weights;
 use crate::error::{Error, Result};
 use crate::format::{CodedMatrix, CodedTensor, LayerEntry};
@@ -93,6 +94,87 @@ pub fn decoded_coded<B: Backend>(
         );
     }
     Ok(out)
+}
+
+/// The rank fractions `PREFIX=auto` tries, largest first.
+pub const AUTO_FRACTIONS: [f64; 3] = [0.5, 0.25, 0.125];
+
+/// Held-out accuracy (points) a rank may lose, before any training, against the same convs as
+/// whole codes for `PREFIX=auto` to take it. Conservative by design: training recovers more
+/// than this probe sees (ResNet-20's `layer3` at Cout/4 lost 15.6 points untrained and 0.49
+/// after 1,200 phase-2 steps; the 4x-wide network's at Cout/8 lost 0.1 untrained, 0.15-0.25
+/// trained; docs/measurements.md, sessions 33-35), so it only takes ranks that keep the
+/// function as they start.
+pub const AUTO_RANK_DROP: f64 = 1.0;
+
+/// Resolves every `PREFIX=auto` rule of `coded` to a fraction: for each such rule alone (the
+/// other convs as in `base`), the held-out accuracy of its convs as starting codes, whole and
+/// at each of [`AUTO_FRACTIONS`]; the smallest rank within [`AUTO_RANK_DROP`] points of whole
+/// wins, else whole. Returns the resolved options and one line per rule saying what was
+/// measured and chosen.
+pub fn choose_auto_ranks(
+    layers: &[LayerEntry],
+    weights: &[Vec<f32>],
+    coded: &CodedOptions,
+    accuracy: &mut dyn FnMut(&[CodedTensor]) -> Result<f64>,
+) -> Result<(CodedOptions, Vec<String>)> {
+    let mut resolved = coded.clone();
+    let mut lines = Vec::new();
+    for (i, rule) in coded.rules.iter().enumerate() {
+        if !rule.auto {
+            continue;
+        }
+        // This rule's convs at `fraction` (those it wins: the first matching rule decides).
+        let at = |fraction: f64| -> Vec<CodedTensor> {
+            let alone = CodedOptions {
+                rules: vec![CodeRule {
+                    fraction,
+                    ..rule.clone()
+                }],
+                ..coded.clone()
+            };
+            layers
+                .iter()
+                .zip(weights)
+                .filter(|(l, _)| coded.rule(&l.name) == Some(rule))
+                .filter_map(|(l, w)| {
+                    let rank = alone.rank(l)?;
+                    Some(CodedConv::new(l, w, rank, coded.bits_of(&l.name)).stored())
+                })
+                .collect()
+        };
+        let whole = at(1.0);
+        if whole.is_empty() {
+            continue; // split_coded names the rule that matches nothing
+        }
+        let whole_acc = accuracy(&whole)?;
+        let mut chosen = (1.0, whole_acc);
+        let mut tried = vec![format!("whole {whole_acc:.2} %")];
+        for f in AUTO_FRACTIONS {
+            let convs = at(f);
+            if convs.iter().all(|t| t.rank == 0) {
+                continue; // factors would not save codes at this rank
+            }
+            let acc = accuracy(&convs)?;
+            tried.push(format!("1/{} {acc:.2} %", (1.0 / f).round()));
+            if acc >= whole_acc - AUTO_RANK_DROP {
+                chosen = (f, acc);
+            }
+        }
+        resolved.rules[i].fraction = chosen.0;
+        lines.push(format!(
+            "--code {}=auto: {} (held-out, starting codes, before training); chose {} (within \
+             {AUTO_RANK_DROP} points of whole)",
+            rule.prefix,
+            tried.join(", "),
+            if chosen.0 >= 1.0 {
+                "whole".to_string()
+            } else {
+                format!("rank cout/{}", (1.0 / chosen.0).round())
+            }
+        ));
+    }
+    Ok((resolved, lines))
 }
 
 /// `U` (cout x r) and `V` (r x cols) with `U V` the best rank-r approximation of `w` (cout x
@@ -295,6 +377,66 @@ mod tests {
             permutation: PermutationKind::None,
             shape,
         }
+    }
+
+    /// `PREFIX=auto` takes the smallest rank whose (here: made-up) held-out accuracy is within
+    /// [`AUTO_RANK_DROP`] of whole codes, tries only the convs its rule wins, leaves the other
+    /// rules as they are, and keeps whole when no rank is close enough.
+    #[test]
+    fn auto_ranks_take_the_smallest_rank_within_the_drop() {
+        let conv = |name: &str| LayerEntry {
+            name: name.into(),
+            ..layer([64, 64, 3, 3])
+        };
+        let layers = [conv("a.0"), conv("a.1"), conv("b.0")];
+        let weights: Vec<Vec<f32>> = (0..3)
+            .map(|k| {
+                (0..64 * 64 * 9)
+                    .map(|i| ((i * 7 + k) % 13) as f32 - 6.0)
+                    .collect()
+            })
+            .collect();
+        let rules = |r: &[&str]| CodedOptions {
+            rules: r
+                .iter()
+                .map(|r| CodedOptions::parse_rule(r).unwrap())
+                .collect(),
+            bits: 3,
+            lr: 1e-4,
+        };
+        // Accuracy by rank: whole 90, rank 32: 89.5, 16: 89.1, 8: 80.
+        let by_rank = |convs: &[CodedTensor]| -> Result<f64> {
+            assert!(convs.iter().all(|t| t.name.starts_with("a.")), "{convs:?}");
+            assert_eq!(convs.len(), 2);
+            Ok(match convs[0].rank {
+                0 => 90.0,
+                32 => 89.5,
+                16 => 89.1,
+                _ => 80.0,
+            })
+        };
+        let (resolved, lines) =
+            choose_auto_ranks(&layers, &weights, &rules(&["a=auto@4", "b=1/2"]), &mut {
+                by_rank
+            })
+            .unwrap();
+        assert_eq!(resolved.rules[0].fraction, 0.25);
+        assert!(resolved.rules[0].auto);
+        assert_eq!(resolved.rules[1], rules(&["a=1", "b=1/2"]).rules[1]);
+        assert!(
+            lines[0].contains("1/8 80.00 %") && lines[0].contains("rank cout/4"),
+            "{lines:?}"
+        );
+        // Every rank more than the drop below whole: whole.
+        let (resolved, lines) = choose_auto_ranks(
+            &layers,
+            &weights,
+            &rules(&["a=auto"]),
+            &mut |c: &[CodedTensor]| Ok(if c[0].rank == 0 { 90.0 } else { 88.9 }),
+        )
+        .unwrap();
+        assert_eq!(resolved.rules[0].fraction, 1.0);
+        assert!(lines[0].contains("chose whole"), "{lines:?}");
     }
 
     /// A rank-2 matrix comes back exactly (to f32 rounding) from rank-2 factors, and the first

@@ -111,16 +111,21 @@ pub struct CodeRule {
     pub prefix: String,
     pub fraction: f64,
     pub bits: Option<u8>,
+    /// `PREFIX=auto`: the encoder chooses the fraction on held-out images before anything
+    /// trains ([`super::coded::choose_auto_ranks`]) and writes it into `fraction` (1 until then).
+    pub auto: bool,
 }
 
 impl CodedOptions {
-    /// Parses one `PREFIX=FRACTION[@BITS]` rule (`layer3=0.125`, `layer3=1/8`, `layer1=1@4`).
+    /// Parses one `PREFIX=FRACTION[@BITS]` rule (`layer3=0.125`, `layer3=1/8`, `layer1=1@4`,
+    /// `layer3=auto@3`).
     pub fn parse_rule(arg: &str) -> Result<CodeRule> {
         let bad = || {
             Error::InvalidArgument(format!(
-                "--code {arg:?}: expected PREFIX=FRACTION[@BITS] with FRACTION in (0, 1] and \
-                 BITS in 2..=8, e.g. layer3=1/8 (rank cout/8 factors), layer1=1 (whole codes) or \
-                 layer2=1@4 (whole, 4-bit)"
+                "--code {arg:?}: expected PREFIX=FRACTION[@BITS] with FRACTION in (0, 1] or \
+                 `auto` and BITS in 2..=8, e.g. layer3=1/8 (rank cout/8 factors), layer1=1 \
+                 (whole codes), layer2=1@4 (whole, 4-bit) or layer3=auto (the rank chosen on \
+                 held-out images)"
             ))
         };
         let (prefix, rest) = arg.split_once('=').ok_or_else(bad)?;
@@ -128,7 +133,9 @@ impl CodedOptions {
             Some((f, b)) => (f, Some(b.trim().parse::<u8>().map_err(|_| bad())?)),
             None => (rest, None),
         };
+        let auto = f.trim() == "auto";
         let fraction = match f.split_once('/') {
+            _ if auto => 1.0,
             Some((a, b)) => {
                 let (a, b): (f64, f64) = (
                     a.trim().parse().map_err(|_| bad())?,
@@ -148,6 +155,7 @@ impl CodedOptions {
             prefix: prefix.to_string(),
             fraction,
             bits,
+            auto,
         })
     }
 
@@ -170,6 +178,11 @@ impl CodedOptions {
         } else {
             rank as u32
         })
+    }
+
+    /// Whether a rule leaves its rank to the encoder (`PREFIX=auto`).
+    pub fn has_auto(&self) -> bool {
+        self.rules.iter().any(|r| r.auto)
     }
 
     /// Bits per code of the conv named `name` (its rule's, else [`Self::bits`]).
@@ -780,7 +793,12 @@ mod tests {
         };
         assert_eq!(half.rank(&layer("d", [64, 32, 1, 1])), Some(0));
         assert_eq!(half.rank(&layer("d", [64, 64, 3, 3])), Some(32));
-        for bad in ["layer3", "=1", "a=0", "a=1.5", "a=1@1", "a=1@9", "a=x"] {
+        let auto = CodedOptions::parse_rule("layer3=auto@4").unwrap();
+        assert_eq!((auto.fraction, auto.bits, auto.auto), (1.0, Some(4), true));
+        assert!(!CodedOptions::parse_rule("layer3=1/2").unwrap().auto);
+        for bad in [
+            "layer3", "=1", "a=0", "a=1.5", "a=1@1", "a=1@9", "a=x", "a=auto/2",
+        ] {
             assert!(CodedOptions::parse_rule(bad).is_err(), "{bad}");
         }
     }

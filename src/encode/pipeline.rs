@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::assemble::{Encoded, assemble};
 use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
-use super::coded::{CodedConv, decoded_coded};
+use super::coded::{CodedConv, choose_auto_ranks, decoded_coded};
 use super::kernels::KernelSet;
 use super::options::{
     ChannelOrder, DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding,
@@ -39,7 +39,7 @@ use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
 use crate::eval::{LoadedNet, check_fit};
-use crate::format::{Container, LayerEntry, Limits, predictor_bytes, read_container};
+use crate::format::{CodedTensor, Container, LayerEntry, Limits, predictor_bytes, read_container};
 use crate::io::MappedFile;
 use crate::network::{FixedParams, HostModel};
 use crate::permute::{Permutation, PermutationKind};
@@ -682,6 +682,23 @@ fn encode_on<B: TrainBackend>(
     if opts.passthrough_f16 {
         source.store_passthrough_as_f16()?;
     }
+    // `--code PREFIX=auto`: the ranks are chosen on held-out images before anything is split
+    // off, sized or trained; from here on the options hold the chosen fractions.
+    let (resolved, auto_lines, early_plan) = match &opts.coded {
+        Some(c) if c.has_auto() => {
+            let (c, lines, plan) = auto_ranks::<B>(device, &source, c, opts, progress)?;
+            (
+                Some(EncodeOptions {
+                    coded: Some(c),
+                    ..opts.clone()
+                }),
+                lines,
+                Some(plan),
+            )
+        }
+        _ => (None, Vec::new(), None),
+    };
+    let opts = resolved.as_ref().unwrap_or(opts);
     // The source convs by name: what the coded ones' RMSE is measured against.
     let conv_originals: HashMap<String, Vec<f32>> = source
         .layers
@@ -715,6 +732,9 @@ fn encode_on<B: TrainBackend>(
         progress,
         lines: Vec::new(),
     };
+    for line in auto_lines {
+        notes.add(line);
+    }
     let mut storage = opts.predictor_dtype;
     let needs_net = opts.data_dir.is_some() || opts.distill.is_some();
     let mut host = needs_net.then(|| source.host_model());
@@ -758,9 +778,10 @@ fn encode_on<B: TrainBackend>(
             storage.name()
         ));
     }
-    let plan = match net {
-        Some(_) => load_data(opts)?,
-        None => None,
+    let plan = match (net.as_ref(), early_plan) {
+        (Some(_), Some(plan)) => Some(plan),
+        (Some(_), None) => load_data(opts)?,
+        (None, _) => None,
     };
     if let (Some(net), Some(plan)) = (&net, &plan) {
         check_fit(net, &plan.train, &file.path.display().to_string())?;
@@ -1296,6 +1317,50 @@ fn load_resume(
 /// The coded convs of a resumed file, taken out of `source`'s predicted layers and continued from
 /// their stored values. `--code` rules, when given, must describe exactly those convs (names,
 /// ranks, bits): a file is continued as it is, as its predictor's shape is.
+/// Resolves `--code PREFIX=auto` rules ([`choose_auto_ranks`]) with the source network (its
+/// passthrough as stored) on the held-out images; returns the data plan it loaded for reuse.
+fn auto_ranks<B: TrainBackend>(
+    device: &B::Device,
+    source: &Source<'_>,
+    coded: &CodedOptions,
+    opts: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<(CodedOptions, Vec<String>, DataPlan)> {
+    let auto_needs = |what: &str| {
+        Error::InvalidArgument(format!(
+            "--code PREFIX=auto chooses the rank on held-out images before training: {what}"
+        ))
+    };
+    if opts.resume.is_some() {
+        return Err(auto_needs(
+            "with --resume the file's coded convs continue as they are (leave --code out)",
+        ));
+    }
+    let plan = load_data(opts)?.ok_or_else(|| auto_needs("it needs real images (--data DIR)"))?;
+    let host = source.host_model();
+    let base = LoadedNet::<B::InnerBackend>::from_host(&host, device)?;
+    check_fit(&base.net, &plan.train, &source.path.display().to_string())?;
+    let held = plan
+        .held_out()
+        .ok_or_else(|| auto_needs("it needs held-out images (--held-out > 0)"))?;
+    progress.stage("choosing ranks (--code PREFIX=auto)");
+    let (resolved, lines) = choose_auto_ranks(
+        &source.layers,
+        &source.weights,
+        coded,
+        &mut |convs: &[CodedTensor]| {
+            let mut n = LoadedNet {
+                net: base.net.clone(),
+                fixed: base.fixed.clone(),
+                convs: base.convs.clone(),
+            };
+            n.convs.extend(decoded_coded(convs, device)?);
+            network_accuracy(&n, &held, &plan.norm, device)
+        },
+    )?;
+    Ok((resolved, lines, plan))
+}
+
 fn resumed_coded(
     source: &mut Source<'_>,
     c: &Container<'_>,
