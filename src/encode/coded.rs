@@ -100,12 +100,12 @@ pub fn decoded_coded<B: Backend>(
 pub const AUTO_FRACTIONS: [f64; 3] = [0.5, 0.25, 0.125];
 
 /// Held-out accuracy (points) a rank may lose, before any training, against the same convs as
-/// whole codes for `PREFIX=auto` to take it. Conservative by design: training recovers more
-/// than this probe sees (ResNet-20's `layer3` at Cout/4 lost 15.6 points untrained and 0.49
-/// after 1,200 phase-2 steps; the 4x-wide network's at Cout/8 lost 0.1 untrained, 0.15-0.25
-/// trained; docs/measurements.md, sessions 33-35), so it only takes ranks that keep the
-/// function as they start.
-pub const AUTO_RANK_DROP: f64 = 1.0;
+/// whole codes for `PREFIX=auto` to take it. Training recovers most of what the probe sees, so
+/// this is a margin, calibrated on the two networks measured (docs/measurements.md, session
+/// 35): the 4x-wide ResNet-20's `layer3` at cout/8 lost 2.82 points here and its trained files
+/// 0.15 / 0.25 test points; ResNet-20's at cout/2 lost 2.72 here and 0.24 trained. At cout/4
+/// ResNet-20 loses 40 points here (0.49 trained): not taken.
+pub const AUTO_RANK_DROP: f64 = 3.0;
 
 /// Resolves every `PREFIX=auto` rule of `coded` to a fraction: for each such rule alone (the
 /// other convs as in `base`), the held-out accuracy of its convs as starting codes, whole and
@@ -404,14 +404,14 @@ mod tests {
             bits: 3,
             lr: 1e-4,
         };
-        // Accuracy by rank: whole 90, rank 32: 89.5, 16: 89.1, 8: 80.
+        // Accuracy by rank: whole 90, rank 32: 89.5, 16: 87.5, 8: 80.
         let by_rank = |convs: &[CodedTensor]| -> Result<f64> {
             assert!(convs.iter().all(|t| t.name.starts_with("a.")), "{convs:?}");
             assert_eq!(convs.len(), 2);
             Ok(match convs[0].rank {
                 0 => 90.0,
                 32 => 89.5,
-                16 => 89.1,
+                16 => 87.5,
                 _ => 80.0,
             })
         };
@@ -432,7 +432,7 @@ mod tests {
             &layers,
             &weights,
             &rules(&["a=auto"]),
-            &mut |c: &[CodedTensor]| Ok(if c[0].rank == 0 { 90.0 } else { 88.9 }),
+            &mut |c: &[CodedTensor]| Ok(if c[0].rank == 0 { 90.0 } else { 86.9 }),
         )
         .unwrap();
         assert_eq!(resolved.rules[0].fraction, 1.0);
