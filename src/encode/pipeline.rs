@@ -699,13 +699,21 @@ fn encode_on<B: TrainBackend>(
         _ => (None, Vec::new(), None),
     };
     let opts = resolved.as_ref().unwrap_or(opts);
-    // The source convs by name: what the coded ones' RMSE is measured against.
-    let conv_originals: HashMap<String, Vec<f32>> = source
-        .layers
-        .iter()
-        .map(|l| l.name.clone())
-        .zip(source.weights.iter().cloned())
-        .collect();
+    // The source convs by name: what the coded ones' RMSE is measured against (kept only
+    // when there may be coded convs).
+    let may_code = opts.coded.is_some()
+        || resume_container
+            .as_ref()
+            .is_some_and(|c| !c.coded.is_empty());
+    let conv_originals: HashMap<String, Vec<f32>> = match may_code {
+        true => source
+            .layers
+            .iter()
+            .map(|l| l.name.clone())
+            .zip(source.weights.iter().cloned())
+            .collect(),
+        false => HashMap::new(),
+    };
     // `--code`: those convs leave the predicted layers before anything is sized or trained.
     // With `--resume`, the file's coded convs (if any) are continued as they are.
     let coded = match (&resume_container, &opts.coded) {
@@ -897,7 +905,10 @@ fn encode_on<B: TrainBackend>(
     // codes; trained ones compress differently, so phase 2 keeps a state within the budget
     // over a more accurate one beyond it.
     let fits_budget = |p: &Predictor, pass: Option<&TunedPassthrough>, coded: &[CodedConv]| {
-        Ok(budget.is_none_or(|b| size_of(p, pass, coded).is_ok_and(|size| size <= b)))
+        Ok(match budget {
+            Some(b) => size_of(p, pass, coded)? <= b,
+            None => true,
+        })
     };
     if budget.is_some() {
         schedule.fits = Some(&fits_budget);
@@ -1314,9 +1325,6 @@ fn load_resume(
     Ok((c.predictor.clone(), c.permutations.clone()))
 }
 
-/// The coded convs of a resumed file, taken out of `source`'s predicted layers and continued from
-/// their stored values. `--code` rules, when given, must describe exactly those convs (names,
-/// ranks, bits): a file is continued as it is, as its predictor's shape is.
 /// Resolves `--code PREFIX=auto` rules ([`choose_auto_ranks`]) with the source network (its
 /// passthrough as stored) on the held-out images; returns the data plan it loaded for reuse.
 fn auto_ranks<B: TrainBackend>(
@@ -1361,6 +1369,9 @@ fn auto_ranks<B: TrainBackend>(
     Ok((resolved, lines, plan))
 }
 
+/// The coded convs of a resumed file, taken out of `source`'s predicted layers and continued from
+/// their stored values. `--code` rules, when given, must describe exactly those convs (names,
+/// ranks, bits): a file is continued as it is, as its predictor's shape is.
 fn resumed_coded(
     source: &mut Source<'_>,
     c: &Container<'_>,
