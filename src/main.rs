@@ -603,29 +603,11 @@ impl EncodeSettings {
             coded: if self.code.is_empty() {
                 None
             } else {
-                if !(nernc::format::MIN_CODE_BITS..=nernc::format::MAX_CODE_BITS)
-                    .contains(&self.code_bits)
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "--code-bits {} (must be 2..=8)",
-                        self.code_bits
-                    )));
-                }
-                if !(self.code_lr.is_finite() && self.code_lr >= 0.0) {
-                    return Err(Error::InvalidArgument(format!(
-                        "--code-lr {} (must be finite and >= 0)",
-                        self.code_lr
-                    )));
-                }
-                Some(nernc::encode::CodedOptions {
-                    rules: self
-                        .code
-                        .iter()
-                        .map(|r| nernc::encode::CodedOptions::parse_rule(r))
-                        .collect::<Result<_>>()?,
-                    bits: self.code_bits,
-                    lr: self.code_lr,
-                })
+                Some(nernc::encode::CodedOptions::parse(
+                    &self.code,
+                    self.code_bits,
+                    self.code_lr,
+                )?)
             },
             target_size: self
                 .target_size

@@ -492,11 +492,7 @@ fn coded_convs_train_in_phase_two_and_are_measured_as_stored() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_dataset(dir.path());
     let mut opts = selecting_on_test(&data);
-    opts.coded = Some(CodedOptions {
-        rules: vec![CodedOptions::parse_rule("layer3=1/4").unwrap()],
-        bits: 3,
-        lr: 1e-2,
-    });
+    opts.coded = Some(CodedOptions::parse(&["layer3=1/4"], 3, 1e-2).unwrap());
     let src = fixture("fmnist-resnet20.safetensors");
     let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
     assert_eq!((r.predicted_tensors, r.coded_tensors), (14, 7));
@@ -559,11 +555,7 @@ fn trained_codes_over_the_budget_are_not_kept() {
     opts.pinned.predictor_dtype = true;
     opts.raw_passthrough = true;
     opts.distill.as_mut().unwrap().steps = 10;
-    opts.coded = Some(CodedOptions {
-        rules: vec![CodedOptions::parse_rule("layer=1").unwrap()],
-        bits: 3,
-        lr: 2e-2,
-    });
+    opts.coded = Some(CodedOptions::parse(&["layer=1"], 3, 2e-2).unwrap());
     let src = fixture("fmnist-resnet20.safetensors");
     // The smallest budget (in steps of 256 bytes) that the start fits, then a little more for
     // phase 2's start, rounded again.
@@ -610,11 +602,7 @@ fn auto_rank_is_chosen_on_held_out_images_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_dataset(dir.path());
     let mut opts = selecting_on_test(&data);
-    opts.coded = Some(CodedOptions {
-        rules: vec![CodedOptions::parse_rule("layer3=auto").unwrap()],
-        bits: 3,
-        lr: 1e-4,
-    });
+    opts.coded = Some(CodedOptions::parse(&["layer3=auto"], 3, 1e-4).unwrap());
     let src = fixture("fmnist-resnet20.safetensors");
     let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
     let note = r

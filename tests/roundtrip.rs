@@ -588,14 +588,7 @@ fn embedding_tables_round_trip_are_recorded_and_kept_on_resume() {
 fn coded_convs_round_trip_and_resume_as_they_are() {
     use nernc::encode::CodedOptions;
     let path = fixture("fmnist-resnet20.safetensors");
-    let rules = |r: &[&str]| CodedOptions {
-        rules: r
-            .iter()
-            .map(|r| CodedOptions::parse_rule(r).unwrap())
-            .collect(),
-        bits: 3,
-        lr: 1e-4,
-    };
+    let rules = |r: &[&str]| CodedOptions::parse(r, 3, 1e-4).unwrap();
     let opts = EncodeOptions {
         coded: Some(rules(&["layer3=1/4", "layer2.2=1@4"])),
         ..small_options(PermutationKind::None, 1)

@@ -396,14 +396,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let rules = |r: &[&str]| CodedOptions {
-            rules: r
-                .iter()
-                .map(|r| CodedOptions::parse_rule(r).unwrap())
-                .collect(),
-            bits: 3,
-            lr: 1e-4,
-        };
+        let rules = |r: &[&str]| CodedOptions::parse(r, 3, 1e-4).unwrap();
         // Accuracy by rank: whole 90, rank 32: 89.5, 16: 87.5, 8: 80.
         let by_rank = |convs: &[CodedTensor]| -> Result<f64> {
             assert!(convs.iter().all(|t| t.name.starts_with("a.")), "{convs:?}");

@@ -117,6 +117,28 @@ pub struct CodeRule {
 }
 
 impl CodedOptions {
+    /// The options of `--code RULE...`, `--code-bits` and `--code-lr`, each checked.
+    pub fn parse(rules: &[impl AsRef<str>], bits: u8, lr: f64) -> Result<Self> {
+        if !(crate::format::MIN_CODE_BITS..=crate::format::MAX_CODE_BITS).contains(&bits) {
+            return Err(Error::InvalidArgument(format!(
+                "--code-bits {bits} (must be 2..=8)"
+            )));
+        }
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--code-lr {lr} (must be finite and >= 0)"
+            )));
+        }
+        Ok(CodedOptions {
+            rules: rules
+                .iter()
+                .map(|r| Self::parse_rule(r.as_ref()))
+                .collect::<Result<_>>()?,
+            bits,
+            lr,
+        })
+    }
+
     /// Parses one `PREFIX=FRACTION[@BITS]` rule (`layer3=0.125`, `layer3=1/8`, `layer1=1@4`,
     /// `layer3=auto@3`).
     pub fn parse_rule(arg: &str) -> Result<CodeRule> {
@@ -796,6 +818,11 @@ mod tests {
         let auto = CodedOptions::parse_rule("layer3=auto@4").unwrap();
         assert_eq!((auto.fraction, auto.bits, auto.auto), (1.0, Some(4), true));
         assert!(!CodedOptions::parse_rule("layer3=1/2").unwrap().auto);
+        let parsed = CodedOptions::parse(&["layer3=1/8@4", "layer=1"], 3, 1e-4).unwrap();
+        assert_eq!(parsed.rules.len(), 2);
+        assert!(CodedOptions::parse(&["a=1"], 9, 1e-4).is_err());
+        assert!(CodedOptions::parse(&["a=1"], 3, f64::NAN).is_err());
+        assert!(CodedOptions::parse(&["a=1", "b"], 3, 1e-4).is_err());
         for bad in [
             "layer3", "=1", "a=0", "a=1.5", "a=1@1", "a=1@9", "a=x", "a=auto/2",
         ] {
