@@ -586,8 +586,6 @@ mod tests {
     use crate::format::TensorDtype;
     use crate::permute::PermutationKind;
 
-    /// A cached logit is the one the teacher gives the image inside any other batch, to float
-    /// rounding: the cache changes no target beyond it.
     /// A state within the budget replaces any over it, whatever their accuracies; between two
     /// on the same side of it, only a strictly more accurate one replaces the kept one.
     #[test]
@@ -600,6 +598,8 @@ mod tests {
         assert!(replaces((true, 10.0), (true, f64::NEG_INFINITY)));
     }
 
+    /// A cached logit is the one the teacher gives the image inside any other batch, to float
+    /// rounding: the cache changes no target beyond it.
     #[test]
     fn cached_teacher_logits_equal_batch_logits() {
         type B = burn::backend::Flex;

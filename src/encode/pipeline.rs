@@ -2,7 +2,6 @@
 //! search (or resume) the permutation tables, run phase 1 and phase 2, measure the stored result
 //! and assemble the file. Each step is a sibling module; this file only hands results on.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -699,21 +698,6 @@ fn encode_on<B: TrainBackend>(
         _ => (None, Vec::new(), None),
     };
     let opts = resolved.as_ref().unwrap_or(opts);
-    // The source convs by name: what the coded ones' RMSE is measured against (kept only
-    // when there may be coded convs).
-    let may_code = opts.coded.is_some()
-        || resume_container
-            .as_ref()
-            .is_some_and(|c| !c.coded.is_empty());
-    let conv_originals: HashMap<String, Vec<f32>> = match may_code {
-        true => source
-            .layers
-            .iter()
-            .map(|l| l.name.clone())
-            .zip(source.weights.iter().cloned())
-            .collect(),
-        false => HashMap::new(),
-    };
     // `--code`: those convs leave the predicted layers before anything is sized or trained.
     // With `--resume`, the file's coded convs (if any) are continued as they are.
     let coded = match (&resume_container, &opts.coded) {
@@ -724,8 +708,6 @@ fn encode_on<B: TrainBackend>(
         (None, Some(rules)) => source.split_coded(rules)?,
         _ => Vec::new(),
     };
-    let mut conv_originals = conv_originals;
-    conv_originals.retain(|name, _| coded.iter().any(|c| &c.name == name));
     let coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
     let source = source;
     let mut layers = source.layers.clone();
@@ -1144,7 +1126,7 @@ fn encode_on<B: TrainBackend>(
                 let originals = coded
                     .iter()
                     .map(|c| {
-                        conv_originals.get(&c.name).cloned().ok_or_else(|| {
+                        source.coded_originals.get(&c.name).cloned().ok_or_else(|| {
                             Error::Training(format!("coded conv {} is not a source conv", c.name))
                         })
                     })

@@ -30,6 +30,9 @@ pub struct Source<'a> {
     pub kernel_size: u32,
     /// `--passthrough f16`: each F32 passthrough tensor as binary16 bytes, by name.
     halves: HashMap<String, Vec<u8>>,
+    /// The source weights of the convs taken out as coded (`--code`, a resumed file's), by
+    /// name: what their decoded weights are measured against.
+    pub coded_originals: HashMap<String, Vec<f32>>,
 }
 
 impl<'a> Source<'a> {
@@ -104,6 +107,7 @@ impl<'a> Source<'a> {
             weights,
             kernel_size,
             halves: HashMap::new(),
+            coded_originals: HashMap::new(),
         })
     }
 
@@ -116,7 +120,10 @@ impl<'a> Source<'a> {
         let mut weights = Vec::new();
         for (l, w) in self.layers.drain(..).zip(self.weights.drain(..)) {
             match coded.rank(&l) {
-                Some(rank) => out.push(CodedConv::new(&l, &w, rank, coded.bits_of(&l.name))),
+                Some(rank) => {
+                    out.push(CodedConv::new(&l, &w, rank, coded.bits_of(&l.name)));
+                    self.coded_originals.insert(l.name, w);
+                }
                 None => {
                     layers.push(l);
                     weights.push(w);
@@ -176,7 +183,8 @@ impl<'a> Source<'a> {
                 )));
             }
             self.layers.remove(i);
-            self.weights.remove(i);
+            self.coded_originals
+                .insert(t.name.clone(), self.weights.remove(i));
         }
         self.still_predicted(|| {
             Error::Incompatible(format!(
