@@ -184,6 +184,41 @@ pub fn predict<B: ConvBackend>(
     Ok(out)
 }
 
+/// Log-probabilities (log-softmax of the logits) of every image in `indices`, row-major
+/// `indices.len() x classes`.
+pub fn log_probs<B: ConvBackend>(
+    m: &LoadedNet<B>,
+    data: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(indices.len() * m.net.num_classes);
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let (x, _) = data.batch(chunk, norm);
+        let logits = m.logits(input_tensor(x, chunk.len(), data.shape, device));
+        out.extend(
+            burn::tensor::activation::log_softmax(logits, 1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| Error::Training(format!("{e:?}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Mean KL divergence `KL(p || q)` (nats) over rows of `classes` log-probabilities.
+pub fn mean_kl(log_p: &[f32], log_q: &[f32], classes: usize) -> f64 {
+    let rows = (log_p.len() / classes.max(1)).max(1);
+    let total: f64 = log_p
+        .iter()
+        .zip(log_q)
+        .map(|(&lp, &lq)| f64::from(lp).exp() * (f64::from(lp) - f64::from(lq)))
+        .sum();
+    total / rows as f64
+}
+
 /// Accuracy in percent of `pred` against the labels of `indices`.
 pub fn accuracy(pred: &[u32], data: &Dataset, indices: &[usize]) -> (usize, f64) {
     let correct = pred
@@ -398,4 +433,20 @@ pub fn evaluate(
         opts,
     };
     run_on(opts.device, job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_kl;
+
+    /// KL(p || p) is 0; two rows, one differing: half that row's divergence.
+    #[test]
+    fn mean_kl_of_log_probabilities() {
+        let ln = |v: &[f64]| v.iter().map(|x| x.ln() as f32).collect::<Vec<_>>();
+        let p = ln(&[0.5, 0.5, 0.9, 0.1]);
+        assert_eq!(mean_kl(&p, &p, 2), 0.0);
+        let q = ln(&[0.25, 0.75, 0.9, 0.1]);
+        let row: f64 = 0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln();
+        assert!((mean_kl(&p, &q, 2) - row / 2.0).abs() < 1e-6);
+    }
 }

@@ -380,11 +380,15 @@ struct EncodeSettings {
     /// network's convs are low-rank: the 4x-wide ResNet-20's layer3 at 1/8 (docs/measurements.md).
     /// FRACTION `auto` (needs --data) measures the rule's convs whole and at 1/2, 1/4, 1/8 on the
     /// held-out images before training and takes the smallest rank within 3 points of whole
-    /// (training recovers most of such a loss: measured on two networks). At least one conv stays predicted. --resume
-    /// continues a file's coded convs as they are (rules given with it must describe them).
+    /// (training recovers most of such a loss: measured on two networks). @auto (needs
+    /// --target-size and --data) gives each of the rule's convs its own bits: each is measured
+    /// alone at 2..8 bits on held-out images (KL divergence from the source's predictions), then
+    /// bits are taken away where they cost the least per byte until the file fits the budget
+    /// (mixed precision). At least one conv stays predicted. --resume continues a file's coded
+    /// convs as they are (rules given with it must describe them).
     /// ResNet-20 at 7.5 % within 0.15 points: --code layer=1@3 --passthrough f16 --hidden 8
     /// --pe-levels 4 --predictor-dtype int8 --steps 20000 --distill-steps 1200.
-    #[arg(long = "code", value_name = "PREFIX=FRACTION[@BITS]", help_heading = heading::STORED)]
+    #[arg(long = "code", value_name = "PREFIX=FRACTION[@BITS|@auto]", help_heading = heading::STORED)]
     code: Vec<String>,
     /// Bits per code of the --code rules without @BITS (2..=8; symmetric, one scale per row).
     #[arg(long, default_value_t = 3, help_heading = heading::STORED)]

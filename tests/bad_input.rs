@@ -271,8 +271,9 @@ fn attention_maps_refuse_a_teacher_of_another_depth() {
 }
 
 /// `--code` (format 1.8): a rule that matches nothing, rules that leave nothing to predict, a
-/// fraction outside (0, 1], bits outside 2..=8, a bad learning rate and `auto` without real
-/// images are refused by name, with nothing written.
+/// fraction outside (0, 1], bits outside 2..=8, a bad learning rate, `auto` without real
+/// images and `@auto` without a budget or real images are refused by name, with nothing
+/// written.
 #[test]
 fn bad_code_rules_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,6 +305,16 @@ fn bad_code_rules_are_refused() {
         // The rank of `auto` is chosen on held-out images: noise has none.
         (vec!["--code", "layer3=auto"], "it needs real images"),
         (vec!["--code", "layer3=auto/2"], "PREFIX=FRACTION"),
+        // `@auto` bits fill a budget, measured on held-out images.
+        (
+            vec!["--code", "layer3=1@auto"],
+            "a budget to fill (--target-size)",
+        ),
+        (
+            vec!["--code", "layer3=1@auto", "--target-size", "10%"],
+            "it needs real images",
+        ),
+        (vec!["--code", "layer3=1@autox"], "PREFIX=FRACTION"),
     ] {
         encode_fails_with(dir.path(), &src, &[&base[..], &extra].concat(), expect);
     }

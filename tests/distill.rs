@@ -632,3 +632,47 @@ fn auto_rank_is_chosen_on_held_out_images_and_recorded() {
         c.coded
     );
 }
+
+/// `--code PREFIX=FRACTION@auto` with `--target-size`: each conv's bits are chosen on held-out
+/// images so that the file fits; the note says so, the recipe records every conv's bits as the
+/// file stores them, and a budget twice as large buys more bits.
+#[test]
+fn auto_bits_fill_the_budget_and_are_recorded() {
+    use nernc::encode::{CodedOptions, SizeTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path());
+    let src = fixture("fmnist-resnet20.safetensors");
+    let source_bytes = std::fs::metadata(&src).unwrap().len() as f64;
+    let mean_bits = |percent: f64| {
+        let mut opts = selecting_on_test(&data);
+        opts.coded = Some(CodedOptions::parse(&["layer=1@auto"], 3, 1e-4).unwrap());
+        opts.target_size = Some(SizeTarget::Percent(percent));
+        let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
+        assert!(
+            bytes.len() as f64 <= source_bytes * percent / 100.0,
+            "{} bytes over {percent} %",
+            bytes.len()
+        );
+        let note = r
+            .notes
+            .iter()
+            .find(|n| n.starts_with("--code ...@auto"))
+            .unwrap_or_else(|| panic!("{:?}", r.notes));
+        assert!(note.contains("20 convs measured"), "{note}");
+        let c = read_container(&bytes, &Limits::default()).unwrap();
+        let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+        assert_eq!(meta["recipe"]["code"]["rules"][0]["bits"], "auto", "{meta}");
+        let chosen = meta["recipe"]["code"]["auto_bits"]
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(chosen.len(), c.coded.len());
+        for t in &c.coded {
+            assert_eq!(chosen[&t.name], t.bits, "{}", t.name);
+        }
+        c.coded.iter().map(|t| f64::from(t.bits)).sum::<f64>() / c.coded.len() as f64
+    };
+    let (tight, loose) = (mean_bits(9.0), mean_bits(18.0));
+    assert!(tight < loose, "mean bits {tight} at 9 %, {loose} at 18 %");
+    assert!(tight >= 2.0 && loose <= 8.0);
+}

@@ -152,6 +152,10 @@ pub fn assemble(
                 if r.auto {
                     rule["auto"] = json!(true);
                 }
+                // `@auto`: each conv's bits, chosen for the budget, are in `auto_bits` below.
+                if r.auto_bits {
+                    rule["bits"] = json!("auto");
+                }
                 rule
             }).collect::<Vec<_>>(),
             "bits": c.bits,
@@ -160,6 +164,15 @@ pub fn assemble(
             "codes": r.coded.iter().map(CodedTensor::codes).sum::<usize>(),
             "init": "truncated SVD, singular values split evenly; phase 2 trains the values through the rounding",
         });
+        if c.has_auto_bits() {
+            let chosen: serde_json::Map<String, serde_json::Value> = r
+                .coded
+                .iter()
+                .filter(|t| c.rule(&t.name).is_some_and(|r| r.auto_bits))
+                .map(|t| (t.name.clone(), json!(t.bits)))
+                .collect();
+            recipe["code"]["auto_bits"] = json!(chosen);
+        }
     }
     if let Some(groups) = source.reordered_groups {
         recipe["channel_order"] = json!(ChannelOrder::Similar.name());

@@ -84,6 +84,19 @@ impl<'a> Sizer<'a> {
         Ok(self.write_with(p, (false, self.raw_data), tuned, coded)? + META_RESERVE)
     }
 
+    /// [`Self::bound`] with the coded convs `coded` in place of those this sizer started with:
+    /// what the budget's choice of a predictor then checks, so a file sized by it leaves room
+    /// for the predictor of `cfg`.
+    pub fn bound_with_coded(
+        &self,
+        cfg: &PredictorConfig,
+        dtype: WeightDtype,
+        coded: &[CodedTensor],
+    ) -> Result<u64> {
+        let p = blank(cfg, dtype)?;
+        Ok(self.write_with(&p, (true, true), None, coded)? + META_RESERVE)
+    }
+
     /// The container's length, `PRED` and `DATA` stored raw as `(raw_predictor, raw_data)` say.
     fn write(
         &self,

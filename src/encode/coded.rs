@@ -15,7 +15,7 @@ use super::mlp::ste_rounded;
 use super::options::{CodeRule, CodedOptions};
 use crate::decode::coded::coded_weights;
 use crate::error::{Error, Result};
-use crate::format::{CodedMatrix, CodedTensor, LayerEntry};
+use crate::format::{CodedMatrix, CodedTensor, LayerEntry, MAX_CODE_BITS, MIN_CODE_BITS};
 
 /// A coded conv while it trains: its matrices' values in f32 (not yet rounded).
 #[derive(Clone, Debug, PartialEq)]
@@ -175,6 +175,101 @@ pub fn choose_auto_ranks(
         ));
     }
     Ok((resolved, lines))
+}
+
+/// What one coded conv loses and costs at each bit width `PREFIX=FRACTION@auto` may give it
+/// (index `bits - MIN_CODE_BITS`), measured alone: the other convs as in the source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BitsProbe {
+    /// Mean KL divergence (nats) of the network's held-out predictions from the source's.
+    pub loss: Vec<f64>,
+    /// The conv's `CODE` entry (scales and codes) compressed alone, bytes.
+    pub bytes: Vec<u64>,
+}
+
+/// Held-out images a `@auto` probe measures the KL divergence on (at most): the divergence is
+/// smooth, so a thousand images rank the convs as well as all of them, at a fifth of the cost.
+pub const AUTO_BITS_IMAGES: usize = 1000;
+
+/// The bits of each probed conv for `PREFIX=FRACTION@auto`: every conv starts at the most
+/// bits, and while `fits` says the file is over the budget, the conv whose next step down
+/// loses the least divergence per byte it saves goes down one bit (greedy mixed precision, the
+/// losses taken as additive across convs); then [`refill`] spends what the last step saved
+/// beyond the budget. `None` when even the fewest bits do not fit.
+pub fn choose_auto_bits(
+    probes: &[BitsProbe],
+    fits: &mut dyn FnMut(&[u8]) -> Result<bool>,
+) -> Result<Option<Vec<u8>>> {
+    let levels = (MAX_CODE_BITS - MIN_CODE_BITS + 1) as usize;
+    if probes
+        .iter()
+        .any(|p| p.loss.len() != levels || p.bytes.len() != levels)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "a bits probe needs {levels} losses and sizes"
+        )));
+    }
+    let mut bits = vec![MAX_CODE_BITS; probes.len()];
+    loop {
+        if fits(&bits)? {
+            refill(probes, &mut bits, fits)?;
+            return Ok(Some(bits));
+        }
+        // Loss per byte saved of each conv's next step down; a step that measures no loss
+        // (the probe's noise can make it negative) costs nothing, the larger saving first.
+        let step = probes
+            .iter()
+            .zip(&bits)
+            .enumerate()
+            .filter(|(_, (_, b))| **b > MIN_CODE_BITS)
+            .map(|(i, (p, &b))| {
+                let at = (b - MIN_CODE_BITS) as usize;
+                let loss = (p.loss[at - 1] - p.loss[at]).max(0.0);
+                let saved = p.bytes[at].saturating_sub(p.bytes[at - 1]).max(1) as f64;
+                (i, loss / saved, saved)
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)));
+        match step {
+            Some((i, _, _)) => bits[i] -= 1,
+            None => return Ok(None),
+        }
+    }
+}
+
+/// After [`choose_auto_bits`]'s last step down (which may have saved more than needed): raises
+/// convs by one bit again while the file still fits, the most loss removed per byte first.
+fn refill(
+    probes: &[BitsProbe],
+    bits: &mut [u8],
+    fits: &mut dyn FnMut(&[u8]) -> Result<bool>,
+) -> Result<()> {
+    loop {
+        let mut ups: Vec<(usize, f64)> = probes
+            .iter()
+            .zip(bits.iter())
+            .enumerate()
+            .filter(|(_, (_, b))| **b < MAX_CODE_BITS)
+            .filter_map(|(i, (p, &b))| {
+                let at = (b - MIN_CODE_BITS) as usize;
+                let gain = p.loss[at] - p.loss[at + 1];
+                let cost = p.bytes[at + 1].saturating_sub(p.bytes[at]).max(1) as f64;
+                (gain > 0.0).then_some((i, gain / cost))
+            })
+            .collect();
+        ups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut raised = false;
+        for (i, _) in ups {
+            bits[i] += 1;
+            if fits(bits)? {
+                raised = true;
+                break;
+            }
+            bits[i] -= 1;
+        }
+        if !raised {
+            return Ok(());
+        }
+    }
 }
 
 /// `U` (cout x r) and `V` (r x cols) with `U V` the best rank-r approximation of `w` (cout x
@@ -377,6 +472,97 @@ mod tests {
             permutation: PermutationKind::None,
             shape,
         }
+    }
+
+    /// `@auto` bits: free steps first, then the least loss per byte saved; stops as soon as
+    /// the budget fits, then spends what the last step saved beyond it; `None` when even 2
+    /// bits everywhere is over.
+    #[test]
+    fn auto_bits_lower_the_cheapest_loss_per_byte_first() {
+        // bits 2..=8; sizes proportional to bits. Conv 0 is sensitive below 6 bits, conv 1
+        // below 3 (made-up losses), conv 1 twice conv 0's size.
+        let probe = |knee: u8, unit: u64, steep: f64| BitsProbe {
+            loss: (2..=8u8)
+                .map(|b| {
+                    if b < knee {
+                        steep * f64::from(knee - b)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+            bytes: (2..=8u64).map(|b| b * unit).collect(),
+        };
+        let probes = [probe(6, 100, 1.0), probe(3, 200, 1.0)];
+        let size = |bits: &[u8]| -> u64 {
+            bits.iter()
+                .zip([100u64, 200])
+                .map(|(&b, u)| u64::from(b) * u)
+                .sum()
+        };
+        let mut calls = 0;
+        let under = |budget: u64| move |bits: &[u8]| -> Result<bool> { Ok(size(bits) <= budget) };
+        // 8 / 8 is 2,400 bytes. A budget of 1,600: free steps only, the larger saving first
+        // (conv 1 from 8 to 4 bits).
+        let chosen = choose_auto_bits(&probes, &mut under(1600))
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen, vec![8, 4]);
+        // Everything that costs nothing taken (6 / 3 = 1,200 bytes), 1,000 needs a lossy step:
+        // conv 1 to 2 bits saves 200 for 1.0, conv 0 to 5 saves 100 for 1.0: conv 1's.
+        let chosen = choose_auto_bits(&probes, &mut under(1000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen, vec![6, 2]);
+        // The fitting check runs once per step and stops at the first fit.
+        let mut counting = |bits: &[u8]| -> Result<bool> {
+            calls += 1;
+            Ok(size(bits) <= 2400)
+        };
+        assert_eq!(
+            choose_auto_bits(&probes, &mut counting).unwrap(),
+            Some(vec![8, 8])
+        );
+        assert_eq!(calls, 1);
+        // The last step down may save more than needed: what it left is spent again. A (100
+        // bytes a bit) loses a little at 7 bits and much below, B (300 a bit) 0.5 a bit below
+        // 8: A goes to 7,
+        // B to 7 then 6 (2,500 bytes); 200 left bring A back to 8.
+        let a = BitsProbe {
+            loss: (2..=8u8)
+                .map(|b| match b {
+                    8 => 0.0,
+                    7 => 0.001,
+                    _ => f64::from(7 - b),
+                })
+                .collect(),
+            bytes: (2..=8u64).map(|b| b * 100).collect(),
+        };
+        let b = BitsProbe {
+            loss: (2..=8u8).map(|b| 0.5 * f64::from(8 - b)).collect(),
+            bytes: (2..=8u64).map(|b| b * 300).collect(),
+        };
+        let two = |budget: u64| {
+            move |bits: &[u8]| -> Result<bool> {
+                Ok(u64::from(bits[0]) * 100 + u64::from(bits[1]) * 300 <= budget)
+            }
+        };
+        assert_eq!(
+            choose_auto_bits(&[a, b], &mut two(2700)).unwrap(),
+            Some(vec![8, 6])
+        );
+        // 2 / 2 = 600 bytes is the least there is.
+        assert_eq!(choose_auto_bits(&probes, &mut under(599)).unwrap(), None);
+        assert!(
+            choose_auto_bits(&[probe(3, 1, 1.0)], &mut under(1))
+                .unwrap()
+                .is_none()
+        );
+        let short = BitsProbe {
+            loss: vec![0.0; 3],
+            bytes: vec![1; 3],
+        };
+        assert!(choose_auto_bits(&[short], &mut under(1)).is_err());
     }
 
     /// `PREFIX=auto` takes the smallest rank whose (here: made-up) held-out accuracy is within

@@ -114,6 +114,10 @@ pub struct CodeRule {
     /// `PREFIX=auto`: the encoder chooses the fraction on held-out images before anything
     /// trains ([`super::coded::choose_auto_ranks`]) and writes it into `fraction` (1 until then).
     pub auto: bool,
+    /// `PREFIX=FRACTION@auto`: the encoder chooses each matching conv's bits to fill
+    /// `--target-size` ([`super::coded::choose_auto_bits`]); until then they start at
+    /// [`crate::format::MAX_CODE_BITS`].
+    pub auto_bits: bool,
 }
 
 impl CodedOptions {
@@ -145,15 +149,16 @@ impl CodedOptions {
         let bad = || {
             Error::InvalidArgument(format!(
                 "--code {arg:?}: expected PREFIX=FRACTION[@BITS] with FRACTION in (0, 1] or \
-                 `auto` and BITS in 2..=8, e.g. layer3=1/8 (rank cout/8 factors), layer1=1 \
-                 (whole codes), layer2=1@4 (whole, 4-bit) or layer3=auto (the rank chosen on \
-                 held-out images)"
+                 `auto` and BITS in 2..=8 or `auto`, e.g. layer3=1/8 (rank cout/8 factors), \
+                 layer1=1 (whole codes), layer2=1@4 (whole, 4-bit), layer3=auto (the rank chosen \
+                 on held-out images) or layer=1@auto (bits chosen to fill --target-size)"
             ))
         };
         let (prefix, rest) = arg.split_once('=').ok_or_else(bad)?;
-        let (f, bits) = match rest.split_once('@') {
-            Some((f, b)) => (f, Some(b.trim().parse::<u8>().map_err(|_| bad())?)),
-            None => (rest, None),
+        let (f, bits, auto_bits) = match rest.split_once('@') {
+            Some((f, b)) if b.trim() == "auto" => (f, None, true),
+            Some((f, b)) => (f, Some(b.trim().parse::<u8>().map_err(|_| bad())?), false),
+            None => (rest, None, false),
         };
         let auto = f.trim() == "auto";
         let fraction = match f.split_once('/') {
@@ -178,6 +183,7 @@ impl CodedOptions {
             fraction,
             bits,
             auto,
+            auto_bits,
         })
     }
 
@@ -207,9 +213,18 @@ impl CodedOptions {
         self.rules.iter().any(|r| r.auto)
     }
 
-    /// Bits per code of the conv named `name` (its rule's, else [`Self::bits`]).
+    /// Whether a rule leaves its convs' bits to the encoder (`PREFIX=FRACTION@auto`).
+    pub fn has_auto_bits(&self) -> bool {
+        self.rules.iter().any(|r| r.auto_bits)
+    }
+
+    /// Bits per code of the conv named `name` (its rule's, else [`Self::bits`]); a rule with
+    /// `@auto` starts at the most, [`crate::format::MAX_CODE_BITS`].
     pub fn bits_of(&self, name: &str) -> u8 {
-        self.rule(name).and_then(|r| r.bits).unwrap_or(self.bits)
+        match self.rule(name) {
+            Some(r) if r.auto_bits => crate::format::MAX_CODE_BITS,
+            r => r.and_then(|r| r.bits).unwrap_or(self.bits),
+        }
     }
 }
 

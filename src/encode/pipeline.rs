@@ -8,7 +8,9 @@ use std::time::Instant;
 use super::assemble::{Encoded, assemble};
 use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
-use super::coded::{CodedConv, choose_auto_ranks, decoded_coded};
+use super::coded::{
+    AUTO_BITS_IMAGES, BitsProbe, CodedConv, choose_auto_bits, choose_auto_ranks, decoded_coded,
+};
 use super::kernels::KernelSet;
 use super::options::{
     ChannelOrder, DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding,
@@ -37,8 +39,11 @@ use crate::decode::coded::coded_weights;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
-use crate::eval::{LoadedNet, check_fit};
-use crate::format::{CodedTensor, Container, LayerEntry, Limits, predictor_bytes, read_container};
+use crate::eval::{LoadedNet, check_fit, log_probs, mean_kl};
+use crate::format::{
+    CodedTensor, Container, LayerEntry, Limits, MAX_CODE_BITS, MIN_CODE_BITS, predictor_bytes,
+    read_container,
+};
 use crate::io::MappedFile;
 use crate::network::{FixedParams, HostModel};
 use crate::permute::{Permutation, PermutationKind};
@@ -698,6 +703,18 @@ fn encode_on<B: TrainBackend>(
         _ => (None, Vec::new(), None),
     };
     let opts = resolved.as_ref().unwrap_or(opts);
+    if opts.coded.as_ref().is_some_and(CodedOptions::has_auto_bits) {
+        if opts.target_size.is_none() {
+            return Err(auto_bits_needs("a budget to fill (--target-size)"));
+        }
+        if opts.resume.is_some() {
+            return Err(Error::InvalidArgument(
+                "--code PREFIX=FRACTION@auto with --resume: the file's coded convs continue as \
+                 they are (leave --code out)"
+                    .into(),
+            ));
+        }
+    }
     // `--code`: those convs leave the predicted layers before anything is sized or trained.
     // With `--resume`, the file's coded convs (if any) are continued as they are.
     let coded = match (&resume_container, &opts.coded) {
@@ -708,7 +725,7 @@ fn encode_on<B: TrainBackend>(
         (None, Some(rules)) => source.split_coded(rules)?,
         _ => Vec::new(),
     };
-    let coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
+    let mut coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
     let source = source;
     let mut layers = source.layers.clone();
     let source_bytes = source.bytes.len() as u64;
@@ -777,7 +794,7 @@ fn encode_on<B: TrainBackend>(
         check_fit(net, &plan.train, &file.path.display().to_string())?;
     }
     // The student's conv weights come from the predictor; only its fixed parameters load here.
-    let student = match (&net, &host) {
+    let mut student = match (&net, &host) {
         (Some(net), Some(host)) => Some(LoadedNet::<B::InnerBackend> {
             net: net.clone(),
             fixed: FixedParams::new(net, host, device)?,
@@ -840,6 +857,29 @@ fn encode_on<B: TrainBackend>(
         ),
     };
     let permutation_seconds = t_perm.elapsed().as_secs_f64();
+    // `--code PREFIX=FRACTION@auto`: the coded convs' bits are chosen to fill the budget now
+    // that everything else the file holds is known; they start phase 2 from those.
+    let mut coded = coded;
+    if let Some(rules) = opts.coded.as_ref().filter(|r| r.has_auto_bits()) {
+        let (Some(budget), Some(plan), Some(student)) = (budget, plan.as_ref(), student.as_mut())
+        else {
+            return Err(auto_bits_needs("real images (--data DIR)"));
+        };
+        let sizer = Sizer::new(
+            &source,
+            &layers,
+            &permutations,
+            opts.raw_passthrough,
+            Vec::new(),
+        );
+        let size = |c: &[CodedTensor]| sizer.bound_with_coded(&cfg, storage, c);
+        let line = auto_bits::<B>(
+            device, &source, &mut coded, rules, plan, budget, &size, progress,
+        )?;
+        notes.add(line);
+        coded_start = coded.iter().map(CodedConv::stored).collect();
+        student.convs = decoded_coded(&coded_start, device)?;
+    }
 
     let ctx = Context::<B> {
         device,
@@ -1349,6 +1389,122 @@ fn auto_ranks<B: TrainBackend>(
         },
     )?;
     Ok((resolved, lines, plan))
+}
+
+fn auto_bits_needs(what: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "--code PREFIX=FRACTION@auto chooses the bits on held-out images to fill the budget: it \
+         needs {what}"
+    ))
+}
+
+/// Resolves `--code PREFIX=FRACTION@auto` ([`choose_auto_bits`]): each such conv alone at
+/// every bit width (the other convs as in the source, its passthrough as stored), the mean KL
+/// divergence of the network's predictions from the source's on the first
+/// [`AUTO_BITS_IMAGES`] held-out images and its `CODE` entry's compressed bytes; then the bits
+/// are lowered greedily until `size` (the whole file) is within `budget`. Sets the bits of
+/// `coded`, returns the note saying what was measured and chosen.
+#[allow(clippy::too_many_arguments)]
+fn auto_bits<B: TrainBackend>(
+    device: &B::Device,
+    source: &Source<'_>,
+    coded: &mut [CodedConv],
+    rules: &CodedOptions,
+    plan: &DataPlan,
+    budget: u64,
+    size: &dyn Fn(&[CodedTensor]) -> Result<u64>,
+    progress: &dyn Progress,
+) -> Result<String> {
+    let held = plan
+        .held_out()
+        .ok_or_else(|| auto_bits_needs("held-out images (--held-out > 0)"))?;
+    let probe_idx = &held.indices[..held.indices.len().min(AUTO_BITS_IMAGES)];
+    let base = LoadedNet::<B::InnerBackend>::from_host(&source.host_model(), device)?;
+    let classes = base.net.num_classes;
+    let reference = log_probs(&base, held.data, probe_idx, &plan.norm, device)?;
+    let auto: Vec<usize> = (0..coded.len())
+        .filter(|&i| rules.rule(&coded[i].name).is_some_and(|r| r.auto_bits))
+        .collect();
+    progress.stage("choosing bits (--code PREFIX=FRACTION@auto)");
+    let mut probes = Vec::with_capacity(auto.len());
+    for &i in &auto {
+        let mut probe = BitsProbe {
+            loss: Vec::new(),
+            bytes: Vec::new(),
+        };
+        for bits in MIN_CODE_BITS..=MAX_CODE_BITS {
+            let t = CodedConv {
+                bits,
+                ..coded[i].clone()
+            }
+            .stored();
+            let entry = crate::format::write_coded(std::slice::from_ref(&t))?;
+            let packed = zstd::bulk::compress(&entry, 19).map_err(|e| Error::io("<zstd>", e))?;
+            probe.bytes.push(packed.len() as u64);
+            let mut n = LoadedNet {
+                net: base.net.clone(),
+                fixed: base.fixed.clone(),
+                convs: base.convs.clone(),
+            };
+            n.convs
+                .extend(decoded_coded(std::slice::from_ref(&t), device)?);
+            let lp = log_probs(&n, held.data, probe_idx, &plan.norm, device)?;
+            probe.loss.push(mean_kl(&reference, &lp, classes));
+        }
+        probes.push(probe);
+    }
+    // The file at given bits: the fixed convs as they are, the probed ones at `bits`.
+    let at = |bits: &[u8]| -> Vec<CodedTensor> {
+        let mut all: Vec<CodedConv> = coded.to_vec();
+        for (&i, &b) in auto.iter().zip(bits) {
+            all[i].bits = b;
+        }
+        all.iter().map(CodedConv::stored).collect()
+    };
+    // Summing the entries alone first skips most of the whole-file sizings.
+    let fixed_bytes = size(&at(&vec![MAX_CODE_BITS; auto.len()]))?.saturating_sub(
+        probes
+            .iter()
+            .map(|p| p.bytes[(MAX_CODE_BITS - MIN_CODE_BITS) as usize])
+            .sum(),
+    );
+    let mut sized = 0;
+    let mut fits = |bits: &[u8]| -> Result<bool> {
+        let sum: u64 = probes
+            .iter()
+            .zip(bits)
+            .map(|(p, &b)| p.bytes[(b - MIN_CODE_BITS) as usize])
+            .sum();
+        if fixed_bytes + sum > budget + budget / 50 {
+            return Ok(false);
+        }
+        sized += 1;
+        Ok(size(&at(bits))? <= budget)
+    };
+    let chosen = choose_auto_bits(&probes, &mut fits)?.ok_or_else(|| {
+        Error::Budget(format!(
+            "--code PREFIX=FRACTION@auto: the file does not fit {budget} bytes even with \
+             {MIN_CODE_BITS}-bit codes for every conv the rule names"
+        ))
+    })?;
+    let mut loss = 0.0;
+    for ((&i, &b), p) in auto.iter().zip(&chosen).zip(&probes) {
+        coded[i].bits = b;
+        loss += p.loss[(b - MIN_CODE_BITS) as usize];
+    }
+    let by_conv = auto
+        .iter()
+        .zip(&chosen)
+        .map(|(&i, b)| format!("{} {b}", coded[i].name.trim_end_matches(".weight")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(format!(
+        "--code ...@auto: {} convs measured alone at {MIN_CODE_BITS}-{MAX_CODE_BITS} bits on \
+         {} held-out images (KL divergence from the source's predictions); bits chosen to fit \
+         {budget} bytes (summed divergence {loss:.4} nats, {sized} whole-file sizings): {by_conv}",
+        auto.len(),
+        probe_idx.len(),
+    ))
 }
 
 /// The coded convs of a resumed file, taken out of `source`'s predicted layers and continued from
