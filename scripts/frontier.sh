@@ -16,8 +16,8 @@
 #
 # Besides the budgets, each fixture runs its coded-conv recipes (`--code`, format 1.8: convs as
 # integer codes trained in phase 2, the stem predicted), one point per recipe and seed; their
-# size follows from the codes' bits and ranks, not from a budget. CODED="NAME=FLAGS;..."
-# replaces a fixture's list (applied to every fixture in FIXTURES); `none` skips them.
+# size follows from the codes' bits and ranks, or from the budget of an `@auto` recipe.
+# CODED="NAME=FLAGS;..." replaces a fixture's list (applied to every fixture in FIXTURES); `none` skips them.
 #
 # Output: $OUT/frontier.md (the table) and $OUT/frontier-FIXTURE.svg (size % against test accuracy).
 # Points measured earlier whose JSON is gone can be listed in $OUT/points.csv (docs/frontier/ has
@@ -33,8 +33,9 @@ OUT=${OUT:-out/frontier}
 # The recipe every budget runs (the budget chooses the hidden width that fits).
 RECIPE=${RECIPE:-"--predictor-dtype int6 --pe-levels 20 --passthrough f16 --distill-steps 800"}
 DATA=/usr/share/datasets/fashion-mnist
-# The coded-conv recipes measured in sessions 34-35 (docs/measurements.md): the stem predicted
-# by a small int8 predictor, every other conv as codes.
+# The coded-conv recipes measured in sessions 34-36 (docs/measurements.md): the stem predicted
+# by a small int8 predictor, every other conv as codes (`@auto`: each conv's bits chosen to fill
+# the budget).
 STEM="--hidden 8 --pe-levels 4 --predictor-dtype int8 --steps 20000"
 coded_recipes() {
   if [ -n "${CODED:-}" ]; then
@@ -44,7 +45,9 @@ coded_recipes() {
   case $1 in
     fmnist-resnet20|fmnist-resnet56)
       echo "3bit=--code layer=1@3 --passthrough f16 $STEM --distill-steps 1200;\
-3-3-4bit=--code layer1=1@3 --code layer2=1@3 --code layer=1@4 --passthrough f16 $STEM --distill-steps 600" ;;
+3-3-4bit=--code layer1=1@3 --code layer2=1@3 --code layer=1@4 --passthrough f16 $STEM --distill-steps 600;\
+auto-7.5=--code layer=1@auto --target-size 7.5% --passthrough f16 $STEM --distill-steps 1200;\
+auto-5=--code layer=1@auto --target-size 5% --passthrough f16 $STEM --distill-steps 1200" ;;
     fmnist-resnet20w4)
       echo "3bit-layer3-rank8th=--code layer3=1/8 --code layer=1 --hidden 32 --predictor-dtype int8 --steps 20000 --distill-steps 400" ;;
   esac
