@@ -99,6 +99,17 @@ pub struct LoadedNet<B: Backend> {
 }
 
 impl<B: Backend> LoadedNet<B> {
+    /// The same network with `convs` in place of (or beside) its own conv weights.
+    pub fn with_convs(&self, convs: std::collections::HashMap<String, Tensor<B, 4>>) -> Self {
+        let mut all = self.convs.clone();
+        all.extend(convs);
+        LoadedNet {
+            net: self.net.clone(),
+            fixed: self.fixed.clone(),
+            convs: all,
+        }
+    }
+
     /// Loads a `.safetensors` or `.nern` file.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
         Self::from_host(&HostModel::load(path)?, device)

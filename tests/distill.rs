@@ -675,4 +675,12 @@ fn auto_bits_fill_the_budget_and_are_recorded() {
     let (tight, loose) = (mean_bits(9.0), mean_bits(18.0));
     assert!(tight < loose, "mean bits {tight} at 9 %, {loose} at 18 %");
     assert!(tight >= 2.0 && loose <= 8.0);
+    // 2 % is less than the codes take at 2 bits: a budget error before any training.
+    let mut opts = selecting_on_test(&data);
+    opts.coded = Some(CodedOptions::parse(&["layer=1@auto"], 3, 1e-4).unwrap());
+    opts.target_size = Some(SizeTarget::Percent(2.0));
+    match encode(&src, &opts, &NoProgress) {
+        Err(nernc::Error::Budget(why)) => assert!(why.contains("2-bit codes"), "{why}"),
+        other => panic!("{:?}", other.map(|(b, _)| b.len())),
+    }
 }

@@ -187,6 +187,18 @@ pub struct BitsProbe {
     pub bytes: Vec<u64>,
 }
 
+impl BitsProbe {
+    /// The divergence at `bits` (in `MIN_CODE_BITS ..= MAX_CODE_BITS`).
+    pub fn loss_at(&self, bits: u8) -> f64 {
+        self.loss[usize::from(bits - MIN_CODE_BITS)]
+    }
+
+    /// The entry's compressed bytes at `bits`.
+    pub fn bytes_at(&self, bits: u8) -> u64 {
+        self.bytes[usize::from(bits - MIN_CODE_BITS)]
+    }
+}
+
 /// Held-out images a `@auto` probe measures the KL divergence on (at most): the divergence is
 /// smooth, so a thousand images rank the convs as well as all of them, at a fifth of the cost.
 pub const AUTO_BITS_IMAGES: usize = 1000;
@@ -223,9 +235,8 @@ pub fn choose_auto_bits(
             .enumerate()
             .filter(|(_, (_, b))| **b > MIN_CODE_BITS)
             .map(|(i, (p, &b))| {
-                let at = (b - MIN_CODE_BITS) as usize;
-                let loss = (p.loss[at - 1] - p.loss[at]).max(0.0);
-                let saved = p.bytes[at].saturating_sub(p.bytes[at - 1]).max(1) as f64;
+                let loss = (p.loss_at(b - 1) - p.loss_at(b)).max(0.0);
+                let saved = p.bytes_at(b).saturating_sub(p.bytes_at(b - 1)).max(1) as f64;
                 (i, loss / saved, saved)
             })
             .min_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)));
@@ -250,9 +261,8 @@ fn refill(
             .enumerate()
             .filter(|(_, (_, b))| **b < MAX_CODE_BITS)
             .filter_map(|(i, (p, &b))| {
-                let at = (b - MIN_CODE_BITS) as usize;
-                let gain = p.loss[at] - p.loss[at + 1];
-                let cost = p.bytes[at + 1].saturating_sub(p.bytes[at]).max(1) as f64;
+                let gain = p.loss_at(b) - p.loss_at(b + 1);
+                let cost = p.bytes_at(b + 1).saturating_sub(p.bytes_at(b)).max(1) as f64;
                 (gain > 0.0).then_some((i, gain / cost))
             })
             .collect();

@@ -144,13 +144,7 @@ pub fn held_out_accuracy<B: ConvBackend>(
     device: &B::Device,
 ) -> Result<f64> {
     // The student's own convs (coded ones, `--code`) and the predicted ones.
-    let mut convs = student.convs.clone();
-    convs.extend(decoded_convs(p, layers, perms, device));
-    let m = LoadedNet {
-        net: student.net.clone(),
-        fixed: student.fixed.clone(),
-        convs,
-    };
+    let m = student.with_convs(decoded_convs(p, layers, perms, device));
     network_accuracy(&m, held, norm, device)
 }
 
