@@ -5,40 +5,31 @@ variance re-estimated (cumulative average, train-mode forward, no gradients) on 
 
     out/torchenv/bin/python scripts/bn-recalibration.py DECODED.safetensors [MORE ...]
 
-Uses ../shared/bench/eval_torch.py for the model. One JSON line per file; a few minutes per
-ResNet-20 on 2 cores, much longer for the 4x-wide one.
+The model and data come from torch_bench.py (the shared bench's code). One JSON line per
+file; a few minutes per ResNet-20 on 2 cores, much longer for the 4x-wide one.
 """
 import json
 import os
 import sys
 
 import torch
+from safetensors.torch import load_file
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench"))
-from eval_torch import DATA, build, predict  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from train_fixtures import MEAN, STD, load_idx  # noqa: E402
+import torch_bench as tb
 
 torch.set_num_threads(os.cpu_count())
 
 
-def split(kind):
-    x = torch.tensor(load_idx(f"{DATA}/{kind}-images-idx3-ubyte.gz")).float().div(255).sub(MEAN).div(STD).unsqueeze(1)
-    y = torch.tensor(load_idx(f"{DATA}/{kind}-labels-idx1-ubyte.gz")).long()
-    return x, y
-
-
 def accuracy(model, x, y):
-    return round(100.0 * (predict(model, x) == y).float().mean().item(), 2)
+    return round(100.0 * (tb.predict(model, x) == y).float().mean().item(), 2)
 
 
-xt, yt = split("t10k")
-xtr, ytr = split("train")
+xt, yt = tb.images("t10k"), tb.labels("t10k")
+xtr, ytr = tb.images("train"), tb.labels("train")
 tail_x, tail_y = xtr[-5000:], ytr[-5000:]
 for path in sys.argv[1:]:
     sd = load_file(path)
-    model = build(sd)
-    model.load_state_dict(sd, strict=True)
+    model = tb.model(sd)
     row = {"file": os.path.basename(path), "test": accuracy(model, xt, yt), "train_tail": accuracy(model, tail_x, tail_y)}
     for n in (2000, 10000):
         model.load_state_dict(sd, strict=True)
