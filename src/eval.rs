@@ -174,6 +174,29 @@ fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>> {
     Ok(v.into_iter().map(|x| x as u32).collect())
 }
 
+/// `per_batch` of the logits of every image in `indices`, in batches of [`EVAL_BATCH`], the
+/// results concatenated in order.
+fn by_batch<B: ConvBackend, T>(
+    m: &LoadedNet<B>,
+    data: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    device: &B::Device,
+    mut per_batch: impl FnMut(Tensor<B, 2>) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let (x, _) = data.batch(chunk, norm);
+        out.extend(per_batch(m.logits(input_tensor(
+            x,
+            chunk.len(),
+            data.shape,
+            device,
+        )))?);
+    }
+    Ok(out)
+}
+
 /// Predicted classes of every image in `indices`.
 pub fn predict<B: ConvBackend>(
     m: &LoadedNet<B>,
@@ -182,17 +205,7 @@ pub fn predict<B: ConvBackend>(
     norm: &Normalization,
     device: &B::Device,
 ) -> Result<Vec<u32>> {
-    let mut out = Vec::with_capacity(indices.len());
-    for chunk in indices.chunks(EVAL_BATCH) {
-        let (x, _) = data.batch(chunk, norm);
-        out.extend(argmax(m.logits(input_tensor(
-            x,
-            chunk.len(),
-            data.shape,
-            device,
-        )))?);
-    }
-    Ok(out)
+    by_batch(m, data, indices, norm, device, argmax)
 }
 
 /// Log-probabilities (log-softmax of the logits) of every image in `indices`, row-major
@@ -204,19 +217,13 @@ pub fn log_probs<B: ConvBackend>(
     norm: &Normalization,
     device: &B::Device,
 ) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(indices.len() * m.net.num_classes);
-    for chunk in indices.chunks(EVAL_BATCH) {
-        let (x, _) = data.batch(chunk, norm);
-        let logits = m.logits(input_tensor(x, chunk.len(), data.shape, device));
-        out.extend(
-            burn::tensor::activation::log_softmax(logits, 1)
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| Error::Training(format!("{e:?}")))?,
-        );
-    }
-    Ok(out)
+    by_batch(m, data, indices, norm, device, |logits| {
+        burn::tensor::activation::log_softmax(logits, 1)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| Error::Training(format!("{e:?}")))
+    })
 }
 
 /// Mean KL divergence `KL(p || q)` (nats) over rows of `classes` log-probabilities.

@@ -643,11 +643,14 @@ fn auto_bits_fill_the_budget_and_are_recorded() {
     let data = small_dataset(dir.path());
     let src = fixture("fmnist-resnet20.safetensors");
     let source_bytes = std::fs::metadata(&src).unwrap().len() as f64;
-    let mean_bits = |percent: f64| {
+    let auto_at = |percent: f64| {
         let mut opts = selecting_on_test(&data);
         opts.coded = Some(CodedOptions::parse(&["layer=1@auto"], 3, 1e-4).unwrap());
         opts.target_size = Some(SizeTarget::Percent(percent));
-        let (bytes, r) = encode(&src, &opts, &NoProgress).unwrap();
+        encode(&src, &opts, &NoProgress)
+    };
+    let mean_bits = |percent: f64| {
+        let (bytes, r) = auto_at(percent).unwrap();
         assert!(
             bytes.len() as f64 <= source_bytes * percent / 100.0,
             "{} bytes over {percent} %",
@@ -676,10 +679,7 @@ fn auto_bits_fill_the_budget_and_are_recorded() {
     assert!(tight < loose, "mean bits {tight} at 9 %, {loose} at 18 %");
     assert!(tight >= 2.0 && loose <= 8.0);
     // 2 % is less than the codes take at 2 bits: a budget error before any training.
-    let mut opts = selecting_on_test(&data);
-    opts.coded = Some(CodedOptions::parse(&["layer=1@auto"], 3, 1e-4).unwrap());
-    opts.target_size = Some(SizeTarget::Percent(2.0));
-    match encode(&src, &opts, &NoProgress) {
+    match auto_at(2.0) {
         Err(nernc::Error::Budget(why)) => assert!(why.contains("2-bit codes"), "{why}"),
         other => panic!("{:?}", other.map(|(b, _)| b.len())),
     }

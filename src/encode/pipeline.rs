@@ -864,7 +864,7 @@ fn encode_on<B: TrainBackend>(
         let (Some(budget), Some(plan)) = (budget, plan.as_ref()) else {
             return Err(auto_bits_needs("real images (--data DIR)"));
         };
-        let Some(student) = student.as_mut() else {
+        let (Some(student), Some(host)) = (student.as_mut(), host.as_ref()) else {
             return Err(auto_bits_needs("a network it can run (see the note above)"));
         };
         let sizer = Sizer::new(
@@ -876,7 +876,7 @@ fn encode_on<B: TrainBackend>(
         );
         let size = |c: &[CodedTensor]| sizer.bound_with_coded(&cfg, storage, c);
         let line = auto_bits::<B>(
-            device, &source, &mut coded, rules, plan, budget, &size, progress,
+            device, host, &mut coded, rules, plan, budget, &size, progress,
         )?;
         notes.add(line);
         coded_start = coded.iter().map(CodedConv::stored).collect();
@@ -1396,7 +1396,8 @@ fn auto_bits_needs(what: &str) -> Error {
 }
 
 /// Resolves `--code PREFIX=FRACTION@auto` ([`choose_auto_bits`]): each such conv alone at
-/// every bit width (the other convs as in the source, its passthrough as stored), the mean KL
+/// every bit width (the other convs as in `host`, the source with its passthrough as stored),
+/// the mean KL
 /// divergence of the network's predictions from the source's on the first
 /// [`AUTO_BITS_IMAGES`] held-out images and its `CODE` entry's compressed bytes; then the bits
 /// are lowered greedily until `size` (the whole file) is within `budget`. Sets the bits of
@@ -1404,7 +1405,7 @@ fn auto_bits_needs(what: &str) -> Error {
 #[allow(clippy::too_many_arguments)]
 fn auto_bits<B: TrainBackend>(
     device: &B::Device,
-    source: &Source<'_>,
+    host: &HostModel,
     coded: &mut [CodedConv],
     rules: &CodedOptions,
     plan: &DataPlan,
@@ -1416,7 +1417,7 @@ fn auto_bits<B: TrainBackend>(
         .held_out()
         .ok_or_else(|| auto_bits_needs("held-out images (--held-out > 0)"))?;
     let probe_idx = &held.indices[..held.indices.len().min(AUTO_BITS_IMAGES)];
-    let base = LoadedNet::<B::InnerBackend>::from_host(&source.host_model(), device)?;
+    let base = LoadedNet::<B::InnerBackend>::from_host(host, device)?;
     let classes = base.net.num_classes;
     let reference = log_probs(&base, held.data, probe_idx, &plan.norm, device)?;
     let auto: Vec<usize> = (0..coded.len())
