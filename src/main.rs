@@ -272,7 +272,7 @@ struct EncodeSettings {
     #[arg(long, value_enum, help_heading = heading::PHASE1)]
     channel_order: Option<ChannelOrderArg>,
     /// Phase 2: distillation steps after reconstruction (0: reconstruction only) [default: 400
-    /// on data, 150 on noise].
+    /// on data, 1,200 on data with --code, 150 on noise].
     #[arg(long, help_heading = heading::PHASE2)]
     distill_steps: Option<usize>,
     /// Phase-2 learning rate (Adam, cosine decay) [default: 5e-5 on data, 1e-5 on noise].
@@ -639,7 +639,7 @@ impl EncodeSettings {
         };
         let source = opts.set_data(data.as_ref())?;
         opts.phase2_by_default = self.distill_steps.is_none() && self.data.is_none();
-        let d = EncodeOptions::default_distill(source);
+        let d = EncodeOptions::default_distill(source, opts.coded.is_some());
         let steps = self.distill_steps.unwrap_or(d.steps);
         opts.distill = (steps > 0).then(|| DistillOptions {
             steps,

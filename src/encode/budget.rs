@@ -338,6 +338,35 @@ pub fn candidates(
     Ok(out)
 }
 
+/// The one candidate when coded convs fill the budget (`--code PREFIX=FRACTION@auto`): their bits
+/// were chosen with the predictor of the convs left at the shape it was given or defaults to
+/// (sized by the predicted weights: small when few are left), so that shape stays. Searching or
+/// widening it would spend the codes' bytes on a few kernels and cost a probe run per candidate
+/// (measured: ResNet-20's stem alone, 144 weights, was widened to hidden 38, came out over the
+/// budget, and phase 2 ran twice).
+pub fn coded_candidate(
+    sizer: &Sizer<'_>,
+    config: &PredictorConfig,
+    dtype: WeightDtype,
+    budget: u64,
+) -> Result<Candidate> {
+    let bound = sizer.bound(config, dtype)?;
+    if bound > budget {
+        return Err(Error::Budget(format!(
+            "the file with its coded convs and the predictor of the others (hidden {}, {}) takes \
+             {bound} bytes, over the budget of {budget}: fewer bits (--code ...@BITS or @auto) \
+             or a smaller --hidden",
+            config.widths[1],
+            dtype.name()
+        )));
+    }
+    Ok(Candidate {
+        config: config.clone(),
+        dtype,
+        bound,
+    })
+}
+
 impl Sizer<'_> {
     /// Bytes of the tensors stored verbatim.
     pub fn passthrough_bytes(&self) -> u64 {

@@ -113,9 +113,10 @@ pub struct DistillSettings<'a> {
     pub fits: Option<FitsBudget<'a>>,
 }
 
-/// Whether the file with this predictor, tuned passthrough and coded convs keeps to a budget.
+/// By how many bytes the file with this predictor, tuned passthrough and coded convs is over a
+/// budget (0: within it).
 pub type FitsBudget<'a> =
-    &'a dyn Fn(&Predictor, Option<&TunedPassthrough>, &[CodedConv]) -> Result<bool>;
+    &'a dyn Fn(&Predictor, Option<&TunedPassthrough>, &[CodedConv]) -> Result<u64>;
 
 /// Whether a held-out check's state `(fits, accuracy)` replaces the kept one: a state within
 /// the budget beats any over it, then the higher accuracy wins.
@@ -148,6 +149,8 @@ pub struct DistillOutcome {
     pub coded: Vec<CodedConv>,
     /// Held-out checks whose state was over the size budget ([`DistillSettings::fits`]).
     pub over_budget: usize,
+    /// The most bytes a checked state was over the budget by.
+    pub over_budget_bytes: u64,
 }
 
 /// Maps position-ordered predictions `[N, K*K]` to every layer's conv weight, original order.
@@ -361,12 +364,18 @@ pub fn distill<B: TrainBackend>(
     let mut best_step = 0;
     let mut held_out_history = Vec::new();
     let mut best_acc = f64::NEG_INFINITY;
-    let fits = |p: &Predictor, pass: &Option<TunedPassthrough>, coded: &[CodedConv]| match s.fits {
-        Some(f) => f(p, pass.as_ref(), coded),
-        None => Ok(true),
+    let mut over_budget = 0;
+    let mut over_budget_bytes = 0;
+    let mut fits = |p: &Predictor, pass: &Option<TunedPassthrough>, coded: &[CodedConv]| {
+        let over = match s.fits {
+            Some(f) => f(p, pass.as_ref(), coded)?,
+            None => 0,
+        };
+        over_budget += usize::from(over > 0);
+        over_budget_bytes = over_budget_bytes.max(over);
+        Ok::<_, Error>(over == 0)
     };
     let mut best_fits = true;
-    let mut over_budget = 0;
     if let Some(h) = &s.held_out {
         // Step 0 is the starting predictor; reuse its figure when the caller measured it on
         // the same storage.
@@ -376,7 +385,6 @@ pub fn distill<B: TrainBackend>(
         };
         held_out_history.push((0, best_acc));
         best_fits = fits(&best, &best_pass, &best_coded)?;
-        over_budget += usize::from(!best_fits);
     }
     let maps = s.feature_weight > 0.0;
     // (The pipeline refused a teacher with another number of blocks before phase 1.)
@@ -548,7 +556,6 @@ pub fn distill<B: TrainBackend>(
             let acc = measure(&p, &pass, &now_coded, h)?;
             held_out_history.push((done, acc));
             let fit = fits(&p, &pass, &now_coded)?;
-            over_budget += usize::from(!fit);
             if replaces((fit, acc), (best_fits, best_acc)) {
                 best_acc = acc;
                 best_fits = fit;
@@ -577,6 +584,7 @@ pub fn distill<B: TrainBackend>(
         held_out_history,
         best_step,
         over_budget,
+        over_budget_bytes,
     })
 }
 

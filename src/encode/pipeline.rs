@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::assemble::{Encoded, assemble};
-use super::budget::{Candidate, Sizer, candidates as budget_candidates, resumed_dtype};
+use super::budget::{
+    Candidate, Sizer, candidates as budget_candidates, coded_candidate, resumed_dtype,
+};
 use super::clock::{Costs, Plan, distill_evals, probe_steps};
 use super::coded::{
     AUTO_BITS_IMAGES, BitsProbe, CodedConv, choose_auto_bits, choose_auto_ranks, decoded_coded,
@@ -125,6 +127,7 @@ struct Cycles {
     kept_held_out: Option<f64>,
     teacher_images: usize,
     over_budget: usize,
+    over_budget_bytes: u64,
 }
 
 impl Cycles {
@@ -149,6 +152,7 @@ impl Cycles {
         }
         self.teacher_images += o.teacher_images;
         self.over_budget += o.over_budget;
+        self.over_budget_bytes = self.over_budget_bytes.max(o.over_budget_bytes);
     }
 }
 
@@ -335,6 +339,7 @@ impl<B: TrainBackend> Context<'_, B> {
                 seconds: t_distill.elapsed().as_secs_f64(),
                 teacher_images: cycles.teacher_images,
                 over_budget: cycles.over_budget,
+                over_budget_bytes: cycles.over_budget_bytes,
             });
             predictor = out.predictor;
             passthrough = out.passthrough;
@@ -703,7 +708,7 @@ fn encode_on<B: TrainBackend>(
         _ => (None, Vec::new(), None),
     };
     let opts = resolved.as_ref().unwrap_or(opts);
-    if opts.coded.as_ref().is_some_and(CodedOptions::has_auto_bits) {
+    if opts.auto_bits() {
         if opts.target_size.is_none() {
             return Err(auto_bits_needs("a budget to fill (--target-size)"));
         }
@@ -899,7 +904,9 @@ fn encode_on<B: TrainBackend>(
     };
     let kernels: usize = ctx.layers.iter().map(LayerEntry::kernels).sum();
     let mut schedule = Schedule {
-        phase1_steps: opts.steps.unwrap_or_else(|| default_phase1_steps(kernels)),
+        phase1_steps: opts
+            .steps
+            .unwrap_or_else(|| default_phase1_steps(kernels, opts.batch)),
         rounds: opts.rounds,
         distill: opts.distill.as_ref(),
         distill_steps: opts.distill.as_ref().map_or(0, |d| d.steps),
@@ -928,14 +935,14 @@ fn encode_on<B: TrainBackend>(
     // The file was sized with the phase-1 predictor's codes and the coded convs' starting
     // codes; trained ones compress differently, so phase 2 keeps a state within the budget
     // over a more accurate one beyond it.
-    let fits_budget = |p: &Predictor, pass: Option<&TunedPassthrough>, coded: &[CodedConv]| {
+    let over_budget = |p: &Predictor, pass: Option<&TunedPassthrough>, coded: &[CodedConv]| {
         Ok(match budget {
-            Some(b) => size_of(p, pass, coded)? <= b,
-            None => true,
+            Some(b) => size_of(p, pass, coded)?.saturating_sub(b),
+            None => 0,
         })
     };
     if budget.is_some() {
-        schedule.fits = Some(&fits_budget);
+        schedule.fits = Some(&over_budget);
     }
     // A budget lists the predictors that fit; which one wins is measured before the full run.
     let mut candidates = Vec::new();
@@ -943,6 +950,13 @@ fn encode_on<B: TrainBackend>(
     if let Some(budget) = budget {
         if resumed.is_some() {
             schedule.storage = resumed_dtype(&sizer, opts, &cfg, budget)?;
+        } else if opts.auto_bits() {
+            list = Some(vec![coded_candidate(
+                &sizer,
+                &cfg,
+                schedule.storage,
+                budget,
+            )?]);
         } else {
             list = Some(budget_candidates(
                 &sizer,
@@ -1115,10 +1129,10 @@ fn encode_on<B: TrainBackend>(
     }
     if let Some(d) = trained.distill.as_ref().filter(|d| d.over_budget > 0) {
         notes.add(format!(
-            "--target-size: {} of phase 2's held-out checks found the file over the budget \
-             (trained codes compress differently from those it was sized with): of the states \
-             within it, the most accurate was kept",
-            d.over_budget
+            "--target-size: {} of phase 2's held-out checks found the file over the budget, \
+             by up to {} bytes (trained codes compress differently from those it was sized \
+             with): of the states within it, the most accurate was kept",
+            d.over_budget, d.over_budget_bytes
         ));
     }
     let predictor = trained.predictor;
@@ -1254,8 +1268,9 @@ fn hidden_for(opts: &EncodeOptions, storage: WeightDtype, source: &Source<'_>) -
 
 /// Whether a budget's chosen shape is widened by measuring its codes: integer codes of fewer than
 /// 8 bits (written in code layout 1 when that is smaller) and a hidden width not pinned.
+/// Not when coded convs fill the budget ([`coded_candidate`]).
 fn widens(opts: &EncodeOptions, c: &Candidate) -> bool {
-    opts.hidden.is_none() && c.dtype.code_bits().is_some_and(|b| b < 8)
+    opts.hidden.is_none() && !opts.auto_bits() && c.dtype.code_bits().is_some_and(|b| b < 8)
 }
 
 /// The channel order to encode in: `--channel-order` if given (it must be a resumed file's own),

@@ -247,6 +247,8 @@ pub struct DistillReport {
     /// Held-out checks whose state's file was over `--target-size`, so not kept while any
     /// state within it was seen (trained codes compress differently from the sized ones).
     pub over_budget: usize,
+    /// The most bytes such a state's file was over the budget by.
+    pub over_budget_bytes: u64,
 }
 
 impl EncodeReport {
