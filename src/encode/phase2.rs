@@ -107,15 +107,15 @@ pub struct DistillSettings<'a> {
     pub tune: Option<TuneSettings>,
     /// Peak learning rate of the coded convs' values (`--code-lr`; used when there are any).
     pub coded_lr: f64,
-    /// Whether a candidate's file keeps to the size budget (`--target-size`): a held-out
-    /// check keeps a state over it only while no state within it was seen, since trained
-    /// codes compress differently from those the file was sized with.
-    pub fits: Option<FitsBudget<'a>>,
+    /// By how many bytes a candidate's file is over the size budget (`--target-size`): a
+    /// held-out check keeps a state over it only while no state within it was seen, since
+    /// trained codes compress differently from those the file was sized with.
+    pub fits: Option<OverBudget<'a>>,
 }
 
 /// By how many bytes the file with this predictor, tuned passthrough and coded convs is over a
 /// budget (0: within it).
-pub type FitsBudget<'a> =
+pub type OverBudget<'a> =
     &'a dyn Fn(&Predictor, Option<&TunedPassthrough>, &[CodedConv]) -> Result<u64>;
 
 /// Whether a held-out check's state `(fits, accuracy)` replaces the kept one: a state within

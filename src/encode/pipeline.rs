@@ -22,7 +22,7 @@ use super::options::{
 use super::options::{CodedOptions, DEFAULT_CODE_LR};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
 use super::phase2::{
-    DistillInput, DistillOutcome, DistillSettings, FitsBudget, TuneSettings, distill,
+    DistillInput, DistillOutcome, DistillSettings, OverBudget, TuneSettings, distill,
 };
 use super::progress::{NoProgress, Progress};
 use super::report::{
@@ -114,8 +114,8 @@ struct Schedule<'a> {
     /// Phase-2 cycles of `distill_steps` each (the candidates' short runs take one).
     distill_cycles: usize,
     storage: WeightDtype,
-    /// Whether a phase-2 state's file keeps to `--target-size` (none without a budget).
-    fits: Option<FitsBudget<'a>>,
+    /// By how many bytes a phase-2 state's file is over `--target-size` (none without a budget).
+    fits: Option<OverBudget<'a>>,
 }
 
 /// Phase 2's cycles gathered into one history, steps counted from the first cycle's start.
