@@ -1486,7 +1486,8 @@ fn auto_bits<B: TrainBackend>(
     let chosen = choose_auto_bits(&probes, &mut fits)?.ok_or_else(|| {
         Error::Budget(format!(
             "--code PREFIX=FRACTION@auto: the file does not fit {budget} bytes even with \
-             {MIN_CODE_BITS}-bit codes for every conv the rule names"
+             {MIN_CODE_BITS}-bit codes for every conv the rule names (the rest of the file, the \
+             predictor of the other convs included, takes about {rest} bytes)"
         ))
     })?;
     let mut loss = 0.0;
