@@ -710,3 +710,66 @@ fn auto_bits_fill_the_budget_and_are_recorded() {
         other => panic!("{:?}", other.map(|(b, _)| b.len())),
     }
 }
+
+/// `--target-size` without `--code` (`codes_for_budget`): every conv but the smallest, the stem,
+/// is stored as codes whose bits fill the budget: the same file as `--code layer=1@auto` on
+/// ResNet-20 (where `layer` names every conv but the stem), with the rule recorded as "every
+/// conv but conv1.weight" and a note. Where even 2-bit codes would not fit, every conv is
+/// predicted instead, and the file says why.
+#[test]
+fn a_budget_alone_stores_codes_and_gives_way_to_the_predictor_below_two_bits() {
+    use nernc::encode::{CodedOptions, SizeTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path());
+    let src = fixture("fmnist-resnet20.safetensors");
+    let at = |percent: f64| {
+        let mut opts = selecting_on_test(&data);
+        opts.target_size = Some(SizeTarget::Percent(percent));
+        opts.codes_for_budget = true;
+        opts
+    };
+    let (bytes, r) = encode(&src, &at(9.0), &NoProgress).unwrap();
+    let explicit = EncodeOptions {
+        coded: Some(CodedOptions::parse(&["layer=1@auto"], 3, 1e-4).unwrap()),
+        codes_for_budget: false,
+        ..at(9.0)
+    };
+    let (explicit_bytes, _) = encode(&src, &explicit, &NoProgress).unwrap();
+    let (c, e) = (
+        read_container(&bytes, &Limits::default()).unwrap(),
+        read_container(&explicit_bytes, &Limits::default()).unwrap(),
+    );
+    assert_eq!(c.coded.len(), 20);
+    assert_eq!(c.layers.len(), 1);
+    assert_eq!(c.layers[0].name, "conv1.weight");
+    assert_eq!(
+        c.coded, e.coded,
+        "the codes differ from --code layer=1@auto's"
+    );
+    assert_eq!(c.predictor, e.predictor);
+    assert!(
+        r.notes[0].contains("every conv but conv1.weight (the smallest, predicted)"),
+        "{:?}",
+        r.notes
+    );
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    let rule = &meta["recipe"]["code"]["rules"][0];
+    assert_eq!(rule["except"], "conv1.weight", "{meta}");
+    assert_eq!(rule["prefix"], "", "{meta}");
+    assert_eq!(rule["bits"], "auto", "{meta}");
+
+    // 3 % is less than 2-bit codes take (about 4 %): every conv predicted, with the reason
+    // first among the notes, in the file too.
+    let (bytes, r) = encode(&src, &at(3.0), &NoProgress).unwrap();
+    let c = read_container(&bytes, &Limits::default()).unwrap();
+    assert!(c.coded.is_empty());
+    assert_eq!(c.layers.len(), 21);
+    assert!(
+        r.notes[0].contains("every conv predicted, since codes at 2 bits would make a file of"),
+        "{:?}",
+        r.notes
+    );
+    let meta = c.metadata(&Limits::default()).unwrap().unwrap();
+    assert_eq!(meta["notes"][0], r.notes[0].as_str(), "{meta}");
+    assert!(meta["recipe"].get("code").is_none(), "{meta}");
+}

@@ -152,6 +152,10 @@ pub fn assemble(
                 if r.auto {
                     rule["auto"] = json!(true);
                 }
+                // `--target-size` without `--code`: every conv but this one.
+                if let Some(kept) = &r.except {
+                    rule["except"] = json!(kept);
+                }
                 // `@auto`: each conv's bits, chosen for the budget, are in `auto_bits` below.
                 if r.auto_bits {
                     rule["bits"] = json!("auto");

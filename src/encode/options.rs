@@ -84,13 +84,22 @@ pub struct EncodeOptions {
     /// file's); given, it must match a resumed file's.
     pub channel_order: Option<ChannelOrder>,
     /// Convs stored as codes instead of predicted (`--code`, format 1.8); `None`: every conv is
-    /// predicted.
+    /// predicted (unless [`Self::codes_for_budget`]).
     pub coded: Option<CodedOptions>,
+    /// `--target-size` without `--code` (and without `--predict-all`): every conv but the
+    /// smallest is stored as codes whose bits fill the budget ([`CodedOptions::every_conv_but`]),
+    /// the smallest predicted; when even 2-bit codes would not fit, or the network cannot run,
+    /// every conv is predicted instead (and a note says why). Set by
+    /// [`EncodeOptions::codes_for_budget_by_default`].
+    pub codes_for_budget: bool,
 }
 
 /// Phase 2's peak learning rate of coded convs (`--code-lr`): the shared QAT bench's (Adam 1e-4,
 /// cosine), which session 33's prototype and the 4x-wide runs of session 34 used.
 pub const DEFAULT_CODE_LR: f64 = 1e-4;
+
+/// Bits per code of `--code` rules that name none (`--code-bits`).
+pub const DEFAULT_CODE_BITS: u8 = 3;
 
 /// Which convs are stored as integer codes, and how (`CODE`, format 1.8).
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +127,9 @@ pub struct CodeRule {
     /// `--target-size` ([`super::coded::choose_auto_bits`]); until then they start at
     /// [`crate::format::MAX_CODE_BITS`].
     pub auto_bits: bool,
+    /// The one conv weight the rule leaves out, whatever its prefix
+    /// ([`CodedOptions::every_conv_but`]; never from the command line).
+    pub except: Option<String>,
 }
 
 impl CodedOptions {
@@ -184,6 +196,27 @@ impl CodedOptions {
             bits,
             auto,
             auto_bits,
+            except: None,
+        })
+    }
+
+    /// The codes `--target-size` stores without `--code`: every conv of `layers` but the one
+    /// with the fewest weights (the first such; ResNets' stem), whole, with bits chosen to fill
+    /// the budget (`@auto`). The format needs one predicted conv; the smallest costs the
+    /// predictor the least. `None` for a network of one conv.
+    pub fn every_conv_but(layers: &[LayerEntry]) -> Option<CodedOptions> {
+        let kept = layers.iter().min_by_key(|l| l.elements())?;
+        (layers.len() > 1).then(|| CodedOptions {
+            rules: vec![CodeRule {
+                prefix: String::new(),
+                fraction: 1.0,
+                bits: None,
+                auto: false,
+                auto_bits: true,
+                except: Some(kept.name.clone()),
+            }],
+            bits: DEFAULT_CODE_BITS,
+            lr: DEFAULT_CODE_LR,
         })
     }
 
@@ -191,7 +224,7 @@ impl CodedOptions {
     pub fn rule(&self, name: &str) -> Option<&CodeRule> {
         self.rules
             .iter()
-            .find(|r| name.starts_with(r.prefix.as_str()))
+            .find(|r| name.starts_with(r.prefix.as_str()) && r.except.as_deref() != Some(name))
     }
 
     /// The rank of the conv `layer`: `None` when no rule matches (it is predicted), `Some(0)`
@@ -528,6 +561,7 @@ impl Default for EncodeOptions {
             rounding: Rounding::default(),
             channel_order: None,
             coded: None,
+            codes_for_budget: false,
             passthrough_f16: false,
             raw_passthrough: false,
             tune_passthrough: None,
@@ -622,6 +656,20 @@ impl EncodeOptions {
 }
 
 impl EncodeOptions {
+    /// Whether `--target-size` stores codes without being told (`--code`): with a budget, real
+    /// data (`source`, phase 2's) with held-out images to choose the bits on, and nothing that
+    /// fixes what is stored (`--code`, `--resume`). `predict_all`: `--predict-all`.
+    /// Whole codes gave the better file at every size they were measured at (README: ResNet-20
+    /// at 5, 7.5 and 10.4 %, ResNet-56 at 5 %).
+    pub fn codes_for_budget_by_default(&self, source: DistillSource, predict_all: bool) -> bool {
+        !predict_all
+            && source == DistillSource::Data
+            && self.target_size.is_some()
+            && self.coded.is_none()
+            && self.resume.is_none()
+            && self.held_out > 0
+    }
+
     /// Whether coded convs' bits fill the budget (`--code PREFIX=FRACTION@auto`).
     pub fn auto_bits(&self) -> bool {
         self.coded.as_ref().is_some_and(CodedOptions::has_auto_bits)
@@ -787,6 +835,62 @@ mod tests {
         assert_eq!(default_phase1_steps(16, 4096), 20_000);
         assert_eq!(default_phase1_steps(4096, 4096), 20_000);
         assert_eq!(default_phase1_steps(4097, 4096), 2_000);
+    }
+
+    #[test]
+    fn every_conv_but_the_smallest_is_coded_by_default_with_a_budget_on_data() {
+        let conv = |name: &str, cout: u32, cin: u32| LayerEntry {
+            name: name.into(),
+            dtype: crate::format::TensorDtype::F32,
+            permutation: PermutationKind::None,
+            shape: [cout, cin, 3, 3],
+        };
+        let layers = [
+            conv("a.weight", 16, 16),
+            conv("conv1.weight", 16, 1),
+            conv("b.weight", 32, 16),
+            conv("conv1.weight.b", 16, 1),
+        ];
+        let c = CodedOptions::every_conv_but(&layers).unwrap();
+        // The first of the smallest is kept, however names share prefixes.
+        let coded: Vec<_> = layers
+            .iter()
+            .filter(|l| c.rank(l).is_some())
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(coded, ["a.weight", "b.weight", "conv1.weight.b"]);
+        assert!(c.has_auto_bits() && !c.has_auto());
+        assert_eq!(c.rank(&layers[2]), Some(0), "whole codes");
+        assert!(CodedOptions::every_conv_but(&layers[..1]).is_none());
+        assert!(CodedOptions::every_conv_but(&[]).is_none());
+
+        let budget = EncodeOptions {
+            target_size: Some(SizeTarget::Percent(7.5)),
+            ..EncodeOptions::default()
+        };
+        assert!(budget.codes_for_budget_by_default(DistillSource::Data, false));
+        assert!(!budget.codes_for_budget_by_default(DistillSource::Data, true));
+        assert!(!budget.codes_for_budget_by_default(DistillSource::Noise, false));
+        for other in [
+            EncodeOptions {
+                target_size: None,
+                ..budget.clone()
+            },
+            EncodeOptions {
+                held_out: 0,
+                ..budget.clone()
+            },
+            EncodeOptions {
+                resume: Some("f.nern".into()),
+                ..budget.clone()
+            },
+            EncodeOptions {
+                coded: Some(CodedOptions::parse(&["layer=1"], 3, 1e-4).unwrap()),
+                ..budget.clone()
+            },
+        ] {
+            assert!(!other.codes_for_budget_by_default(DistillSource::Data, false));
+        }
     }
 
     #[test]

@@ -69,8 +69,32 @@ pub struct EncodeJob<'a> {
 impl BackendJob for EncodeJob<'_> {
     type Output = (Vec<u8>, EncodeReport);
     fn run<B: TrainBackend>(self, device: &B::Device) -> Result<Self::Output> {
-        encode_on::<B>(device, self.input, self.opts, self.progress)
+        match encode_on::<B>(device, self.input, self.opts, Vec::new(), self.progress)? {
+            Attempt::Encoded(out) => Ok(*out),
+            // Codes by default did not fit the budget (or the network): the predictor alone.
+            Attempt::PredictAll(why) => {
+                self.progress.note(&why);
+                let opts = EncodeOptions {
+                    codes_for_budget: false,
+                    ..self.opts.clone()
+                };
+                match encode_on::<B>(device, self.input, &opts, vec![why], self.progress)? {
+                    Attempt::Encoded(out) => Ok(*out),
+                    Attempt::PredictAll(why) => Err(Error::Training(format!(
+                        "an encode without codes asked for them again: {why}"
+                    ))),
+                }
+            }
+        }
     }
+}
+
+/// How one encode ended: a file, or, when codes were only the default
+/// ([`EncodeOptions::codes_for_budget`]), the reason they cannot be used: the encode is then run
+/// again with every conv predicted.
+enum Attempt {
+    Encoded(Box<(Vec<u8>, EncodeReport)>),
+    PredictAll(String),
 }
 
 /// What every training run of one encode shares: the parsed source, its layer table and
@@ -661,12 +685,14 @@ impl<B: TrainBackend> Context<'_, B> {
     }
 }
 
+/// `first_notes`: notes of an earlier attempt ([`Attempt::PredictAll`]), recorded first.
 fn encode_on<B: TrainBackend>(
     device: &B::Device,
     file: &MappedFile,
     opts: &EncodeOptions,
+    first_notes: Vec<String>,
     progress: &dyn Progress,
-) -> Result<(Vec<u8>, EncodeReport)> {
+) -> Result<Attempt> {
     let started = Instant::now();
     // `--resume`: read once; its channel order decides how the source is parsed, its predictor
     // replaces phase 1 below.
@@ -691,6 +717,23 @@ fn encode_on<B: TrainBackend>(
     if opts.passthrough_f16 {
         source.store_passthrough_as_f16()?;
     }
+    // `--target-size` without `--code`: every conv but the smallest as codes filling the budget.
+    let by_default = opts.codes_for_budget && opts.coded.is_none();
+    let defaulted = match by_default.then(|| CodedOptions::every_conv_but(&source.layers)) {
+        Some(Some(coded)) => Some(EncodeOptions {
+            coded: Some(coded),
+            ..opts.clone()
+        }),
+        Some(None) => {
+            return Ok(Attempt::PredictAll(
+                "codes by default (--target-size): the network has one conv, which the format \
+                 predicts"
+                    .into(),
+            ));
+        }
+        None => None,
+    };
+    let opts = defaulted.as_ref().unwrap_or(opts);
     // `--code PREFIX=auto`: the ranks are chosen on held-out images before anything is split
     // off, sized or trained; from here on the options hold the chosen fractions.
     let (resolved, auto_lines, early_plan) = match &opts.coded {
@@ -742,8 +785,19 @@ fn encode_on<B: TrainBackend>(
     // Networks and data are only needed for selection and phase 2; fail early if they do not fit.
     let mut notes = Notes {
         progress,
-        lines: Vec::new(),
+        lines: first_notes,
     };
+    if let Some(kept) = opts
+        .coded
+        .as_ref()
+        .filter(|_| by_default)
+        .and_then(|c| c.rules[0].except.as_deref())
+    {
+        notes.add(format!(
+            "--target-size without --code: every conv but {kept} (the smallest, predicted) is \
+             stored as codes whose bits fill the budget (--predict-all: every conv predicted)"
+        ));
+    }
     for line in auto_lines {
         notes.add(line);
     }
@@ -866,11 +920,27 @@ fn encode_on<B: TrainBackend>(
     // that everything else the file holds is known; they start phase 2 from those.
     let mut coded = coded;
     if let Some(rules) = opts.coded.as_ref().filter(|r| r.has_auto_bits()) {
+        // Codes only by default give way to the predictor where they cannot be used.
+        let unusable = |why: &str, err: Error| {
+            if by_default {
+                Ok(Attempt::PredictAll(format!(
+                    "--target-size without --code: every conv predicted, since codes {why}"
+                )))
+            } else {
+                Err(err)
+            }
+        };
         let (Some(budget), Some(plan)) = (budget, plan.as_ref()) else {
-            return Err(auto_bits_needs("real images (--data DIR)"));
+            return unusable(
+                "need real images",
+                auto_bits_needs("real images (--data DIR)"),
+            );
         };
         let (Some(student), Some(host)) = (student.as_mut(), host.as_ref()) else {
-            return Err(auto_bits_needs("a network it can run (see the note above)"));
+            return unusable(
+                "need a network nernc can run",
+                auto_bits_needs("a network it can run (see the note above)"),
+            );
         };
         let sizer = Sizer::new(
             &source,
@@ -880,6 +950,21 @@ fn encode_on<B: TrainBackend>(
             Vec::new(),
         );
         let size = |c: &[CodedTensor]| sizer.bound_with_coded(&cfg, storage, c);
+        // Checked before the bits are probed (a minute on ResNet-20): the least the file can be.
+        let smallest = size(&at_bits(&coded, rules, MIN_CODE_BITS))?;
+        if smallest > budget {
+            return unusable(
+                &format!(
+                    "at {MIN_CODE_BITS} bits would make a file of {smallest} bytes, over the \
+                     budget of {budget}"
+                ),
+                Error::Budget(format!(
+                    "--code PREFIX=FRACTION@auto: the file does not fit {budget} bytes even with \
+                     {MIN_CODE_BITS}-bit codes for every conv the rule names (about {smallest} \
+                     bytes)"
+                )),
+            );
+        }
         let line = auto_bits::<B>(
             device, host, &mut coded, rules, plan, budget, &size, progress,
         )?;
@@ -1229,7 +1314,18 @@ fn encode_on<B: TrainBackend>(
         notes: notes.lines,
         time_limit,
     };
-    assemble(&source, opts, encoded, started)
+    assemble(&source, opts, encoded, started).map(|out| Attempt::Encoded(Box::new(out)))
+}
+
+/// The coded convs as stored with every `@auto` conv at `bits` (the others as they are).
+fn at_bits(coded: &[CodedConv], rules: &CodedOptions, bits: u8) -> Vec<CodedTensor> {
+    coded
+        .iter()
+        .map(|c| match rules.rule(&c.name) {
+            Some(r) if r.auto_bits => CodedConv { bits, ..c.clone() }.stored(),
+            _ => c.stored(),
+        })
+        .collect()
 }
 
 /// What a full run's stored share of packed `PRED` bytes is expected to be, relative to the size
