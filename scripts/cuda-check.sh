@@ -184,7 +184,7 @@ TOML
     local R56=$PWD/fixtures/fmnist-resnet56.safetensors
     if [ $((budget - ($(date +%s) - t_start))) -gt "${CUDA_CHECK_R56_MIN:-200}" ]; then
         timed 400 r56-budget "$N" encode "$R56" -o "$res/r56-budget.nern" --target-size 10.9% \
-            --predictor-dtype int6 --pe-levels 20 --passthrough f16 --data "$FMNIST" --test-eval \
+            --predict-all --predictor-dtype int6 --pe-levels 20 --passthrough f16 --data "$FMNIST" --test-eval \
             --device "$dev" --steps "${CUDA_CHECK_R56_STEPS:-36000}" \
             --distill-steps "${CUDA_CHECK_R56_DISTILL:-2000}" --json
     else

@@ -30,8 +30,9 @@ BUDGETS=${BUDGETS-"6 8 9 10 11"}
 SEEDS=${SEEDS-0}
 DEVICE=${DEVICE:-cpu}
 OUT=${OUT:-out/frontier}
-# The recipe every budget runs (the budget chooses the hidden width that fits).
-RECIPE=${RECIPE:-"--predictor-dtype int6 --pe-levels 20 --passthrough f16 --distill-steps 800"}
+# The recipe every budget runs: every conv predicted (the budget chooses the hidden width that
+# fits); without --predict-all a budget alone stores codes (the `auto-*` recipes below).
+RECIPE=${RECIPE:-"--predict-all --predictor-dtype int6 --pe-levels 20 --passthrough f16 --distill-steps 800"}
 DATA=/usr/share/datasets/fashion-mnist
 # The coded-conv recipes measured in sessions 34-36 (docs/measurements.md): the stem predicted
 # by a small int8 predictor, every other conv as codes (`@auto`: each conv's bits chosen to fill

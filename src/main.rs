@@ -184,9 +184,13 @@ mod heading {
 struct EncodeSettings {
     /// Size budget of the written file: a percent of the source (`10%`) or bytes (`120000`).
     ///
-    /// nernc measures a few predictor shapes that fit (hidden width, PE levels; in the default
-    /// storage) on a short schedule, trains the best one fully, and never writes a larger file.
-    /// Settings given explicitly (--hidden, --pe-levels, --predictor-dtype) are kept and must fit.
+    /// nernc never writes a larger file. With phase 2 on real data and no --code, every conv but
+    /// the smallest is stored as codes whose bits (2-8 per conv) are chosen on held-out images to
+    /// fill the budget (as --code ...@auto; --predict-all turns this off), the smallest conv
+    /// predicted. Otherwise, or where even 2-bit codes would not fit, nernc measures a few
+    /// predictor shapes that fit (hidden width, PE levels; in the default storage) on a short
+    /// schedule and trains the best one fully. Settings given explicitly (--hidden, --pe-levels,
+    /// --predictor-dtype) are kept and must fit.
     #[arg(long, allow_hyphen_values = true, help_heading = heading::SIZE)]
     target_size: Option<String>,
     /// Held-out accuracy the result may lose against the original, in points.

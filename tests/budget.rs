@@ -262,3 +262,63 @@ fn size_target_parsing() {
         }
     );
 }
+
+/// `--target-size` on data without `--code` stores codes only where it can: a network nernc
+/// cannot run (no held-out accuracy to choose bits on; with the dataset found at its default
+/// location, phase 2 is then skipped with a note) and a network of one conv (the format
+/// predicts at least one) are encoded with every conv predicted, and the note says why.
+#[test]
+fn a_budget_alone_predicts_every_conv_where_codes_cannot_be_used() {
+    assert!(
+        nernc::data::DatasetKind::FashionMnist
+            .default_dir()
+            .is_some(),
+        "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conv = |name: &'static str, shape: Vec<usize>, seed| {
+        let n = shape.iter().product();
+        (name, safetensors::Dtype::F32, shape, f32_bytes(n, seed))
+    };
+    let two = dir.path().join("convnet.safetensors");
+    write_safetensors(
+        &two,
+        &[
+            conv("features.0.weight", vec![32, 1, 3, 3], 1),
+            conv("features.2.weight", vec![32, 32, 3, 3], 2),
+            conv("classifier.weight", vec![10, 32], 3),
+        ],
+    );
+    let one = dir.path().join("one.safetensors");
+    write_safetensors(&one, &[conv("features.0.weight", vec![64, 32, 3, 3], 4)]);
+    for (src, why) in [
+        (&two, "since codes need a network nernc can run"),
+        (&one, "since the network has one conv"),
+    ] {
+        let out = dir.path().join("m.nern");
+        let o = nernc(&[
+            "encode",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--target-size",
+            "60%",
+            "--steps",
+            "20",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["coded_tensors"], 0, "{report}");
+        let note = report["notes"][0].as_str().unwrap();
+        assert!(
+            note.starts_with("--target-size without --code: every conv predicted")
+                && note.contains(why),
+            "{note}"
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        let c = read_container(&bytes, &Limits::default()).unwrap();
+        assert!(c.coded.is_empty());
+        std::fs::remove_file(&out).unwrap();
+    }
+}

@@ -726,8 +726,8 @@ fn encode_on<B: TrainBackend>(
         }),
         Some(None) => {
             return Ok(Attempt::PredictAll(
-                "codes by default (--target-size): the network has one conv, which the format \
-                 predicts"
+                "--target-size without --code: every conv predicted, since the network has one \
+                 conv (the format predicts at least one)"
                     .into(),
             ));
         }
@@ -930,16 +930,16 @@ fn encode_on<B: TrainBackend>(
                 Err(err)
             }
         };
-        let (Some(budget), Some(plan)) = (budget, plan.as_ref()) else {
-            return unusable(
-                "need real images",
-                auto_bits_needs("real images (--data DIR)"),
-            );
-        };
         let (Some(student), Some(host)) = (student.as_mut(), host.as_ref()) else {
             return unusable(
                 "need a network nernc can run",
                 auto_bits_needs("a network it can run (see the note above)"),
+            );
+        };
+        let (Some(budget), Some(plan)) = (budget, plan.as_ref()) else {
+            return unusable(
+                "need real images",
+                auto_bits_needs("real images (--data DIR)"),
             );
         };
         let sizer = Sizer::new(
