@@ -217,13 +217,75 @@ pub fn log_probs<B: ConvBackend>(
     norm: &Normalization,
     device: &B::Device,
 ) -> Result<Vec<f32>> {
-    by_batch(m, data, indices, norm, device, |logits| {
-        burn::tensor::activation::log_softmax(logits, 1)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| Error::Training(format!("{e:?}")))
-    })
+    by_batch(m, data, indices, norm, device, log_softmax_rows)
+}
+
+fn log_softmax_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<f32>> {
+    burn::tensor::activation::log_softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| Error::Training(format!("{e:?}")))
+}
+
+/// A fixed set of images as they enter one residual block of a network, in the batches
+/// [`log_probs`] uses: what many runs that change only that block's convs or later ones share.
+/// [`Self::log_probs`] of a network equals [`log_probs`] of it on the same images whenever its
+/// convs before the block are those the inputs were made with.
+pub struct BlockInputs<B: Backend> {
+    block: usize,
+    batches: Vec<Tensor<B, 4>>,
+}
+
+impl<B: ConvBackend> BlockInputs<B> {
+    /// The images of `indices` as they enter block 0 of `m` (after the stem).
+    pub fn new(
+        m: &LoadedNet<B>,
+        data: &Dataset,
+        indices: &[usize],
+        norm: &Normalization,
+        device: &B::Device,
+    ) -> Self {
+        let batches = indices
+            .chunks(EVAL_BATCH)
+            .map(|chunk| {
+                let (x, _) = data.batch(chunk, norm);
+                let x = input_tensor(x, chunk.len(), data.shape, device);
+                crate::network::advance(&m.net, &m.fixed, &m.convs, None, x)
+            })
+            .collect();
+        BlockInputs { block: 0, batches }
+    }
+
+    /// The block these activations enter.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Log-probabilities of `m` run from this block on (see [`log_probs`]).
+    pub fn log_probs(&self, m: &LoadedNet<B>) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for x in &self.batches {
+            out.extend(log_softmax_rows(crate::network::forward_from(
+                &m.net,
+                &m.fixed,
+                &m.convs,
+                self.block,
+                x.clone(),
+            ))?);
+        }
+        Ok(out)
+    }
+
+    /// On through this block with `m`'s convs: the activations entering the next one.
+    pub fn advance(&mut self, m: &LoadedNet<B>) {
+        let k = self.block;
+        self.batches = std::mem::take(&mut self.batches)
+            .into_iter()
+            .map(|x| crate::network::advance(&m.net, &m.fixed, &m.convs, Some(k), x))
+            .collect();
+        self.block += 1;
+    }
 }
 
 /// Mean KL divergence `KL(p || q)` (nats) over rows of `classes` log-probabilities.

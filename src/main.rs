@@ -220,7 +220,8 @@ struct EncodeSettings {
     #[arg(long, default_value_t = nernc::predictor::REFERENCE_LAYERS, help_heading = heading::PREDICTOR)]
     layers: usize,
     /// Positional-encoding levels L per coordinate (predictor input width 6 L; the first
-    /// layer holds 6 L x hidden weights) [default: 20, or chosen by --target-size].
+    /// layer holds 6 L x hidden weights) [default: 20; 4 when the predicted kernels fit in one
+    /// --batch, e.g. a ResNet's stem alone after --code; or chosen by --target-size].
     #[arg(long, help_heading = heading::PREDICTOR)]
     pe_levels: Option<u32>,
     /// Positional-encoding base b (level l uses frequency pi * b^l).

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::arch::{BN_EPS, Conv, Network, Norm, Shortcut, recognize};
+use crate::arch::{BN_EPS, Block, Conv, Network, Norm, Shortcut, recognize};
 use crate::checkpoint::parse_safetensors;
 use crate::device::ConvBackend;
 use crate::error::{Error, Result};
@@ -333,52 +333,108 @@ fn forward_tapped<B: ConvBackend>(
     x: Tensor<B, 4>,
     mut taps: Option<&mut Vec<Tensor<B, 4>>>,
 ) -> Tensor<B, 2> {
-    let params = (convs, fixed);
-    let (c, _) = &net.stem;
-    let mut x = conv_norm(x, c, params, None, true);
-    if net.max_pool {
-        x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
-    }
+    let mut x = stem(net, (convs, fixed), x);
     for b in &net.blocks {
-        let input = x.clone();
-        let Some(((last, _), inner)) = b.layers.split_last() else {
-            continue;
-        };
-        for (c, _) in inner {
-            x = conv_norm(x, c, params, None, true);
-        }
-        let shortcut = match &b.shortcut {
-            Shortcut::Identity => input,
-            Shortcut::Projection { conv: c, .. } => conv_norm(input, c, params, None, false),
-            Shortcut::ZeroPad {
-                stride,
-                before,
-                after,
-            } => {
-                let sub = if *stride > 1 {
-                    max_pool2d(input, [1, 1], [*stride; 2], [0, 0], [1, 1], false)
-                } else {
-                    input
-                };
-                let [bsz, _, h, w] = sub.dims();
-                let device = sub.device();
-                let mut parts = Vec::new();
-                if *before > 0 {
-                    parts.push(Tensor::zeros([bsz, *before, h, w], &device));
-                }
-                parts.push(sub);
-                if *after > 0 {
-                    parts.push(Tensor::zeros([bsz, *after, h, w], &device));
-                }
-                Tensor::cat(parts, 1)
-            }
-        };
-        // The block's last conv, the shortcut's add and the ReLU in one step.
-        x = conv_norm(x, last, params, Some(shortcut), true);
+        x = block(b, (convs, fixed), x);
         if let Some(t) = taps.as_deref_mut() {
             t.push(x.clone());
         }
     }
+    head(fixed, x)
+}
+
+/// The activations entering block `first` (the stem's output for 0), then the logits of
+/// [`forward`] from there: `forward_from(net, f, c, k, x_k)` equals `forward(net, f, c, x)` when
+/// `x_k` is what `x` makes before block `k` (the same operations on the same values), so a
+/// change to the convs of block `k` or later needs only this part run again.
+pub fn forward_from<B: ConvBackend>(
+    net: &Network,
+    fixed: &FixedParams<B>,
+    convs: &HashMap<String, Tensor<B, 4>>,
+    first: usize,
+    mut x: Tensor<B, 4>,
+) -> Tensor<B, 2> {
+    for b in &net.blocks[first.min(net.blocks.len())..] {
+        x = block(b, (convs, fixed), x);
+    }
+    head(fixed, x)
+}
+
+/// What enters block `k + 1` given what enters block `k` (`None`: the input image, giving the
+/// stem's output, which enters block 0).
+pub fn advance<B: ConvBackend>(
+    net: &Network,
+    fixed: &FixedParams<B>,
+    convs: &HashMap<String, Tensor<B, 4>>,
+    k: Option<usize>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    match k {
+        None => stem(net, (convs, fixed), x),
+        Some(k) => block(&net.blocks[k], (convs, fixed), x),
+    }
+}
+
+/// The index of the residual block holding the conv weight `name` (a layer or its projection
+/// shortcut); `None` for the stem or a name the network does not use.
+pub fn block_of(net: &Network, name: &str) -> Option<usize> {
+    net.blocks.iter().position(|b| {
+        b.layers.iter().any(|(c, _)| c.weight == name)
+            || matches!(&b.shortcut, Shortcut::Projection { conv, .. } if conv.weight == name)
+    })
+}
+
+type Params<'a, B> = (&'a HashMap<String, Tensor<B, 4>>, &'a FixedParams<B>);
+
+fn stem<B: ConvBackend>(net: &Network, params: Params<'_, B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let (c, _) = &net.stem;
+    let x = conv_norm(x, c, params, None, true);
+    if net.max_pool {
+        max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false)
+    } else {
+        x
+    }
+}
+
+fn block<B: ConvBackend>(b: &Block, params: Params<'_, B>, mut x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let input = x.clone();
+    let Some(((last, _), inner)) = b.layers.split_last() else {
+        return x;
+    };
+    for (c, _) in inner {
+        x = conv_norm(x, c, params, None, true);
+    }
+    let shortcut = match &b.shortcut {
+        Shortcut::Identity => input,
+        Shortcut::Projection { conv: c, .. } => conv_norm(input, c, params, None, false),
+        Shortcut::ZeroPad {
+            stride,
+            before,
+            after,
+        } => {
+            let sub = if *stride > 1 {
+                max_pool2d(input, [1, 1], [*stride; 2], [0, 0], [1, 1], false)
+            } else {
+                input
+            };
+            let [bsz, _, h, w] = sub.dims();
+            let device = sub.device();
+            let mut parts = Vec::new();
+            if *before > 0 {
+                parts.push(Tensor::zeros([bsz, *before, h, w], &device));
+            }
+            parts.push(sub);
+            if *after > 0 {
+                parts.push(Tensor::zeros([bsz, *after, h, w], &device));
+            }
+            Tensor::cat(parts, 1)
+        }
+    };
+    // The block's last conv, the shortcut's add and the ReLU in one step.
+    conv_norm(x, last, params, Some(shortcut), true)
+}
+
+fn head<B: ConvBackend>(fixed: &FixedParams<B>, x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [bsz, ch, _, _] = x.dims();
     let pooled = x.mean_dim(3).mean_dim(2).reshape([bsz, ch]);
     let logits = pooled.matmul(fixed.fc_weight.clone());

@@ -747,6 +747,11 @@ fn a_budget_alone_stores_codes_and_gives_way_to_the_predictor_below_two_bits() {
         "the codes differ from --code layer=1@auto's"
     );
     assert_eq!(c.predictor, e.predictor);
+    // The stem alone (16 kernels, one batch) is encoded at 4 PE levels unless told otherwise.
+    assert_eq!(
+        c.predictor.config.pe_levels,
+        nernc::encode::SMALL_SET_PE_LEVELS
+    );
     assert!(
         r.notes[0].contains("every conv but conv1.weight (the smallest, predicted)"),
         "{:?}",

@@ -115,3 +115,50 @@ fn non_resnet_checkpoints_are_refused_with_the_tensors_named() {
         .to_string();
     assert!(e.contains("not a ResNet"), "{e}");
 }
+
+/// The bits probe runs each conv's network only from the conv's block on
+/// (`nernc::eval::BlockInputs`): its log-probabilities equal a whole forward pass's, bit for
+/// bit, at every block of both ResNets, with a changed conv in that block (a shortcut
+/// projection's too). `block_of` names the block of every conv but the stem.
+#[test]
+fn a_run_from_a_block_equals_the_whole_forward_pass() {
+    use nernc::eval::{BlockInputs, log_probs};
+    use nernc::network::block_of;
+    let kind = DatasetKind::FashionMnist;
+    let data = load(&fashion_dir(), kind, Split::Test, Some(24)).unwrap();
+    let norm = kind.normalization();
+    let idx: Vec<usize> = (0..24).collect();
+    let device = Default::default();
+    for key in ["fmnist-resnet20", "fmnist-resnet56"] {
+        let base =
+            LoadedNet::<Flex>::load(&fixture(&format!("{key}.safetensors")), &device).unwrap();
+        assert_eq!(block_of(&base.net, &base.net.stem.0.weight), None);
+        let mut inputs = BlockInputs::new(&base, &data, &idx, &norm, &device);
+        let mut checked = 0;
+        for k in 0..base.net.blocks.len() {
+            assert_eq!(inputs.block(), k);
+            // The block's first conv scaled by 0.9 (its projection shortcut, where it has one).
+            let b = &base.net.blocks[k];
+            let name = match &b.shortcut {
+                nernc::arch::Shortcut::Projection { conv, .. } => conv.weight.clone(),
+                _ => b.layers[0].0.weight.clone(),
+            };
+            assert_eq!(block_of(&base.net, &name), Some(k));
+            let changed = base.with_convs(
+                [(name.clone(), base.convs[&name].clone() * 0.9)]
+                    .into_iter()
+                    .collect(),
+            );
+            let whole = log_probs(&changed, &data, &idx, &norm, &device).unwrap();
+            let from = inputs.log_probs(&changed).unwrap();
+            assert_eq!(whole, from, "{key}: block {k} ({name})");
+            assert_ne!(
+                whole,
+                log_probs(&base, &data, &idx, &norm, &device).unwrap()
+            );
+            checked += 1;
+            inputs.advance(&base);
+        }
+        assert!(checked >= 9, "{key}: {checked} blocks");
+    }
+}

@@ -42,8 +42,8 @@ pub use options::{
     ChannelOrder, CodeRule, CodedOptions, DEFAULT_CODE_BITS, DEFAULT_CODE_LR,
     DEFAULT_CODED_DISTILL_STEPS, DEFAULT_DISTILL_STEPS, DEFAULT_NOISE_DISTILL_STEPS,
     DEFAULT_TUNE_LR, DataArg, DeviceKind, DistillOptions, DistillSource, EncodeOptions, MaxDrop,
-    Pinned, Rounding, SizeTarget, default_hidden, default_params_per_weight, default_phase1_steps,
-    default_predictor_dtype,
+    Pinned, Rounding, SMALL_SET_PE_LEVELS, SizeTarget, default_hidden, default_params_per_weight,
+    default_pe_levels, default_phase1_steps, default_predictor_dtype,
 };
 pub use progress::{BarProgress, NoProgress, Progress};
 pub use report::{

@@ -16,8 +16,8 @@ use super::coded::{
 use super::kernels::KernelSet;
 use super::options::{
     ChannelOrder, DEFAULT_MAX_HIDDEN, DistillOptions, DistillSource, EncodeOptions, Rounding,
-    default_hidden, default_params_per_weight, default_phase1_steps, default_predictor_dtype,
-    with_embedding,
+    default_hidden, default_params_per_weight, default_pe_levels, default_phase1_steps,
+    default_predictor_dtype, with_embedding,
 };
 use super::options::{CodedOptions, DEFAULT_CODE_LR};
 use super::phase1::{Rounds, RoundsOutcome, TrainSettings, run_rounds, train};
@@ -41,13 +41,13 @@ use crate::decode::coded::coded_weights;
 use crate::decode::decode_layers;
 use crate::device::{BackendJob, TrainBackend};
 use crate::error::{Error, Result};
-use crate::eval::{LoadedNet, check_fit, log_probs, mean_kl};
+use crate::eval::{BlockInputs, LoadedNet, check_fit, log_probs, mean_kl};
 use crate::format::{
     CodedTensor, Container, LayerEntry, Limits, MAX_CODE_BITS, MIN_CODE_BITS, predictor_bytes,
     read_container,
 };
 use crate::io::MappedFile;
-use crate::network::{FixedParams, HostModel};
+use crate::network::{FixedParams, HostModel, block_of};
 use crate::permute::{Permutation, PermutationKind};
 use crate::predictor::{Predictor, PredictorConfig, WeightDtype};
 use crate::rng::SplitMix64;
@@ -775,6 +775,15 @@ fn encode_on<B: TrainBackend>(
     };
     let mut coded_start: Vec<_> = coded.iter().map(CodedConv::stored).collect();
     let source = source;
+    // A predicted set within one batch (the convs left after `--code`) gets a narrow encoding.
+    let predicted_kernels: usize = source.layers.iter().map(LayerEntry::kernels).sum();
+    let pe_levels = default_pe_levels(predicted_kernels, opts.batch, opts.pe_levels);
+    let narrow = (!opts.pinned.pe_levels && opts.resume.is_none() && pe_levels != opts.pe_levels)
+        .then(|| EncodeOptions {
+            pe_levels,
+            ..opts.clone()
+        });
+    let opts = narrow.as_ref().unwrap_or(opts);
     let mut layers = source.layers.clone();
     let source_bytes = source.bytes.len() as u64;
     // Bad budgets fail before anything loads.
@@ -1535,8 +1544,10 @@ fn auto_bits<B: TrainBackend>(
         .filter(|&i| rules.rule(&coded[i].name).is_some_and(|r| r.auto_bits))
         .collect();
     progress.stage("choosing bits (--code PREFIX=FRACTION@auto)");
-    let mut probes = Vec::with_capacity(auto.len());
-    for &i in &auto {
+    // One conv at every width; `inputs`: the probe images as they enter the conv's block, so
+    // that only the network from there on runs (the same figures as a full run, about half
+    // the work); `None` runs it all.
+    let probe = |i: usize, inputs: Option<&BlockInputs<B::InnerBackend>>| -> Result<BitsProbe> {
         let mut probe = BitsProbe {
             loss: Vec::new(),
             bytes: Vec::new(),
@@ -1551,11 +1562,46 @@ fn auto_bits<B: TrainBackend>(
             let packed = zstd::bulk::compress(&entry, 19).map_err(|e| Error::io("<zstd>", e))?;
             probe.bytes.push(packed.len() as u64);
             let n = base.with_convs(decoded_coded(std::slice::from_ref(&t), device)?);
-            let lp = log_probs(&n, held.data, probe_idx, &plan.norm, device)?;
+            let lp = match inputs {
+                Some(inputs) => inputs.log_probs(&n)?,
+                None => log_probs(&n, held.data, probe_idx, &plan.norm, device)?,
+            };
             probe.loss.push(mean_kl(&reference, &lp, classes));
         }
-        probes.push(probe);
+        Ok(probe)
+    };
+    let blocks: Vec<Option<usize>> = auto
+        .iter()
+        .map(|&i| block_of(&base.net, &coded[i].name))
+        .collect();
+    let mut probes: Vec<Option<BitsProbe>> = Vec::new();
+    probes.resize_with(auto.len(), || None);
+    // Convs outside the residual blocks (a coded stem) through the whole network, then block by
+    // block, the inputs carried on through the source's convs.
+    for (j, &i) in auto.iter().enumerate() {
+        if blocks[j].is_none() {
+            probes[j] = Some(probe(i, None)?);
+        }
     }
+    if let Some(last) = blocks.iter().flatten().max() {
+        let mut inputs = BlockInputs::new(&base, held.data, probe_idx, &plan.norm, device);
+        loop {
+            let k = inputs.block();
+            for (j, &i) in auto.iter().enumerate() {
+                if blocks[j] == Some(k) {
+                    probes[j] = Some(probe(i, Some(&inputs))?);
+                }
+            }
+            if k == *last {
+                break;
+            }
+            inputs.advance(&base);
+        }
+    }
+    let probes: Vec<BitsProbe> = probes
+        .into_iter()
+        .map(|p| p.ok_or_else(|| Error::Training("a conv's bits were not probed".into())))
+        .collect::<Result<_>>()?;
     // The file at given bits: the fixed convs as they are, the probed ones at `bits`.
     let at = |bits: &[u8]| -> Vec<CodedTensor> {
         let mut all: Vec<CodedConv> = coded.to_vec();
