@@ -939,16 +939,18 @@ fn encode_on<B: TrainBackend>(
                 Err(err)
             }
         };
+        let (Some(budget), Some(plan)) = (budget, plan.as_ref()) else {
+            // A network nernc cannot run loads no data either: name what is missing first.
+            let why = match host {
+                Some(_) => "need real images",
+                None => "need a network nernc can run",
+            };
+            return unusable(why, auto_bits_needs("real images (--data DIR)"));
+        };
         let (Some(student), Some(host)) = (student.as_mut(), host.as_ref()) else {
             return unusable(
                 "need a network nernc can run",
                 auto_bits_needs("a network it can run (see the note above)"),
-            );
-        };
-        let (Some(budget), Some(plan)) = (budget, plan.as_ref()) else {
-            return unusable(
-                "need real images",
-                auto_bits_needs("real images (--data DIR)"),
             );
         };
         let sizer = Sizer::new(
