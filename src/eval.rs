@@ -185,16 +185,23 @@ fn by_batch<B: ConvBackend, T>(
     mut per_batch: impl FnMut(Tensor<B, 2>) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(indices.len());
-    for chunk in indices.chunks(EVAL_BATCH) {
-        let (x, _) = data.batch(chunk, norm);
-        out.extend(per_batch(m.logits(input_tensor(
-            x,
-            chunk.len(),
-            data.shape,
-            device,
-        )))?);
+    for x in input_batches(data, indices, norm, device) {
+        out.extend(per_batch(m.logits(x))?);
     }
     Ok(out)
+}
+
+/// The images of `indices` as input tensors, in batches of [`EVAL_BATCH`].
+fn input_batches<'a, B: Backend>(
+    data: &'a Dataset,
+    indices: &'a [usize],
+    norm: &'a Normalization,
+    device: &'a B::Device,
+) -> impl Iterator<Item = Tensor<B, 4>> + 'a {
+    indices.chunks(EVAL_BATCH).map(move |chunk| {
+        let (x, _) = data.batch(chunk, norm);
+        input_tensor(x, chunk.len(), data.shape, device)
+    })
 }
 
 /// Predicted classes of every image in `indices`.
@@ -246,13 +253,8 @@ impl<B: ConvBackend> BlockInputs<B> {
         norm: &Normalization,
         device: &B::Device,
     ) -> Self {
-        let batches = indices
-            .chunks(EVAL_BATCH)
-            .map(|chunk| {
-                let (x, _) = data.batch(chunk, norm);
-                let x = input_tensor(x, chunk.len(), data.shape, device);
-                crate::network::advance(&m.net, &m.fixed, &m.convs, None, x)
-            })
+        let batches = input_batches(data, indices, norm, device)
+            .map(|x| crate::network::advance(&m.net, &m.fixed, &m.convs, None, x))
             .collect();
         BlockInputs { block: 0, batches }
     }

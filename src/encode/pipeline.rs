@@ -962,7 +962,8 @@ fn encode_on<B: TrainBackend>(
         );
         let size = |c: &[CodedTensor]| sizer.bound_with_coded(&cfg, storage, c);
         // Checked before the bits are probed (a minute on ResNet-20): the least the file can be.
-        let smallest = size(&at_bits(&coded, rules, MIN_CODE_BITS))?;
+        let auto = auto_bits_convs(&coded, rules);
+        let smallest = size(&at_bits(&coded, &auto, &vec![MIN_CODE_BITS; auto.len()]))?;
         if smallest > budget {
             return unusable(
                 &format!(
@@ -998,11 +999,10 @@ fn encode_on<B: TrainBackend>(
         teacher,
         coded,
     };
-    let kernels: usize = ctx.layers.iter().map(LayerEntry::kernels).sum();
     let mut schedule = Schedule {
         phase1_steps: opts
             .steps
-            .unwrap_or_else(|| default_phase1_steps(kernels, opts.batch)),
+            .unwrap_or_else(|| default_phase1_steps(predicted_kernels, opts.batch)),
         rounds: opts.rounds,
         distill: opts.distill.as_ref(),
         distill_steps: opts.distill.as_ref().map_or(0, |d| d.steps),
@@ -1328,15 +1328,20 @@ fn encode_on<B: TrainBackend>(
     assemble(&source, opts, encoded, started).map(|out| Attempt::Encoded(Box::new(out)))
 }
 
-/// The coded convs as stored with every `@auto` conv at `bits` (the others as they are).
-fn at_bits(coded: &[CodedConv], rules: &CodedOptions, bits: u8) -> Vec<CodedTensor> {
-    coded
-        .iter()
-        .map(|c| match rules.rule(&c.name) {
-            Some(r) if r.auto_bits => CodedConv { bits, ..c.clone() }.stored(),
-            _ => c.stored(),
-        })
+/// The indices of the coded convs whose bits `@auto` chooses.
+fn auto_bits_convs(coded: &[CodedConv], rules: &CodedOptions) -> Vec<usize> {
+    (0..coded.len())
+        .filter(|&i| rules.rule(&coded[i].name).is_some_and(|r| r.auto_bits))
         .collect()
+}
+
+/// The coded convs as stored with conv `auto[j]` at `bits[j]` (the others as they are).
+fn at_bits(coded: &[CodedConv], auto: &[usize], bits: &[u8]) -> Vec<CodedTensor> {
+    let mut all: Vec<CodedConv> = coded.to_vec();
+    for (&i, &b) in auto.iter().zip(bits) {
+        all[i].bits = b;
+    }
+    all.iter().map(CodedConv::stored).collect()
 }
 
 /// What a full run's stored share of packed `PRED` bytes is expected to be, relative to the size
@@ -1542,9 +1547,7 @@ fn auto_bits<B: TrainBackend>(
     let base = LoadedNet::<B::InnerBackend>::from_host(host, device)?;
     let classes = base.net.num_classes;
     let reference = log_probs(&base, held.data, probe_idx, &plan.norm, device)?;
-    let auto: Vec<usize> = (0..coded.len())
-        .filter(|&i| rules.rule(&coded[i].name).is_some_and(|r| r.auto_bits))
-        .collect();
+    let auto = auto_bits_convs(coded, rules);
     progress.stage("choosing bits (--code PREFIX=FRACTION@auto)");
     // One conv at every width; `inputs`: the probe images as they enter the conv's block, so
     // that only the network from there on runs (the same figures as a full run, about half
@@ -1605,13 +1608,7 @@ fn auto_bits<B: TrainBackend>(
         .map(|p| p.ok_or_else(|| Error::Training("a conv's bits were not probed".into())))
         .collect::<Result<_>>()?;
     // The file at given bits: the fixed convs as they are, the probed ones at `bits`.
-    let at = |bits: &[u8]| -> Vec<CodedTensor> {
-        let mut all: Vec<CodedConv> = coded.to_vec();
-        for (&i, &b) in auto.iter().zip(bits) {
-            all[i].bits = b;
-        }
-        all.iter().map(CodedConv::stored).collect()
-    };
+    let at = |bits: &[u8]| at_bits(coded, &auto, bits);
     // The file less the probed entries, and those entries compressed alone at `bits`: an
     // estimate that skips the whole-file sizing (zstd-19 of every code) of states clearly over.
     // In one section the entries compress a little better than alone, hence the 2 % margin.
